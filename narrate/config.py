@@ -1,0 +1,71 @@
+"""Frozen option sets shared by the stages, and their fingerprints. No I/O here."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float32 at this rate
+FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
+WINDOW = 2048  # CSM positions: context text + context audio + target text + generated frames
+
+
+def fingerprint(*parts: object) -> str:
+    """A short stable hash of JSON-serialisable parts (dataclasses are expanded)."""
+    payload = [asdict(p) if hasattr(p, "__dataclass_fields__") else p for p in parts]
+    blob = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything that changes the audio a chunk gets; it is part of every chunk id."""
+
+    engine: str = "csm"  # "csm" | "preview"
+    model: str = "sesame/csm-1b"
+    temperature: float = 0.9
+    top_k: int = 50
+    max_audio_ms: int = 30_000
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)
+
+
+@dataclass(frozen=True)
+class ChunkingConfig:
+    """How text becomes chunks that fit CSM's window.
+
+    The frame cap of a chunk is 2x its expected duration + 1 s (never above max_audio_ms);
+    expected duration comes from a speaking rate calibrated on narration (~14 chars/s).
+    """
+
+    window: int = WINDOW
+    max_audio_ms: int = 30_000
+    chars_per_second: float = 14.0
+    chars_per_token: float = 3.6  # Llama-3 tokenizer on English prose, used without a tokenizer
+    max_text_chars: int = 200_000  # per book; longer narratives are rejected at validation
+
+    def expected_frames(self, chars: int) -> float:
+        return chars / self.chars_per_second * FRAME_RATE
+
+    def max_frames(self, chars: int) -> int:
+        cap = 2 * self.expected_frames(chars) + FRAME_RATE
+        return int(min(cap, self.max_audio_ms / 1000 * FRAME_RATE))
+
+    @property
+    def max_chunk_chars(self) -> int:
+        """Longest chunk whose frame cap stays under max_audio_ms."""
+        seconds = (self.max_audio_ms / 1000 - 1.0) / 2
+        return max(20, int(seconds * self.chars_per_second))
+
+    def estimate_tokens(self, text: str) -> int:
+        # +4: begin/end of text and the "[speaker]" prefix the processor adds
+        return int(len(text) / self.chars_per_token) + 4
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    batch_size: int = 16
+    max_batch_positions: int = 16 * WINDOW  # rows x longest row's positions, per batch
+    window_books: int = 2000  # books planned together (streaming completion)

@@ -1,0 +1,116 @@
+"""The small dataclasses that stages hand each other (see DESIGN.md: data flow)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    import numpy as np
+
+Pause = Literal["none", "sentence", "paragraph"]
+StopReason = Literal["eos", "cap", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Book:
+    """One valid manifest row. `row` is the 1-based line (JSONL) or row (Parquet) number."""
+
+    book_id: str
+    row: int
+    text: str | None = None
+    text_uri: str | None = None
+    title: str | None = None
+    speaker: int = 0
+    voice: str | None = None
+    language: str = "en"
+    priority: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One rejected manifest row: `reason` is a short category, `message` the detail."""
+
+    row: int
+    reason: str
+    message: str
+    book_id: str | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = f"row {self.row}" + (f" ({self.book_id})" if self.book_id else "")
+        return f"{where}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """A piece of one book's text that CSM speaks in one generation.
+
+    `chunk_id` hashes text, speaker, voice and engine settings, not the book: identical
+    chunks of different books share one id and are synthesized once.
+    """
+
+    chunk_id: str
+    book_id: str
+    index: int
+    text: str
+    speaker: int = 0
+    voice: str | None = None
+    pause_before: Pause = "none"
+    text_tokens: int = 0
+    max_frames: int = 0
+    prompt_positions: int = 0
+
+    @property
+    def positions(self) -> int:
+        """Window positions this chunk may occupy: prompt + text + its frame cap."""
+        return self.prompt_positions + self.text_tokens + self.max_frames
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Chunks generated together; rows are padded to the longest one."""
+
+    chunks: tuple[Chunk, ...]
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    @property
+    def useful_positions(self) -> int:
+        return sum(c.positions for c in self.chunks)
+
+    @property
+    def computed_positions(self) -> int:
+        return len(self.chunks) * max((c.positions for c in self.chunks), default=0)
+
+
+@dataclass(slots=True)
+class ChunkAudio:
+    """What an engine returns for one chunk: mono float32 audio at 24 kHz and how it went."""
+
+    chunk_id: str
+    audio: np.ndarray
+    frames: int
+    stop_reason: StopReason
+    seed: int
+    attempts: int = 1
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class BookAudio:
+    """A whole book's assembled audio (mono float32 at `sample_rate`)."""
+
+    book_id: str
+    audio: np.ndarray
+    sample_rate: int
+    watermark_payload: int | None = None
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.audio) / self.sample_rate
