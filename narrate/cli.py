@@ -6,33 +6,30 @@ imported inside the commands that need them.
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from narrate import __version__
 from narrate.errors import NarrateError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class NarrateGroup(click.Group):
+    """Turns a NarrateError from any command into its message and exit code, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except NarrateError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=NarrateGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="narrate")
 def cli() -> None:
     """Render book narratives to narrated audio with Sesame CSM-1B."""
 
 
-def main() -> None:
-    try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except NarrateError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-
+main = cli
 
 if __name__ == "__main__":
     main()
