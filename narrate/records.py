@@ -114,3 +114,24 @@ class BookAudio:
     @property
     def duration_s(self) -> float:
         return len(self.audio) / self.sample_rate
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedBook:
+    """A finished, encoded book file, ready to publish.
+
+    `content_hash` covers everything that shapes the file (chunk ids, post settings, payload):
+    publishing skips a book whose stored object already carries the same hash.
+    """
+
+    book_id: str
+    data: bytes
+    format: str  # "wav" | "flac" | "mp3" | "opus"
+    content_type: str
+    duration_s: float
+    content_hash: str
+    watermark_payload: int | None = None
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.book_id}.{self.format}"
