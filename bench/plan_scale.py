@@ -1,0 +1,130 @@
+"""Plan a large synthetic catalog and report wall time and peak memory of `narrate plan`.
+
+Target (issue: foundation): a 1,000,000-row Parquet manifest, narratives of 50-2,000 words,
+planned in <= 60 s and <= 1.5 GB peak RSS on a 2-core machine. The manifest is written once
+into bench/out/ and reused by later runs.
+
+    python bench/plan_scale.py [--rows N] [--out bench/out]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+WORDS = (
+    "the a of and to in was he it that his her with as had for she at on by not be but from "
+    "which you were all this my they one so said have an been would their there what no when "
+    "who could old house river morning captain garden letter window evening sister brother "
+    "journey silence kingdom mountain whisper lantern harbour merchant village thunder"
+).split()
+
+
+def synthetic_pool(words: int, rng: np.random.Generator) -> tuple[str, np.ndarray]:
+    """A long text of sentences (5-25 words, some paragraphs) and the offset of every word."""
+    picks = rng.integers(0, len(WORDS), size=words)
+    parts: list[str] = []
+    offsets = np.empty(words + 1, dtype=np.int64)
+    pos = 0
+    left_in_sentence = 0
+    for i, pick in enumerate(picks):
+        word = WORDS[pick]
+        if left_in_sentence == 0:
+            word = word.capitalize()
+            left_in_sentence = int(rng.integers(5, 26))
+        left_in_sentence -= 1
+        sep = " "
+        if left_in_sentence == 0:
+            sep = ".\n\n" if rng.random() < 0.15 else ". "
+        offsets[i] = pos
+        parts.append(word + sep)
+        pos += len(word) + len(sep)
+    offsets[words] = pos
+    return "".join(parts), offsets
+
+
+def write_manifest(path: Path, rows: int, seed: int = 7) -> None:
+    rng = np.random.default_rng(seed)
+    pool_words = 60_000
+    pool, offsets = synthetic_pool(pool_words, rng)
+    schema = pa.schema([("book_id", pa.string()), ("text", pa.string())])
+    step = 10_000
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            lengths = rng.integers(50, 2001, size=n)
+            begins = rng.integers(0, pool_words - 2001, size=n)
+            texts = [pool[offsets[b] : offsets[b + k]].strip() for b, k in zip(begins, lengths)]
+            ids = [f"book-{start + i:07d}" for i in range(n)]
+            writer.write_table(pa.table({"book_id": ids, "text": texts}, schema=schema))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--out", type=Path, default=Path("bench/out"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    manifest = args.out / f"catalog-{args.rows}.parquet"
+    if not manifest.exists():
+        started = time.perf_counter()
+        write_manifest(manifest.with_suffix(".tmp"), args.rows)
+        manifest.with_suffix(".tmp").rename(manifest)
+        print(
+            f"wrote {manifest} ({manifest.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s"
+        )
+
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "narrate.cli",
+            "plan",
+            str(manifest),
+            "--engine",
+            "preview",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    wall = time.perf_counter() - started
+    if done.returncode not in (0, 1):
+        sys.exit(f"narrate plan failed ({done.returncode}): {done.stderr[-2000:]}")
+    summary = json.loads(done.stdout)
+    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # KiB on Linux
+    print(
+        json.dumps(
+            {
+                k: summary[k]
+                for k in (
+                    "books",
+                    "rows_rejected",
+                    "chunks",
+                    "characters",
+                    "batches",
+                    "padding_efficiency",
+                )
+            }
+        )
+    )
+    print(
+        f"plan of {args.rows:,} rows: wall {wall:.1f} s (target <= 60), "
+        f"peak RSS {peak_gb:.2f} GB (target <= 1.5), "
+        f"{summary['characters'] / wall / 1e6:.1f} M chars/s"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""Batch planning: chunks of many books sorted by length and grouped into batches.
+
+Rows of a batch are padded to its longest row (CSM generates every row to the batch's largest
+frame cap), so grouping chunks of similar length is what keeps accelerators busy. A catalog is
+planned in windows of books: each window is sorted on its own, so books finish and publish while
+the run goes on and memory stays bounded on a 1M-row manifest.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from narrate.config import FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
+from narrate.records import Batch, Book, Chunk, RowError
+
+# voice name -> (voice key for chunk ids, prompt positions); raises UsageError for unknown voices
+VoiceLookup = Callable[[str | None], tuple[str, int]]
+TextLoader = Callable[[Book], str]
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBook:
+    """A valid book and its chunks, in reading order."""
+
+    book: Book
+    chunks: tuple[Chunk, ...]
+
+    @property
+    def characters(self) -> int:
+        return sum(len(c.text) for c in self.chunks)
+
+
+def no_voices(voice: str | None) -> tuple[str, int]:
+    """Voice lookup for plans without a voice library: every voice is its own name, no prompt."""
+    return (voice or "", 0)
+
+
+def load_text(book: Book) -> str:
+    """The book's narrative: inline, or read from `text_uri` (local path or gs://)."""
+    if book.text is not None:
+        return book.text
+    assert book.text_uri is not None  # the manifest reader guarantees one of the two
+    from narrate.storage import open_uri
+
+    with open_uri(book.text_uri) as stream:
+        return stream.read().decode("utf-8")
+
+
+def chunk_books(
+    items: Iterable[Book | RowError],
+    *,
+    chunking: ChunkingConfig,
+    engine_fingerprint: str,
+    voices: VoiceLookup = no_voices,
+    text_loader: TextLoader = load_text,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Iterator[PlannedBook | RowError]:
+    """Chunk each valid book; a book whose text or voice cannot be resolved becomes a RowError."""
+    from narrate.errors import NarrateError
+    from narrate.text import chunk_book
+
+    for item in items:
+        if isinstance(item, RowError):
+            yield item
+            continue
+        try:
+            voice_key, prompt_positions = voices(item.voice)
+            text = text_loader(item)
+        except (NarrateError, OSError, UnicodeDecodeError) as exc:
+            field_name = "voice" if isinstance(exc, NarrateError) and item.voice else "text_uri"
+            yield RowError(
+                item.row, f"bad_{field_name}", f"{field_name}: {exc}", item.book_id, field_name
+            )
+            continue
+        if len(text) > chunking.max_text_chars:
+            yield RowError(
+                item.row,
+                "text_too_long",
+                f"text_uri: {len(text)} characters, over the limit of {chunking.max_text_chars}",
+                item.book_id,
+                "text_uri",
+            )
+            continue
+        chunks = chunk_book(
+            item.book_id,
+            text,
+            config=chunking,
+            engine_fingerprint=engine_fingerprint,
+            speaker=item.speaker,
+            voice=item.voice,
+            voice_key=voice_key,
+            prompt_positions=prompt_positions,
+            count_tokens=count_tokens,
+        )
+        if not chunks:
+            yield RowError(item.row, "empty_text", "text: nothing to speak", item.book_id, "text")
+            continue
+        yield PlannedBook(item, tuple(chunks))
+
+
+def windows(
+    items: Iterable[PlannedBook | RowError], size: int
+) -> Iterator[list[PlannedBook | RowError]]:
+    """Consecutive groups of `size` books (row errors ride along without counting)."""
+    window: list[PlannedBook | RowError] = []
+    books = 0
+    for item in items:
+        window.append(item)
+        if isinstance(item, PlannedBook):
+            books += 1
+            if books == size:
+                yield window
+                window, books = [], 0
+    if window:
+        yield window
+
+
+def unique_chunks(chunks: Iterable[Chunk]) -> list[Chunk]:
+    """First occurrence of each chunk id: identical chunks across books are synthesized once."""
+    seen: set[str] = set()
+    out = []
+    for chunk in chunks:
+        if chunk.chunk_id not in seen:
+            seen.add(chunk.chunk_id)
+            out.append(chunk)
+    return out
+
+
+def plan_batches(chunks: Iterable[Chunk], config: PlanConfig, *, sort: bool = True) -> list[Batch]:
+    """Group chunks into batches under `batch_size` rows and `max_batch_positions`.
+
+    Sorted longest first (ties by id, so every pod plans the same batches): long batches start
+    while the queue is full, and short ones fill in at the end. `sort=False` keeps input order
+    (only to measure what sorting buys).
+    """
+    ordered = unique_chunks(chunks)
+    if sort:
+        ordered.sort(key=lambda c: (-c.positions, c.chunk_id))
+    batches: list[Batch] = []
+    current: list[Chunk] = []
+    longest = 0
+    for chunk in ordered:
+        widest = max(longest, chunk.positions)
+        if current and (
+            len(current) >= config.batch_size
+            or (len(current) + 1) * widest > config.max_batch_positions
+        ):
+            batches.append(Batch(tuple(current)))
+            current, widest = [], chunk.positions
+        current.append(chunk)
+        longest = widest
+    if current:
+        batches.append(Batch(tuple(current)))
+    return batches
+
+
+def padding_efficiency(batches: Sequence[Batch]) -> float:
+    """Useful / computed positions: 1.0 means no padding at all."""
+    computed = sum(b.computed_positions for b in batches)
+    return sum(b.useful_positions for b in batches) / computed if computed else 1.0
+
+
+@dataclass
+class PlanSummary:
+    """What `narrate plan` reports. Rejected rows keep counts per reason and a few examples."""
+
+    books: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    examples: dict[str, list[RowError]] = field(default_factory=dict)
+    chunks: int = 0
+    unique_chunks: int = 0
+    characters: int = 0
+    expected_frames: float = 0.0
+    batches: int = 0
+    useful_positions: int = 0
+    computed_positions: int = 0
+
+    max_examples = 5
+
+    def add_error(self, error: RowError) -> None:
+        self.rejected[error.reason] += 1
+        examples = self.examples.setdefault(error.reason, [])
+        if len(examples) < self.max_examples:
+            examples.append(error)
+
+    def add_window(
+        self, books: Sequence[PlannedBook], batches: Sequence[Batch], chunking: ChunkingConfig
+    ) -> None:
+        self.books += len(books)
+        self.chunks += sum(len(b.chunks) for b in books)
+        self.unique_chunks += sum(len(b) for b in batches)
+        chars = sum(b.characters for b in books)
+        self.characters += chars
+        self.expected_frames += chunking.expected_frames(chars)
+        self.batches += len(batches)
+        self.useful_positions += sum(b.useful_positions for b in batches)
+        self.computed_positions += sum(b.computed_positions for b in batches)
+
+    @property
+    def rows_rejected(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def audio_hours(self) -> float:
+        return self.expected_frames / FRAME_RATE / 3600
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.useful_positions / self.computed_positions if self.computed_positions else 1.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "books": self.books,
+            "rows_rejected": self.rows_rejected,
+            "rejected_by_reason": {
+                reason: {"count": count, "examples": [str(e) for e in self.examples[reason]]}
+                for reason, count in self.rejected.most_common()
+            },
+            "chunks": self.chunks,
+            "unique_chunks": self.unique_chunks,
+            "characters": self.characters,
+            "estimated_audio_hours": round(self.audio_hours, 3),
+            "batches": self.batches,
+            "padding_efficiency": round(self.padding_efficiency, 4),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlanWindow:
+    """One window of the catalog: its books, their batches, and the rows rejected on the way."""
+
+    books: list[PlannedBook]
+    batches: list[Batch]
+    errors: list[RowError]
+
+
+def plan_windows(
+    planned: Iterable[PlannedBook | RowError], plan: PlanConfig
+) -> Iterator[PlanWindow]:
+    """Window by window, each sorted and batched on its own (see module docstring)."""
+    for window in windows(planned, plan.window_books):
+        books = [item for item in window if isinstance(item, PlannedBook)]
+        errors = [item for item in window if isinstance(item, RowError)]
+        batches = plan_batches(itertools.chain.from_iterable(b.chunks for b in books), plan)
+        yield PlanWindow(books, batches, errors)
+
+
+def summarize(windows_: Iterable[PlanWindow], chunking: ChunkingConfig) -> PlanSummary:
+    summary = PlanSummary()
+    for window in windows_:
+        for error in window.errors:
+            summary.add_error(error)
+        summary.add_window(window.books, window.batches, chunking)
+    return summary
+
+
+def voice_library_lookup(root: str) -> VoiceLookup:
+    """Voice lookup backed by the voice library (`voices/NAME/`): key = content fingerprint."""
+    from narrate.synth.voices import VoiceLibrary
+
+    library = VoiceLibrary(Path(root))
+    cache: dict[str | None, tuple[str, int]] = {None: ("", 0)}
+
+    def lookup(name: str | None) -> tuple[str, int]:
+        if name not in cache:
+            voice = library.get(name)
+            cache[name] = (voice.fingerprint, voice.positions)
+        return cache[name]
+
+    return lookup
+
+
+def plan_manifest(
+    source: str,
+    *,
+    engine: EngineConfig,
+    chunking: ChunkingConfig,
+    plan: PlanConfig,
+    voices: VoiceLookup = no_voices,
+    progress: bool = False,
+) -> PlanSummary:
+    """Validate, chunk and batch a whole manifest without synthesizing anything."""
+    from tqdm import tqdm
+
+    from narrate.manifest import ManifestReader
+
+    rows = ManifestReader(source, max_text_chars=chunking.max_text_chars)
+    with tqdm(rows, unit=" rows", disable=not progress, desc="planning") as bar:
+        planned = chunk_books(
+            bar, chunking=chunking, engine_fingerprint=engine.fingerprint(), voices=voices
+        )
+        return summarize(plan_windows(planned, plan), chunking)
+
+
+def render_summary(summary: PlanSummary) -> str:
+    """The human-readable report of `narrate plan`."""
+    lines = [
+        f"books accepted     {summary.books:,}",
+        f"rows rejected      {summary.rows_rejected:,}",
+    ]
+    for reason, count in summary.rejected.most_common():
+        lines.append(f"  {reason}: {count:,}")
+        lines.extend(f"    {example}" for example in summary.examples[reason])
+    lines += [
+        f"chunks             {summary.chunks:,} ({summary.unique_chunks:,} unique)",
+        f"characters         {summary.characters:,}",
+        f"est. audio         {summary.audio_hours:,.2f} h",
+        f"batches            {summary.batches:,}",
+        f"padding efficiency {summary.padding_efficiency:.1%}",
+    ]
+    return "\n".join(lines)
