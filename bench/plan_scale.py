@@ -63,7 +63,10 @@ def write_manifest(path: Path, rows: int, seed: int = 7) -> None:
             n = min(step, rows - start)
             lengths = rng.integers(50, 2001, size=n)
             begins = rng.integers(0, pool_words - 2001, size=n)
-            texts = [pool[offsets[b] : offsets[b + k]].strip() for b, k in zip(begins, lengths)]
+            texts = [
+                pool[offsets[b] : offsets[b + k]].strip()
+                for b, k in zip(begins, lengths, strict=True)
+            ]
             ids = [f"book-{start + i:07d}" for i in range(n)]
             writer.write_table(pa.table({"book_id": ids, "text": texts}, schema=schema))
 
@@ -79,9 +82,8 @@ def main() -> None:
         started = time.perf_counter()
         write_manifest(manifest.with_suffix(".tmp"), args.rows)
         manifest.with_suffix(".tmp").rename(manifest)
-        print(
-            f"wrote {manifest} ({manifest.stat().st_size / 1e9:.2f} GB) in {time.perf_counter() - started:.0f} s"
-        )
+        size_gb = manifest.stat().st_size / 1e9
+        print(f"wrote {manifest} ({size_gb:.2f} GB) in {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
     done = subprocess.run(
