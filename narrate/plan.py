@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -313,3 +313,69 @@ def render_summary(summary: PlanSummary) -> str:
         f"padding efficiency {summary.padding_efficiency:.1%}",
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """This pod's part of the catalog: `index` of `count` (Kubernetes Indexed Job)."""
+
+    index: int = 0
+    count: int = 1
+
+    @classmethod
+    def parse(cls, text: str | None, env: Mapping[str, str]) -> Shard:
+        """`I/N`; without it, JOB_COMPLETION_INDEX and NARRATE_SHARDS; else the whole catalog."""
+        from narrate.errors import UsageError
+
+        if text is None:
+            if "JOB_COMPLETION_INDEX" not in env:
+                return cls()
+            text = f"{env['JOB_COMPLETION_INDEX']}/{env.get('NARRATE_SHARDS', '1')}"
+        try:
+            index, count = (int(part) for part in text.split("/"))
+        except ValueError:
+            raise UsageError(f"shard {text!r} is not I/N", "e.g. --shard 0/4") from None
+        if not 0 <= index < count:
+            raise UsageError(f"shard {text!r}: index must be in 0..{count - 1}", "e.g. --shard 0/4")
+        return cls(index, count)
+
+
+def shard_rows(
+    items: Iterable[Book | RowError], shard: Shard, block: int = 4096
+) -> Iterator[Book | RowError]:
+    """This shard's rows: a deterministic, length-balanced assignment.
+
+    Every pod reads the same manifest and computes the same assignment: within each block of
+    rows, books go longest first to the least-loaded shard (loads carry over between blocks),
+    so shards get similar amounts of text, not just similar book counts. Books whose text is
+    behind a `text_uri` weigh the block's average (reading every text on every pod would cost
+    more than it balances). Row errors go to `row % count`, so each is reported once.
+    """
+    if shard.count == 1:
+        yield from items
+        return
+    loads = [0] * shard.count
+    for rows in _blocks(items, block):
+        books = [r for r in rows if isinstance(r, Book)]
+        known = [len(b.text) for b in books if b.text is not None]
+        average = sum(known) // len(known) if known else 1
+        weight = {b.row: len(b.text) if b.text is not None else average for b in books}
+        mine: set[int] = set()
+        for book in sorted(books, key=lambda b: (-weight[b.row], b.row)):
+            target = min(range(shard.count), key=lambda s: (loads[s], s))
+            loads[target] += weight[book.row]
+            if target == shard.index:
+                mine.add(book.row)
+        for row in rows:
+            if (
+                (row.row in mine)
+                if isinstance(row, Book)
+                else (row.row % shard.count == shard.index)
+            ):
+                yield row
+
+
+def _blocks(items: Iterable[Book | RowError], size: int) -> Iterator[tuple[Book | RowError, ...]]:
+    iterator = iter(items)
+    while block := tuple(itertools.islice(iterator, size)):
+        yield block

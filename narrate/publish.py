@@ -1,0 +1,61 @@
+"""Publishing a finished book: upload the file first, then patch its database record.
+
+A book is done only when both the stored object and the record carry the book's content hash,
+so re-running converges: a crash between the two steps re-patches, never re-uploads twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from narrate.database import StatusWriter
+from narrate.errors import StorageError
+from narrate.records import EncodedBook
+from narrate.storage import Storage, Uploader
+
+
+class Publisher:
+    def __init__(
+        self,
+        storage: Storage,
+        status: StatusWriter,
+        *,
+        object_template: str,
+        url_style: str,
+        workers: int = 8,
+    ) -> None:
+        self.storage = storage
+        self.status = status
+        self.object_template = object_template
+        self.uploader = Uploader(
+            storage, workers=workers, object_template=object_template, url_style=url_style
+        )
+
+    def object_name(self, book_id: str, fmt: str) -> str:
+        return self.object_template.format(book_id=book_id, ext=fmt)
+
+    def is_published(self, book_id: str, fmt: str, content_hash: str) -> bool:
+        stored = self.storage.stat(self.object_name(book_id, fmt))
+        if stored is None or stored.metadata.get("contentHash") != content_hash:
+            return False
+        record = self.status.record(book_id) or {}
+        return (
+            record.get("narrativeAudioStatus") == "ready"
+            and record.get("narrativeContentHash") == content_hash
+        )
+
+    def publish(self, book: EncodedBook, metadata: Mapping[str, str]) -> str:
+        """Upload (skipped when the same content is stored) and queue the `ready` patch."""
+        (upload,) = self.uploader.upload([book], metadata)
+        if upload.error:
+            raise StorageError(f"upload of {upload.name} failed: {upload.error}")
+        self.status.ready(
+            book.book_id,
+            url=upload.url,
+            duration_s=book.duration_s,
+            path=upload.name,
+            format=book.format,
+            watermark_payload=book.watermark_payload,
+            content_hash=book.content_hash,
+        )
+        return upload.url

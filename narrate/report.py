@@ -1,0 +1,124 @@
+"""What a run tells the operator: progress while it runs, a report when it ends.
+
+On a terminal: tqdm bars. Otherwise (Kubernetes, cron): one JSON object per line on stderr, so
+log collectors can index events without parsing prose.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Literal, TextIO
+
+BookStatus = Literal["ready", "failed", "skipped"]
+
+
+@dataclass(slots=True)
+class BookResult:
+    book_id: str
+    status: BookStatus
+    duration_s: float = 0.0
+    chunks: int = 0
+    retries: int = 0
+    error: str | None = None
+    url: str | None = None
+
+
+@dataclass
+class RunReport:
+    books: dict[str, BookResult] = field(default_factory=dict)
+    rejected_rows: list[str] = field(default_factory=list)
+    chunks_synthesized: int = 0
+    chunks_failed: int = 0
+    cache_hits: int = 0
+    synth_seconds: float = 0.0  # worker time spent in engine calls, summed over workers
+    useful_positions: int = 0
+    computed_positions: int = 0
+    started: float = field(default_factory=time.monotonic)
+    wall_s: float = 0.0
+    interrupted: bool = False
+
+    def add(self, result: BookResult) -> None:
+        self.books[result.book_id] = result
+
+    def count(self, status: BookStatus) -> int:
+        return sum(1 for r in self.books.values() if r.status == status)
+
+    @property
+    def audio_seconds(self) -> float:
+        return sum(r.duration_s for r in self.books.values() if r.status == "ready")
+
+    @property
+    def padding_efficiency(self) -> float:
+        return self.useful_positions / self.computed_positions if self.computed_positions else 1.0
+
+    @property
+    def real_time_factor(self) -> float:
+        """Engine seconds per second of audio (lower is faster; below 1 beats real time)."""
+        return self.synth_seconds / self.audio_seconds if self.audio_seconds else 0.0
+
+    def totals(self) -> dict[str, object]:
+        return {
+            "books": len(self.books),
+            "ready": self.count("ready"),
+            "failed": self.count("failed"),
+            "skipped": self.count("skipped"),
+            "rows_rejected": len(self.rejected_rows),
+            "audio_seconds": round(self.audio_seconds, 2),
+            "wall_seconds": round(self.wall_s, 2),
+            "real_time_factor": round(self.real_time_factor, 3),
+            "padding_efficiency": round(self.padding_efficiency, 4),
+            "chunks_synthesized": self.chunks_synthesized,
+            "chunks_failed": self.chunks_failed,
+            "cache_hits": self.cache_hits,
+            "interrupted": self.interrupted,
+        }
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "totals": self.totals(),
+            "books": [asdict(r) for r in self.books.values()],
+            "rejected_rows": self.rejected_rows,
+        }
+
+
+class EventLog:
+    """Progress for humans on a TTY, JSON lines for machines otherwise."""
+
+    def __init__(self, stream: TextIO | None = None, tty: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self._bars: dict[str, object] = {}
+
+    def event(self, name: str, **fields: object) -> None:
+        if self.tty:
+            if name in ("book_failed", "run_interrupted", "rows_rejected", "warning"):
+                from tqdm import tqdm
+
+                tqdm.write(f"{name}: {fields}", file=self.stream)
+            return
+        record = {"ts": round(time.time(), 3), "event": name, **fields}
+        self.stream.write(json.dumps(record, default=str) + "\n")
+        self.stream.flush()
+
+    def progress(
+        self, bar: str, advance: float, total: float | None = None, unit: str = ""
+    ) -> None:
+        """Advance the named bar (created on first use; only drawn on a TTY)."""
+        if not self.tty:
+            return
+        from tqdm import tqdm
+
+        if bar not in self._bars:
+            self._bars[bar] = tqdm(desc=bar, unit=unit, file=self.stream, position=len(self._bars))
+        current = self._bars[bar]
+        if total is not None:
+            current.total = total  # type: ignore[attr-defined]
+        current.update(advance)  # type: ignore[attr-defined]
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()  # type: ignore[attr-defined]
+        self._bars.clear()
