@@ -134,6 +134,201 @@ def plan(manifest: str, voices_dir: str, as_json: bool, **options: Any) -> None:
     sys.exit(EXIT_SOME_FAILED if summary.rows_rejected else EXIT_OK)
 
 
+def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Options naming where a run's results live (run, status)."""
+    options = [
+        click.option(
+            "--out", default="out", show_default=True, help="output folder, or gs://BUCKET/PREFIX"
+        ),
+        click.option(
+            "--cache",
+            default=".narrate/cache",
+            show_default=True,
+            help="chunk cache (the checkpoint): folder or gs://BUCKET/PREFIX",
+        ),
+        click.option(
+            "--database",
+            default=None,
+            metavar="URL",
+            help="Realtime Database URL (https://PROJECT.firebaseio.com); default: OUT/status.json",
+        ),
+        click.option(
+            "--path-template",
+            default="books/{book_id}",
+            show_default=True,
+            help="database record of each book",
+        ),
+        click.option(
+            "--object-name",
+            "object_template",
+            default=None,
+            help="object name template [default: {book_id}.{ext} locally, "
+            "narrations/{book_id}.{ext} on gs://]",
+        ),
+        click.option(
+            "--format",
+            "audio_format",
+            default="wav",
+            show_default=True,
+            type=click.Choice(["wav", "flac", "mp3", "opus"]),
+        ),
+        click.option(
+            "--shard",
+            default=None,
+            metavar="I/N",
+            help="this pod's shard [default: JOB_COMPLETION_INDEX/NARRATE_SHARDS, else 0/1]",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_run_options(
+    manifest: str | None,
+    *,
+    out: str,
+    cache: str,
+    database: str | None,
+    path_template: str,
+    object_template: str | None,
+    audio_format: str,
+    shard: str | None,
+    voices_dir: str,
+    post: dict[str, Any] | None = None,
+    **options: Any,
+) -> Any:
+    import os
+
+    from narrate.config import PostConfig
+    from narrate.pipeline import RunOptions
+    from narrate.plan import Shard
+
+    catalog = {
+        k: options.pop(k)
+        for k in (
+            "engine",
+            "model",
+            "batch_size",
+            "window_books",
+            "max_audio_length_ms",
+            "max_text_chars",
+        )
+    }
+    engine, chunking, plan_config = build_configs(**catalog)
+    return RunOptions(
+        manifest=manifest,
+        out=out,
+        cache=cache,
+        database=database,
+        path_template=path_template,
+        object_template=object_template,
+        shard=Shard.parse(shard, os.environ),
+        voices_dir=voices_dir,
+        engine=engine,
+        chunking=chunking,
+        plan=plan_config,
+        post=PostConfig(format=audio_format, **(post or {})),
+        **options,
+    )
+
+
+@cli.command()
+@click.argument("manifest", required=False)
+@catalog_options
+@output_options
+@click.option(
+    "--requests",
+    is_flag=True,
+    help="render the books the site marked 'requested' instead of a manifest",
+)
+@click.option(
+    "--text-field",
+    default="narrative",
+    show_default=True,
+    help="record field holding the text, with --requests",
+)
+@click.option(
+    "--url-style",
+    default="token",
+    show_default=True,
+    type=click.Choice(["token", "signed", "public", "gs"]),
+    help="URL written to the database (token: Firebase download URL, never expires)",
+)
+@click.option(
+    "--devices",
+    default="auto",
+    show_default=True,
+    help="auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker process per entry",
+)
+@click.option("--force", is_flag=True, help="re-render books even when already published")
+@click.option("--loudness", default=-18.0, show_default=True, help="target integrated LUFS")
+@click.option("--no-watermark", is_flag=True, help="publish without the AudioSeal watermark")
+@click.option(
+    "--watermark-model", default=None, help="AudioSeal generator: model card or local checkpoint"
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="write the run report (JSON) here",
+)
+def run(
+    manifest: str | None,
+    requests: bool,
+    loudness: float,
+    no_watermark: bool,
+    watermark_model: str | None,
+    report_path: str | None,
+    **options: Any,
+) -> None:
+    """Render MANIFEST (or the request queue): synthesize, post-process, publish.
+
+    Resumable: chunks already cached and books already published are skipped. Exit 0 when
+    every book is ready, 1 when some failed, 75 when interrupted, 2 on usage errors, 3 when
+    storage, database, model or devices fail.
+    """
+    from pathlib import Path
+
+    from narrate.pipeline import exit_code
+    from narrate.pipeline import run as run_catalog
+
+    if bool(manifest) == requests:
+        raise click.UsageError("give a MANIFEST or --requests (not both)")
+    post = {
+        "loudness_lufs": loudness,
+        "watermark": not no_watermark,
+        "watermark_model": watermark_model,
+    }
+    report = run_catalog(build_run_options(manifest, requests=requests, post=post, **options))
+    if report_path:
+        Path(report_path).write_text(json.dumps(report.to_json(), indent=2))
+    click.echo(json.dumps(report.totals()))
+    sys.exit(exit_code(report))
+
+
+@cli.command()
+@click.argument("manifest")
+@catalog_options
+@output_options
+@click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
+def status(manifest: str, as_json: bool, **options: Any) -> None:
+    """Where MANIFEST stands: books done, cached, partly cached, pending, failed.
+
+    Reads the cache and the outputs only; no model is loaded.
+    """
+    from narrate.pipeline import catalog_status
+
+    counts = catalog_status(build_run_options(manifest, **options)).to_json()
+    if as_json:
+        click.echo(json.dumps(counts, indent=2))
+    else:
+        click.echo(
+            "\n".join(f"{name.replace('_', ' '):<15}{value:,}" for name, value in counts.items())
+        )
+
+
 main = cli
 
 if __name__ == "__main__":
