@@ -119,7 +119,7 @@ def plan(manifest: str, voices_dir: str, as_json: bool, **options: Any) -> None:
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
     be read.
     """
-    from narrate.plan import plan_manifest, render_summary, voice_library_lookup
+    from narrate.plan import plan_manifest, render_summary, voice_lookup
 
     engine, chunking, plan_config = build_configs(**options)
     summary = plan_manifest(
@@ -127,7 +127,7 @@ def plan(manifest: str, voices_dir: str, as_json: bool, **options: Any) -> None:
         engine=engine,
         chunking=chunking,
         plan=plan_config,
-        voices=voice_library_lookup(voices_dir),
+        voices=voice_lookup(engine, voices_dir),
         progress=sys.stderr.isatty(),
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render_summary(summary))

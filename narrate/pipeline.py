@@ -42,10 +42,9 @@ from narrate.plan import (
     PlannedBook,
     Shard,
     chunk_books,
-    no_voices,
     plan_batches,
     shard_rows,
-    voice_library_lookup,
+    voice_lookup,
     windows,
 )
 from narrate.publish import Publisher
@@ -245,12 +244,11 @@ def planned_books(options: RunOptions, outputs: Outputs) -> Iterator[PlannedBook
         if options.manifest is None:
             raise UsageError("no manifest given", "pass MANIFEST, or --requests for the queue")
         rows = ManifestReader(options.manifest, max_text_chars=options.chunking.max_text_chars)
-    csm = options.engine.engine == "csm"
     return chunk_books(
         shard_rows(rows, options.shard),
         chunking=options.chunking,
         engine_fingerprint=options.engine.fingerprint(),
-        voices=voice_library_lookup(options.voices_dir) if csm else no_voices,
+        voices=voice_lookup(options.engine, options.voices_dir),
     )
 
 

@@ -258,16 +258,20 @@ def summarize(windows_: Iterable[PlanWindow], chunking: ChunkingConfig) -> PlanS
     return summary
 
 
+def voice_lookup(engine: EngineConfig, root: str) -> VoiceLookup:
+    """CSM chunks are keyed by the voice prompt's content; the preview engine has no prompts."""
+    return voice_library_lookup(root) if engine.engine == "csm" else no_voices
+
+
 def voice_library_lookup(root: str) -> VoiceLookup:
     """Voice lookup backed by the voice library (`voices/NAME/`): key = content fingerprint."""
-    from narrate.synth.voices import VoiceLibrary
-
-    library = VoiceLibrary(Path(root))
     cache: dict[str | None, tuple[str, int]] = {None: ("", 0)}
 
     def lookup(name: str | None) -> tuple[str, int]:
         if name not in cache:
-            voice = library.get(name)
+            from narrate.synth.voices import VoiceLibrary
+
+            voice = VoiceLibrary(Path(root)).get(name)
             cache[name] = (voice.fingerprint, voice.positions)
         return cache[name]
 

@@ -1,0 +1,178 @@
+"""Batch planning, sharding and `narrate plan`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from narrate.cli import cli
+from narrate.config import ChunkingConfig, PlanConfig
+from narrate.errors import UsageError
+from narrate.plan import (
+    PlannedBook,
+    Shard,
+    chunk_books,
+    padding_efficiency,
+    plan_batches,
+    shard_rows,
+)
+from narrate.records import Book, RowError
+
+CHUNKING = ChunkingConfig()
+WORDS = "the river ran past old houses while a captain wrote letters home at evening".split()
+
+
+def prose(rng: random.Random, sentences: int) -> str:
+    out = []
+    for _ in range(sentences):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 30))]
+        out.append(" ".join(words).capitalize() + ".")
+    return " ".join(out)
+
+
+def catalog(n: int, seed: int = 1) -> list[Book]:
+    rng = random.Random(seed)
+    return [Book(f"b{i}", row=i + 1, text=prose(rng, rng.randint(1, 40))) for i in range(n)]
+
+
+def planned(books: list[Book]) -> list[PlannedBook]:
+    items = list(chunk_books(books, chunking=CHUNKING, engine_fingerprint="test"))
+    assert all(isinstance(i, PlannedBook) for i in items)
+    return items  # type: ignore[return-value]
+
+
+def all_chunks(books: list[PlannedBook]) -> list:
+    return [c for b in books for c in b.chunks]
+
+
+def test_sorted_batching_beats_input_order_on_padding() -> None:
+    chunks = all_chunks(planned(catalog(60)))
+    config = PlanConfig(batch_size=8)
+    sorted_eff = padding_efficiency(plan_batches(chunks, config))
+    input_eff = padding_efficiency(plan_batches(chunks, config, sort=False))
+    assert sorted_eff > input_eff
+    assert sorted_eff > 0.9
+
+
+def test_batches_respect_size_and_position_budget_longest_first() -> None:
+    chunks = all_chunks(planned(catalog(40)))
+    config = PlanConfig(batch_size=6, max_batch_positions=6 * 300)
+    batches = plan_batches(chunks, config)
+    for batch in batches:
+        assert 1 <= len(batch) <= 6
+        assert len(batch) == 1 or batch.computed_positions <= config.max_batch_positions
+    widest = [max(c.positions for c in b.chunks) for b in batches]
+    assert widest == sorted(widest, reverse=True)
+    planned_ids = sorted(c.chunk_id for b in batches for c in b.chunks)
+    assert planned_ids == sorted({c.chunk_id for c in chunks})
+
+
+def test_identical_chunks_across_books_are_planned_once() -> None:
+    text = "It was the best of times. It was the worst of times."
+    books = planned([Book("a", 1, text=text), Book("b", 2, text=text)])
+    assert [c.chunk_id for c in books[0].chunks] == [c.chunk_id for c in books[1].chunks]
+    batches = plan_batches(all_chunks(books), PlanConfig())
+    assert sum(len(b) for b in batches) == len(books[0].chunks)
+
+
+def test_plan_is_deterministic() -> None:
+    chunks = all_chunks(planned(catalog(30)))
+    shuffled = chunks[:]
+    random.Random(3).shuffle(shuffled)
+    ids = [[c.chunk_id for c in b.chunks] for b in plan_batches(chunks, PlanConfig())]
+    assert ids == [[c.chunk_id for c in b.chunks] for b in plan_batches(chunks, PlanConfig())]
+    # the same chunks in another order give batches of the same widths
+    widths = [b.computed_positions for b in plan_batches(shuffled, PlanConfig())]
+    assert widths == [b.computed_positions for b in plan_batches(chunks, PlanConfig())]
+
+
+def test_shards_cover_the_catalog_exactly_once_and_balance_length() -> None:
+    books = catalog(300, seed=5)
+    rows: list[Book | RowError] = [*books, RowError(301, "missing_id", "book_id: missing")]
+    shards = [list(shard_rows(rows, Shard(i, 3), block=64)) for i in range(3)]
+    ids = [r.book_id for shard in shards for r in shard if isinstance(r, Book)]
+    assert sorted(ids) == sorted(b.book_id for b in books)
+    assert sum(isinstance(r, RowError) for shard in shards for r in shard) == 1
+    loads = [sum(len(r.text or "") for r in shard if isinstance(r, Book)) for shard in shards]
+    assert max(loads) / min(loads) < 1.05
+    # every pod computes the same assignment
+    assert shards[1] == list(shard_rows(rows, Shard(1, 3), block=64))
+
+
+def test_shard_defaults_from_kubernetes_environment() -> None:
+    assert Shard.parse(None, {}) == Shard(0, 1)
+    assert Shard.parse(None, {"JOB_COMPLETION_INDEX": "2", "NARRATE_SHARDS": "4"}) == Shard(2, 4)
+    assert Shard.parse("1/3", {"JOB_COMPLETION_INDEX": "2"}) == Shard(1, 3)
+    for bad in ("3/3", "x/2", "1"):
+        with pytest.raises(UsageError):
+            Shard.parse(bad, {})
+
+
+def test_text_uri_is_read_and_unknown_voice_rejects_only_that_book(tmp_path: Path) -> None:
+    (tmp_path / "story.txt").write_text("Once upon a time. The end.", encoding="utf-8")
+
+    def voices(name: str | None) -> tuple[str, int]:
+        if name not in (None, "narrator"):
+            raise UsageError(f"voice {name!r} is not registered")
+        return (name or "", 120 if name else 0)
+
+    rows = [
+        Book("a", 1, text_uri=str(tmp_path / "story.txt")),
+        Book("b", 2, text="Hello there.", voice="nobody"),
+        Book("c", 3, text="Hello there.", voice="narrator"),
+        Book("d", 4, text_uri=str(tmp_path / "missing.txt")),
+    ]
+    out = list(chunk_books(rows, chunking=CHUNKING, engine_fingerprint="t", voices=voices))
+    assert isinstance(out[0], PlannedBook) and out[0].chunks[0].text.startswith("Once upon")
+    assert isinstance(out[1], RowError) and out[1].row == 2 and out[1].field == "voice"
+    assert isinstance(out[2], PlannedBook) and out[2].chunks[0].prompt_positions == 120
+    assert isinstance(out[3], RowError) and out[3].row == 4 and out[3].field == "text_uri"
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_cli_plan_reports_and_exits_zero_on_a_clean_manifest(tmp_path: Path) -> None:
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [{"book_id": f"b{i}", "text": prose(random.Random(i), 12)} for i in range(5)],
+    )
+    result = CliRunner().invoke(cli, ["plan", str(manifest), "--engine", "preview"])
+    assert result.exit_code == 0, result.output
+    assert "books accepted     5" in result.output
+    assert "padding efficiency" in result.output
+
+    result = CliRunner().invoke(cli, ["plan", str(manifest), "--json", "--engine", "preview"])
+    summary = json.loads(result.output)
+    assert summary["books"] == 5 and summary["rows_rejected"] == 0
+    assert summary["chunks"] >= 5 and summary["batches"] >= 1
+    assert 0 < summary["padding_efficiency"] <= 1
+
+
+def test_cli_plan_exits_one_and_names_rejected_rows(tmp_path: Path) -> None:
+    manifest = write_jsonl(
+        tmp_path / "m.jsonl",
+        [
+            {"book_id": "good", "text": "A fine story."},
+            {"book_id": "bad/id", "text": "Slash in the id."},
+            {"book_id": "empty", "text": "   "},
+        ],
+    )
+    result = CliRunner().invoke(cli, ["plan", str(manifest), "--json"])
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.output)
+    assert summary["books"] == 1 and summary["rows_rejected"] == 2
+    examples = [e for r in summary["rejected_by_reason"].values() for e in r["examples"]]
+    assert any("row 2" in e for e in examples) and any("row 3" in e for e in examples)
+
+
+def test_cli_plan_exits_two_on_unreadable_manifest(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["plan", str(tmp_path / "nope.jsonl")])
+    assert result.exit_code == 2
+    assert "nope.jsonl" in result.output
