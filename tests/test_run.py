@@ -1,0 +1,247 @@
+"""`narrate run` end to end: outputs, resume, edits, interruption, workers, shards.
+
+Most tests use the preview engine (eSpeak NG: real speech, deterministic, fast on CPU); one
+runs the tiny random CSM through the real loading path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from narrate.cli import cli
+from narrate.errors import EXIT_INTERRUPTED
+
+SENTENCES = [
+    "The river ran past the old mill at dawn.",
+    "Mr. Hale wrote to his sister every evening.",
+    "Nobody in the village had seen the captain since spring.",
+    "She opened the letter, read it twice, and laughed.",
+    "Rain fell softly on the harbour.",
+    "At noon the bells rang out across the valley.",
+]
+
+
+def narrative(seed: int, sentences: int) -> str:
+    rng = random.Random(seed)
+    return " ".join(rng.choice(SENTENCES) for _ in range(sentences))
+
+
+def write_manifest(path: Path, books: dict[str, str]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"book_id": b, "text": t}) + "\n" for b, t in books.items()),
+        encoding="utf-8",
+    )
+    return path
+
+
+def catalog(n: int, sentences: int = 3) -> dict[str, str]:
+    return {f"book-{i:03d}": narrative(i, sentences + i % 3) for i in range(n)}
+
+
+def run_cli(tmp_path: Path, manifest: Path, *extra: str, report: str = "report.json") -> dict:
+    args = [
+        "run",
+        str(manifest),
+        "--engine",
+        "preview",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-watermark",
+        "--devices",
+        "cpu",
+        "--report",
+        str(tmp_path / report),
+        *extra,
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.output
+    return json.loads((tmp_path / report).read_text())
+
+
+def outputs(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*.wav"))}
+
+
+@pytest.mark.slow
+def test_run_renders_every_book_and_rerun_synthesizes_nothing(tmp_path: Path) -> None:
+    books = catalog(6)
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    first = run_cli(tmp_path, manifest)
+    assert first["totals"]["ready"] == 6 and first["totals"]["failed"] == 0
+    assert first["totals"]["chunks_synthesized"] > 0
+    for book_id in books:
+        audio, rate = sf.read(tmp_path / "out" / f"{book_id}.wav")
+        assert rate == 24_000 and len(audio) / rate > 1.0
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    record = status["books"]["book-000"]
+    assert record["narrativeAudioStatus"] == "ready"
+    assert record["narrativeAudioDuration"] > 1.0
+    before = outputs(tmp_path / "out")
+
+    second = run_cli(tmp_path, manifest, report="again.json")
+    assert second["totals"]["chunks_synthesized"] == 0
+    assert second["totals"]["skipped"] == 6
+    assert outputs(tmp_path / "out") == before
+
+
+@pytest.mark.slow
+def test_editing_one_narrative_resynthesizes_only_its_changed_chunks(tmp_path: Path) -> None:
+    books = {"a": narrative(1, 12), "b": narrative(2, 12)}
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    run_cli(tmp_path, manifest)
+    before = outputs(tmp_path / "out")
+
+    books["b"] = books["b"] + " A brand new closing sentence appears here."
+    write_manifest(manifest, books)
+    report = run_cli(tmp_path, manifest, report="edit.json")
+    assert report["totals"]["chunks_synthesized"] == 1  # only the last chunk changed
+    assert report["totals"]["cache_hits"] >= 1
+    statuses = {b["book_id"]: b["status"] for b in report["books"]}
+    assert statuses == {"a": "skipped", "b": "ready"}
+    after = outputs(tmp_path / "out")
+    assert after["a.wav"] == before["a.wav"] and after["b.wav"] != before["b.wav"]
+
+
+@pytest.mark.slow
+def test_two_workers_produce_the_same_outputs_as_one(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", catalog(8))
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    run_cli(one, manifest, "--batch-size", "2")
+    run_cli(two, manifest, "--batch-size", "2", "--devices", "cpu,cpu")
+    assert outputs(one / "out") == outputs(two / "out")
+    assert len(outputs(one / "out")) == 8
+
+
+@pytest.mark.slow
+def test_shards_publish_the_catalog_exactly_once(tmp_path: Path) -> None:
+    books = catalog(9)
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    seen: list[str] = []
+    for i in range(3):
+        report = run_cli(tmp_path, manifest, "--shard", f"{i}/3", report=f"shard{i}.json")
+        seen += [b["book_id"] for b in report["books"] if b["status"] == "ready"]
+    assert sorted(seen) == sorted(books)
+    assert len(outputs(tmp_path / "out")) == 9
+
+
+def test_bad_rows_fail_alone_and_exit_one(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({"book_id": "ok", "text": "A short and valid story."})
+        + "\n"
+        + json.dumps({"book_id": "bad.id", "text": "Dots are not allowed in ids."})
+        + "\n",
+        encoding="utf-8",
+    )
+    args = [
+        "run",
+        str(manifest),
+        "--engine",
+        "preview",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-watermark",
+        "--devices",
+        "cpu",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert (tmp_path / "out" / "ok.wav").exists()
+    assert not list((tmp_path / "out").glob("bad*"))
+
+
+def spawn_run(tmp_path: Path, manifest: Path, *extra: str) -> subprocess.Popen:
+    args = [
+        sys.executable,
+        "-m",
+        "narrate.cli",
+        "run",
+        str(manifest),
+        "--engine",
+        "preview",
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--no-watermark",
+        "--devices",
+        "cpu",
+        "--batch-size",
+        "2",
+        *extra,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+
+
+def cached_chunks(cache: Path) -> int:
+    return len(list(cache.rglob("*.flac")))
+
+
+def wait_for_cached(cache: Path, at_least: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while cached_chunks(cache) < at_least:
+        assert time.monotonic() < deadline, "no chunk was cached in time"
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    books = catalog(10, sentences=6)
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    full = run_cli(reference, manifest, "--batch-size", "2")
+    total_chunks = full["totals"]["chunks_synthesized"]
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    rng = random.Random(11)
+    for _ in range(3):
+        before = cached_chunks(killed / "cache")
+        process = spawn_run(killed, manifest)
+        wait_for_cached(killed / "cache", before + 1 + rng.randint(0, 3))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    cached = cached_chunks(killed / "cache")
+    assert 0 < cached < total_chunks
+    final = run_cli(killed, manifest, "--batch-size", "2", report="final.json")
+    # what the killed runs finished is kept: the resume synthesizes exactly the rest
+    assert final["totals"]["chunks_synthesized"] == total_chunks - cached
+    assert outputs(killed / "out") == outputs(reference / "out")
+
+
+@pytest.mark.slow
+def test_sigterm_exits_interrupted_within_15_s_and_the_next_run_completes(tmp_path: Path) -> None:
+    books = catalog(12, sentences=6)
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    process = spawn_run(tmp_path, manifest)
+    wait_for_cached(tmp_path / "cache", 2)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = process.wait(timeout=30)
+    assert time.monotonic() - sent < 15
+    assert code == EXIT_INTERRUPTED
+    report = run_cli(tmp_path, manifest, "--batch-size", "2")
+    assert report["totals"]["ready"] + report["totals"]["skipped"] == len(books)
+    assert report["totals"]["cache_hits"] >= 2
