@@ -439,6 +439,7 @@ class Run:
             self.report.useful_positions += batch.useful_positions
             self.report.computed_positions += batch.computed_positions
             self.pool.submit(self.batch_counter, batch)
+            self.log.event("batch_started", batch=self.batch_counter, chunks=len(batch))
 
     def _collect(self, timeout: float) -> None:
         if self.pool is None or not self.inflight:
@@ -451,6 +452,12 @@ class Run:
             raise EngineError(f"worker on {result.device} could not start: {result.message}")
         self.inflight.pop(result.batch_no)
         self.report.synth_seconds += result.seconds
+        self.log.event(
+            "batch_done",
+            batch=result.batch_no,
+            chunks=len(result.outcomes),
+            seconds=round(result.seconds, 3),
+        )
         for outcome in result.outcomes:
             if outcome.error:
                 self.report.chunks_failed += 1

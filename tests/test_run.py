@@ -207,7 +207,7 @@ def wait_for_cached(cache: Path, at_least: int, timeout: float = 120) -> None:
 
 @pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path: Path) -> None:
-    books = catalog(10, sentences=6)
+    books = catalog(20, sentences=8)
     manifest = write_manifest(tmp_path / "m.jsonl", books)
     reference = tmp_path / "reference"
     reference.mkdir()
