@@ -31,10 +31,11 @@ _TYPOGRAPHY = {
     **dict.fromkeys("\u2015\u2e3a\u2e3b", "\u2014"),
     "\u1680": " ",  # the one space NFKC keeps
 }
-# Control and invisible format characters: line-like ones become line breaks, the rest go.
+# Control and invisible format characters, and lone surrogates (JSON can carry them):
+# line-like ones become line breaks, the rest go.
 _ASCII_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _CONTROL = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2064\ufeff]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2064\ufeff\ud800-\udfff]"
 )
 _LINE_BREAK = re.compile("\r\n?|[\x0b\x0c\x85\u2028]")
 _PARAGRAPH_BREAK = re.compile("\n[ \t]*\n")
