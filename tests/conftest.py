@@ -1,0 +1,3 @@
+"""Shared pytest set-up: fixtures from tests/support are registered here."""
+
+pytest_plugins = ["support.gcs"]
