@@ -16,10 +16,14 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from itertools import repeat
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from narrate.errors import ManifestError
 from narrate.records import Book, RowError
+
+if TYPE_CHECKING:  # pyarrow is imported when a Parquet manifest is read, not with this module
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
 log = logging.getLogger("narrate.manifest")
 
@@ -272,7 +276,7 @@ class ManifestReader:
 
     # -- Parquet -----------------------------------------------------------------------------
 
-    def _parquet_file(self, stream: BinaryIO):  # -> pyarrow.parquet.ParquetFile
+    def _parquet_file(self, stream: BinaryIO) -> pq.ParquetFile:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -374,8 +378,8 @@ def read_manifest(source: Source, **kw: Any) -> Iterator[Book | RowError]:
     return iter(ManifestReader(source, **kw))
 
 
-def _field_values(batch: Any, names: tuple[str, ...]) -> Iterable[object]:
-    """One field's values in a pyarrow RecordBatch: from its column, else its alias's."""
+def _field_values(batch: pa.RecordBatch, names: tuple[str, ...]) -> Iterable[object]:
+    """One field's values in a batch: from its column, else (where null) its alias's."""
     if not names:
         return repeat(None)
     values = _column_values(batch.column(names[0]))
@@ -385,7 +389,7 @@ def _field_values(batch: Any, names: tuple[str, ...]) -> Iterable[object]:
     return values
 
 
-def _column_values(column: Any) -> list[object]:  # column: pyarrow.Array
+def _column_values(column: pa.Array) -> list[object]:
     try:
         return column.to_pylist()
     except UnicodeDecodeError:
