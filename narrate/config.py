@@ -69,3 +69,31 @@ class PlanConfig:
     batch_size: int = 16
     max_batch_positions: int = 16 * WINDOW  # rows x longest row's positions, per batch
     window_books: int = 2000  # books planned together (streaming completion)
+
+
+AUDIO_FORMATS = ("wav", "flac", "mp3", "opus")
+
+
+@dataclass(frozen=True)
+class PostConfig:
+    """How a book's chunk waveforms become one published file (see narrate.post)."""
+
+    sentence_gap_ms: int = 250
+    paragraph_gap_ms: int = 700
+    crossfade_ms: int = 10
+    loudness_lufs: float = -18.0
+    true_peak_db: float = -1.5
+    format: str = "wav"  # one of AUDIO_FORMATS
+    mp3_bitrate: int = 64_000
+    opus_bitrate: int = 32_000  # Opus is transparent for mono speech well below MP3's rate
+    watermark: bool = True
+    # None: AudioSeal's model cards (audioseal_wm_16bits / audioseal_detector_16bits, weights
+    # from the Hugging Face hub); else a local directory or "GENERATOR.pth,DETECTOR.pth"
+    watermark_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in AUDIO_FORMATS:
+            raise ValueError(f"audio format {self.format!r} is not one of {AUDIO_FORMATS}")
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)
