@@ -6,6 +6,8 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from narrate.errors import UsageError
+
 SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float32 at this rate
 FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
 WINDOW = 2048  # CSM positions: context text + context audio + target text + generated frames
@@ -93,7 +95,9 @@ class PostConfig:
 
     def __post_init__(self) -> None:
         if self.format not in AUDIO_FORMATS:
-            raise ValueError(f"audio format {self.format!r} is not one of {AUDIO_FORMATS}")
+            raise UsageError(
+                f"audio format {self.format!r} is not one of {', '.join(AUDIO_FORMATS)}"
+            )
 
     def fingerprint(self) -> str:
         return fingerprint(self)
