@@ -1,0 +1,585 @@
+"""Book status records: the Firebase Realtime Database, or a local status.json, written in batches.
+
+The site listens on `/books/{book_id}` and shows the player once `narrativeAudioUrl` is set. A
+run moves each book through `processing` -> `ready` | `failed`; `StatusWriter` queues those
+changes and sends many books in one multi-path PATCH (atomic), flushed every couple of seconds
+by a timer so the site updates soon after a book finishes. All values are idempotent: applying
+an update twice leaves the same record (only `narrativeUpdatedAt` moves), so retries and reruns
+converge. `requested_books` reads the site's request queue (`narrativeAudioStatus == "requested"`).
+
+Talking to the database goes through firebase-admin, which honours
+`FIREBASE_DATABASE_EMULATOR_HOST` (emulator: no credentials needed) and otherwise uses
+Application Default Credentials. Adapters make one attempt and classify failures; callers here
+retry the transient ones (5xx, 429, timeouts, lost connections) with backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import logging
+import os
+import random
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol, TypeVar
+from urllib.parse import parse_qs, quote, urlsplit
+
+from narrate.errors import DatabaseError, UsageError
+from narrate.manifest import book_id_problem
+from narrate.records import Book, RowError
+
+log = logging.getLogger("narrate.database")
+
+T = TypeVar("T")
+
+SERVER_TIMESTAMP = {".sv": "timestamp"}  # replaced by the database's clock (epoch ms)
+
+# Record fields under /books/{book_id} (DESIGN.md "Record fields").
+STATUS = "narrativeAudioStatus"  # requested | processing | ready | failed
+URL = "narrativeAudioUrl"
+UPDATED_AT = "narrativeUpdatedAt"
+DURATION = "narrativeAudioDuration"  # seconds
+AUDIO_PATH = "narrativeAudioPath"
+AUDIO_FORMAT = "narrativeAudioFormat"
+WATERMARK = "narrativeWatermarkPayload"
+ERROR = "narrativeAudioError"
+CONTENT_HASH = "narrativeContentHash"  # lets a rerun see the record already matches
+REQUESTED = "requested"
+
+MAX_ERROR_CHARS = 300
+_MAX_BACKOFF_S = 30.0
+
+CREDENTIALS_HINT = (
+    "narrate uses Application Default Credentials: Workload Identity on GKE, "
+    "`gcloud auth application-default login` on a workstation, or GOOGLE_APPLICATION_CREDENTIALS "
+    "pointing to a service-account key file; for the emulator set "
+    "FIREBASE_DATABASE_EMULATOR_HOST=host:port"
+)
+PERMISSION_HINT = (
+    "the credentials may not write this database: grant the service account the Firebase "
+    "Realtime Database Admin role (roles/firebasedatabase.admin) and check that --database "
+    "names the right instance"
+)
+
+
+class DatabaseUnavailable(DatabaseError):
+    """A failure worth retrying: 5xx, 429, a timeout or a lost connection."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, hint="the database may be overloaded or unreachable; rerun")
+
+
+class DatabaseRejected(DatabaseError):
+    """The database refused this request (a 4xx other than 429): sending it again will not help,
+    but other requests may still succeed."""
+
+
+class Database(Protocol):
+    def update(self, updates: Mapping[str, object]) -> None:
+        """One multi-path update, applied atomically; None deletes; values may hold
+        SERVER_TIMESTAMP."""
+
+    def get(self, path: str) -> object: ...
+
+    def query_equal(
+        self,
+        path: str,
+        child: str,
+        value: str,
+        *,
+        limit: int = 500,
+        start_after_key: str | None = None,
+    ) -> dict[str, dict]:
+        """Children of `path` whose `child` equals `value`, in key order, after
+        `start_after_key`, at most `limit`."""
+
+    def close(self) -> None: ...
+
+
+def rtdb_key_order(key: str) -> tuple:
+    """The database's key order: keys that are 32-bit integers first, numerically, then strings.
+
+    Pages must follow the server's order: Python's string order puts "100001" before "123",
+    the database does not, and a page cursor taken in the wrong order repeats or skips records.
+    """
+    if re.fullmatch(r"-?\d{1,10}", key) and -(2**31) <= int(key) < 2**31:
+        return (0, int(key), len(key))
+    return (1, key.encode("utf-16-be"))  # the server compares UTF-16 code units
+
+
+# ---- Realtime Database through firebase-admin --------------------------------------------------
+
+
+class RealtimeDatabase:
+    """A Realtime Database instance, `https://PROJECT.firebaseio.com` (or an emulator URL
+    `http://HOST:PORT/?ns=NAME`), through its own named firebase-admin app."""
+
+    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+        import firebase_admin
+        from firebase_admin import db
+
+        parts = urlsplit(url)
+        namespaced = parts.scheme == "http" and parse_qs(parts.query).get("ns")
+        if not parts.netloc or not (parts.scheme == "https" or namespaced):
+            raise UsageError(
+                f"--database {url!r} is not a Realtime Database URL",
+                hint="use https://PROJECT.firebaseio.com (or https://NAME.REGION.firebasedatabase"
+                ".app); for an emulator, http://HOST:PORT/?ns=NAME",
+            )
+        self.url = url
+        options = {"databaseURL": url, "httpTimeout": timeout}
+        self._app = firebase_admin.initialize_app(
+            options=options, name=f"narrate-db-{uuid.uuid4().hex[:12]}"
+        )
+        self._db = db
+        self._root = self._call("connect", lambda: db.reference("/", app=self._app))
+
+    def update(self, updates: Mapping[str, object]) -> None:
+        if updates:
+            self._call(f"update of {len(updates)} paths", lambda: self._root.update(dict(updates)))
+
+    def get(self, path: str) -> object:
+        return self._call(f"read of /{path}", lambda: self._ref(path).get())
+
+    def query_equal(
+        self,
+        path: str,
+        child: str,
+        value: str,
+        *,
+        limit: int = 500,
+        start_after_key: str | None = None,
+    ) -> dict[str, dict]:
+        query = self._ref(path).order_by_child(child)
+        if start_after_key is None:
+            query.equal_to(value).limit_to_first(limit)
+        else:
+            # The Admin SDK has no startAt(value, key); the REST API takes the key after a comma
+            # (what the JS SDK's REST client sends). Percent-encoded: the SDK does not encode.
+            query.start_at(value).end_at(value).limit_to_first(limit + 1)
+            bound = f"{json.dumps(value)},{json.dumps(start_after_key)}"
+            query._params["startAt"] = quote(bound, safe="")
+        found = self._call(f"query of /{path}", query.get) or {}
+        if isinstance(found, list):  # integer keys come back as an array
+            found = {str(i): record for i, record in enumerate(found) if record is not None}
+        keys = sorted((k for k in found if k != start_after_key), key=rtdb_key_order)
+        return {k: found[k] for k in keys[:limit]}
+
+    def close(self) -> None:
+        import firebase_admin
+
+        firebase_admin.delete_app(self._app)
+
+    def _ref(self, path: str):  # -> firebase_admin.db.Reference
+        return self._call(f"path /{path}", lambda: self._db.reference(path, app=self._app))
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """One attempt; failures become DatabaseUnavailable (retry), DatabaseRejected or
+        DatabaseError (credentials, permissions, configuration: stop the run)."""
+        from firebase_admin.exceptions import FirebaseError
+        from google.auth import exceptions as auth_errors
+
+        try:
+            return call()
+        except FirebaseError as exc:
+            raise self._classify(what, exc) from None
+        except auth_errors.TransportError as exc:
+            raise DatabaseUnavailable(
+                f"{what}: cannot reach Google's token service: {exc}"
+            ) from None
+        except auth_errors.GoogleAuthError as exc:  # no credentials, or refused ones
+            message = f"{what}: no usable Google credentials ({type(exc).__name__}: {exc})"
+            raise DatabaseError(short_error(message), hint=CREDENTIALS_HINT) from None
+        except ValueError as exc:  # the SDK refusing a path or an argument
+            raise DatabaseRejected(f"{what}: {exc}") from None
+
+    def _classify(self, what: str, exc: Exception) -> DatabaseError:
+        response = getattr(exc, "http_response", None)
+        status = response.status_code if response is not None else None
+        message = short_error(f"{what} failed" + (f" ({status})" if status else "") + f": {exc}")
+        if status is None or status >= 500 or status in (408, 429):
+            return DatabaseUnavailable(message)
+        if status in (401, 403):
+            return DatabaseError(message, hint=PERMISSION_HINT)
+        if status == 404:
+            return DatabaseError(message, hint=f"check that --database {self.url} exists")
+        if status == 400 and "Index not defined" in message:
+            hint = f'add ".indexOn": ["{STATUS}"] under the books path in the database rules'
+            return DatabaseError(message, hint=hint)
+        return DatabaseRejected(message)
+
+
+# ---- local status file -------------------------------------------------------
+
+
+class LocalStatusFile:
+    """The same records in a local JSON file (no `--database`): `{"books": {id: {...}}}`.
+
+    Each update rewrites the file atomically (temp file + os.replace), so a crash leaves the
+    previous or the new state, never half of one; server timestamps become epoch milliseconds.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._data = self._load()
+
+    def update(self, updates: Mapping[str, object]) -> None:
+        now_ms = int(time.time() * 1000)
+        with self._lock:
+            for key, value in updates.items():
+                _set_path(self._data, _segments(key), _resolved(value, now_ms))
+            self._write()
+
+    def get(self, path: str) -> object:
+        with self._lock:
+            return json.loads(json.dumps(_get_path(self._data, _segments(path))))
+
+    def query_equal(
+        self,
+        path: str,
+        child: str,
+        value: str,
+        *,
+        limit: int = 500,
+        start_after_key: str | None = None,
+    ) -> dict[str, dict]:
+        with self._lock:
+            children = _get_path(self._data, _segments(path))
+            if not isinstance(children, dict):
+                return {}
+            after = rtdb_key_order(start_after_key) if start_after_key is not None else None
+            keys = sorted(
+                (
+                    key
+                    for key, record in children.items()
+                    if _get_path(record, _segments(child)) == value
+                    and (after is None or rtdb_key_order(key) > after)
+                ),
+                key=rtdb_key_order,
+            )
+            return json.loads(json.dumps({key: children[key] for key in keys[:limit]}))
+
+    def close(self) -> None:
+        pass
+
+    def _load(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise DatabaseError(
+                f"cannot read the status file {self.path}: {exc}",
+                hint="fix or delete it (it only caches what the run publishes)",
+            ) from None
+        if not isinstance(data, dict):
+            raise DatabaseError(f"the status file {self.path} does not hold a JSON object")
+        return data
+
+    def _write(self) -> None:
+        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temp.write_text(json.dumps(self._data, ensure_ascii=False, indent=1), encoding="utf-8")
+            os.replace(temp, self.path)
+        except OSError as exc:
+            raise DatabaseError(f"cannot write the status file {self.path}: {exc}") from None
+
+
+def _segments(path: str) -> list[str]:
+    return [segment for segment in path.split("/") if segment]
+
+
+def _get_path(node: object, segments: list[str]) -> object:
+    for segment in segments:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(segment)
+    return node
+
+
+def _set_path(root: dict, segments: list[str], value: object) -> None:
+    """Set (None: delete) like the database does: emptied parents disappear too."""
+    trail, node = [], root
+    for segment in segments[:-1]:
+        child = node.get(segment)
+        if not isinstance(child, dict):
+            if value is None:
+                return
+            child = node[segment] = {}
+        trail.append((node, segment))
+        node = child
+    if value is None:
+        node.pop(segments[-1], None)
+    else:
+        node[segments[-1]] = value
+    for parent, segment in reversed(trail):
+        if parent[segment]:
+            break
+        del parent[segment]
+
+
+def _resolved(value: object, now_ms: int) -> object:
+    if value == SERVER_TIMESTAMP:
+        return now_ms
+    if isinstance(value, Mapping):
+        children = {k: _resolved(v, now_ms) for k, v in value.items()}
+        return {k: v for k, v in children.items() if v is not None} or None
+    return value
+
+
+def open_database(url: str | None, *, status_file: Path, timeout: float = 30.0) -> Database:
+    """`--database URL` -> RealtimeDatabase; none -> LocalStatusFile(status_file)."""
+    if url is None:
+        return LocalStatusFile(status_file)
+    return RealtimeDatabase(url, timeout=timeout)
+
+
+# ---- retries and error text --------------------------------------------------
+
+
+def with_retries(call: Callable[[], T], *, retries: int, backoff: float, what: str) -> T:
+    """`call()`, retried on DatabaseUnavailable with exponential backoff and jitter."""
+    for attempt in itertools.count():
+        try:
+            return call()
+        except DatabaseUnavailable as exc:
+            if attempt >= retries:
+                raise
+            delay = min(_MAX_BACKOFF_S, backoff * 2**attempt) * random.uniform(0.5, 1.0)
+            log.info("%s: %s; retry %d/%d in %.2fs", what, exc.message, attempt + 1, retries, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+_SECRETS = [
+    re.compile(
+        r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(?:-----END [A-Z ]*PRIVATE KEY-----|$)", re.S
+    ),
+    re.compile(r"(?i)\b((?:bearer|basic)\s+)[\w.~+/=-]+"),
+    re.compile(
+        r"(?i)([?&](?:token|access_token|auth|key|sig|signature|x-goog-signature|"
+        r"x-goog-credential)=)[^&\s\"']+"
+    ),
+    re.compile(
+        r"(?i)\b((?:api[_-]?key|token|secret|password|passwd|private[_-]?key|client[_-]?secret)"
+        r"[\"']?\s*[:=]\s*[\"']?)[^\s\"',}]+"
+    ),
+    re.compile(r"\bya29\.[\w.-]+"),  # Google OAuth access tokens
+    re.compile(r"\bAIza[\w-]{30,}"),  # Google API keys
+    re.compile(r"[A-Za-z0-9+_-]{32,}={0,2}"),  # long opaque runs: keys, tokens, signatures
+]
+
+
+def _redacted(match: re.Match) -> str:
+    return (match.group(1) if match.re.groups else "") + "[redacted]"
+
+
+def short_error(error: str | BaseException) -> str:
+    """An error as the site may show it: one line, at most 300 characters, no traceback, nothing
+    that looks like a token or key."""
+    text = str(error)
+    if "Traceback (most recent call last)" in text:  # keep the exception line, not the stack
+        text = [line for line in text.splitlines() if line.strip()][-1]
+    for pattern in _SECRETS:
+        text = pattern.sub(_redacted, text)
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
+
+
+# ---- the status lifecycle ----------------------------------------------------
+
+
+class StatusWriter:
+    """Queues each book's status changes and sends them in batched multi-path updates.
+
+    One PATCH carries up to `max_books` books and `max_bytes` of JSON; a timer flushes every
+    `flush_interval` seconds. Updates reach the database in the order they were queued (one
+    flush at a time); a book queued twice before a flush is sent once, with its latest fields.
+    `flush()`/`close()` return the books whose update failed after `retries` retries: report
+    them failed; the next run retries them. Credentials or permission problems raise
+    DatabaseError instead (from the next call, when the timer hit them): the run cannot publish.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        path_template: str = "books/{book_id}",
+        max_books: int = 500,
+        max_bytes: int = 1_000_000,
+        flush_interval: float = 2.0,
+        retries: int = 5,
+        backoff: float = 0.5,
+    ) -> None:
+        self.db = db
+        self.path_template = path_template
+        self.max_books = max_books
+        self.max_bytes = max_bytes
+        self.flush_interval = flush_interval
+        self.retries = retries
+        self.backoff = backoff
+        self._pending: dict[str, dict[str, object]] = {}
+        self._failed: list[str] = []
+        self._fatal: DatabaseError | None = None
+        self._lock = threading.Lock()  # guards _pending, _failed, _fatal
+        self._send_lock = threading.Lock()  # one flush at a time keeps updates in order
+        self._closed = threading.Event()
+        self._timer = threading.Thread(
+            target=self._flush_on_timer, name="status-flush", daemon=True
+        )
+        self._timer.start()
+
+    def processing(self, book_id: str) -> None:
+        self._queue(book_id, {STATUS: "processing"})
+
+    def ready(
+        self,
+        book_id: str,
+        *,
+        url: str,
+        duration_s: float,
+        path: str,
+        format: str,
+        watermark_payload: int | None,
+        content_hash: str,
+    ) -> None:
+        fields = {STATUS: "ready", URL: url, DURATION: round(duration_s, 3), AUDIO_PATH: path}
+        fields |= {AUDIO_FORMAT: format, WATERMARK: watermark_payload, CONTENT_HASH: content_hash}
+        self._queue(book_id, fields | {ERROR: None})
+
+    def failed(self, book_id: str, error: str) -> None:
+        """Marks the book failed; the audio a previous run published (if any) stays linked."""
+        self._queue(book_id, {STATUS: "failed", ERROR: short_error(error)})
+
+    def flush(self) -> list[str]:
+        self._send_pending()
+        with self._lock:
+            failed, self._failed = self._failed, []
+            if self._fatal is not None:
+                raise self._fatal
+        return failed
+
+    def close(self) -> list[str]:
+        self._closed.set()
+        self._timer.join()
+        return self.flush()
+
+    def record(self, book_id: str) -> dict | None:
+        """The stored record (updates still queued here are not in it yet)."""
+        path = self.path_template.format(book_id=book_id)
+        read = functools.partial(self.db.get, path)
+        value = with_retries(read, retries=self.retries, backoff=self.backoff, what=f"read {path}")
+        return value if isinstance(value, dict) else None
+
+    def _queue(self, book_id: str, fields: dict[str, object]) -> None:
+        with self._lock:
+            if self._fatal is not None:
+                raise self._fatal
+            self._pending.setdefault(book_id, {}).update(fields, **{UPDATED_AT: SERVER_TIMESTAMP})
+
+    def _flush_on_timer(self) -> None:
+        while not self._closed.wait(self.flush_interval):
+            self._send_pending()
+
+    def _send_pending(self) -> None:
+        with self._send_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for books, updates in self._batches(pending):
+                self._send(books, updates)
+
+    def _batches(
+        self, pending: dict[str, dict[str, object]]
+    ) -> Iterator[tuple[list[str], dict[str, object]]]:
+        books: list[str] = []
+        updates: dict[str, object] = {}
+        size = 2  # the braces of the JSON body
+        for book_id, fields in pending.items():
+            prefix = self.path_template.format(book_id=book_id)
+            entry = {f"{prefix}/{name}": value for name, value in fields.items()}
+            entry_size = len(json.dumps(entry))  # as sent: ASCII-escaped JSON
+            if books and (len(books) >= self.max_books or size + entry_size > self.max_bytes):
+                yield books, updates
+                books, updates, size = [], {}, 2
+            books.append(book_id)
+            updates |= entry
+            size += entry_size
+        if books:
+            yield books, updates
+
+    def _send(self, books: list[str], updates: dict[str, object]) -> None:
+        what = f"status update of {len(books)} books"
+        try:
+            if self._fatal is None:
+                update = functools.partial(self.db.update, updates)
+                with_retries(update, retries=self.retries, backoff=self.backoff, what=what)
+                return
+        except (DatabaseUnavailable, DatabaseRejected) as exc:
+            log.warning("%s; these books are retried by the next run", exc.message)
+        except DatabaseError as exc:
+            with self._lock:
+                self._fatal = self._fatal or exc
+        with self._lock:
+            self._failed.extend(books)
+
+
+# ---- the request queue -------------------------------------------------------
+
+
+def requested_books(
+    db: Database,
+    *,
+    path: str = "books",
+    text_field: str = "narrative",
+    page_size: int = 500,
+    max_text_chars: int = 200_000,
+    retries: int = 5,
+    backoff: float = 0.5,
+) -> Iterator[Book | RowError]:
+    """Books whose status is `requested` (the site's "Generate narrative" button), in key order,
+    read a page at a time with an indexed query. `row` counts them from 1. Invalid records come
+    out as RowErrors for the runner to mark failed.
+    """
+    row, after = 0, None
+    while True:
+        query = functools.partial(
+            db.query_equal, path, STATUS, REQUESTED, limit=page_size, start_after_key=after
+        )
+        page = with_retries(query, retries=retries, backoff=backoff, what=f"request queue /{path}")
+        for book_id, record in page.items():
+            row += 1
+            yield _requested_book(row, book_id, record, text_field, max_text_chars)
+        if len(page) < page_size:
+            return
+        after = next(reversed(page))
+
+
+def _requested_book(
+    row: int, book_id: str, record: object, text_field: str, max_text_chars: int
+) -> Book | RowError:
+    problem = book_id_problem(book_id)
+    if problem:
+        return RowError(row, "invalid_id", problem, book_id=book_id, field="book_id")
+    text = record.get(text_field) if isinstance(record, dict) else None
+    reason = message = None
+    if text is None:
+        reason, message = "missing_text", f"the record has no {text_field!r} field"
+    elif not isinstance(text, str):
+        reason, message = "wrong_type", f"{text_field} must be a string, got {type(text).__name__}"
+    elif not text.strip():
+        reason, message = "empty_text", f"{text_field} is empty or only whitespace"
+    elif len(text) > max_text_chars:
+        reason = "text_too_long"
+        message = f"{text_field} has {len(text):,} characters, over the limit of {max_text_chars:,}"
+    if reason:
+        return RowError(row, reason, message, book_id=book_id, field=text_field)
+    title = record.get("title")
+    return Book(book_id, row=row, text=text, title=title if isinstance(title, str) else None)

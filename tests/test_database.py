@@ -1,0 +1,524 @@
+"""Status records and the request queue, through the real firebase-admin SDK.
+
+The database is the RTDB-compatible test server (tests/support/rtdb_server.py), or the official
+emulator when FIREBASE_DATABASE_EMULATOR_HOST is set; the same behaviour is checked against the
+local status file where it applies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support.rtdb_server import EMULATOR_ENV, RTDBServer, RTDBTarget
+
+from narrate.database import (
+    CREDENTIALS_HINT,
+    ERROR,
+    PERMISSION_HINT,
+    STATUS,
+    UPDATED_AT,
+    Database,
+    DatabaseRejected,
+    LocalStatusFile,
+    StatusWriter,
+    open_database,
+    requested_books,
+    short_error,
+)
+from narrate.errors import DatabaseError, UsageError
+from narrate.records import Book, RowError
+
+READY_FIELDS = {
+    "narrativeAudioStatus",
+    "narrativeAudioUrl",
+    "narrativeUpdatedAt",
+    "narrativeAudioDuration",
+    "narrativeAudioPath",
+    "narrativeAudioFormat",
+    "narrativeWatermarkPayload",
+    "narrativeContentHash",
+}
+
+
+@pytest.fixture(params=["rtdb", "local"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The same behaviour through both backends."""
+    if request.param == "rtdb":
+        target: RTDBTarget = request.getfixturevalue("rtdb")
+        db = open_database(target.url, status_file=tmp_path / "unused.json", timeout=10)
+    else:
+        db = open_database(None, status_file=tmp_path / "status.json")
+    yield db
+    db.close()
+
+
+@pytest.fixture
+def remote(rtdb: RTDBTarget, tmp_path: Path) -> Iterator[Database]:
+    db = open_database(rtdb.url, status_file=tmp_path / "unused.json", timeout=10)
+    yield db
+    db.close()
+
+
+def writer(db: Database, **kw) -> StatusWriter:
+    return StatusWriter(db, **{"flush_interval": 60.0, "backoff": 0.01} | kw)
+
+
+def publish(status: StatusWriter, book_id: str, content_hash: str = "hash-1") -> None:
+    status.ready(
+        book_id,
+        url=f"https://example.test/{book_id}.wav",
+        duration_s=12.3456,
+        path=f"narrations/{book_id}.wav",
+        format="wav",
+        watermark_payload=4242,
+        content_hash=content_hash,
+    )
+
+
+def without_timestamps(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: without_timestamps(v) for k, v in value.items() if k != UPDATED_AT}
+    return value
+
+
+# ---- the test server speaks the protocol (also checked against the official emulator) ------
+
+
+@pytest.fixture
+def sdk_root(rtdb: RTDBTarget) -> Iterator:
+    import firebase_admin
+    from firebase_admin import db
+
+    app = firebase_admin.initialize_app(options={"databaseURL": rtdb.url}, name=rtdb.namespace)
+    yield db.reference("/", app=app)
+    firebase_admin.delete_app(app)
+
+
+def test_server_etags_conditional_writes_and_transactions(sdk_root):
+    ref = sdk_root.child("counter")
+    value, etag = ref.get(etag=True)
+    assert value is None
+    assert ref.set_if_unchanged(etag, {"n": 1})[0]
+    stale_ok, current, new_etag = ref.set_if_unchanged(etag, {"n": 99})
+    assert (stale_ok, current) == (False, {"n": 1})  # 412: the value moved on
+    assert ref.get_if_changed(new_etag) == (False, None, None)  # 304
+    assert ref.transaction(lambda v: {"n": v["n"] + 1}) == {"n": 2}
+    assert ref.get() == {"n": 2}
+
+
+def test_server_queries_order_like_the_database(sdk_root):
+    sdk_root.child("q").set(
+        {"a": {"v": 3}, "b": {"v": "x"}, "c": {"v": 1}, "d": {}, "e": {"v": True}, "f": {"v": 1}}
+    )
+    ordered = sdk_root.child("q").order_by_child("v")
+    assert list(ordered.get()) == ["e", "c", "f", "a", "b"]  # d has no data at all
+    assert list(sdk_root.child("q").order_by_child("v").start_at(1).end_at(3).get()) == [
+        "c",
+        "f",
+        "a",
+    ]
+    assert list(sdk_root.child("q").order_by_child("v").limit_to_last(2).get()) == ["a", "b"]
+    assert list(sdk_root.child("q").order_by_key().start_at("c").limit_to_first(2).get()) == [
+        "c",
+        "e",
+    ]
+    sdk_root.child("list").set(["x", "y", "z"])  # arrays are stored as integer keys
+    assert sdk_root.child("list").get() == ["x", "y", "z"]
+    assert sdk_root.child("list/1").get() == "y"
+    assert sdk_root.get(shallow=True) == {"q": True, "list": True}
+
+
+# ---- the Database adapters ---------------------------------------------------
+
+
+def test_update_writes_many_paths_resolves_server_time_and_deletes_nulls(database: Database):
+    before = int(time.time() * 1000)
+    database.update({"books/a/title": "A", "books/a/n": 1, "books/b/title": "B"})
+    database.update({"books/a/n": None, "books/b/at": {".sv": "timestamp"}})
+    after = int(time.time() * 1000)
+
+    books = database.get("books")
+    assert books["a"] == {"title": "A"}
+    assert books["b"]["title"] == "B"
+    assert before <= books["b"]["at"] <= after
+    database.update({"books/a/title": None})
+    assert set(database.get("books")) == {"b"}  # an emptied record disappears
+    assert database.get("books/missing") is None
+
+
+def test_multi_path_update_applies_whole_or_not_at_all(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    remote.update({"books/a/title": "kept"})
+    with pytest.raises(DatabaseRejected, match="ancestor"):  # overlapping paths: the real rule
+        remote.update({"books/a/title": "changed", "books/b": {"x": 1}, "books/b/x": 2})
+    assert rtdb.rest("GET", "books") == {"a": {"title": "kept"}}
+    patches = server.requests(rtdb.namespace, "PATCH")
+    assert [r.status for r in patches] == [204, 400]  # a 4xx is not retried
+
+
+@pytest.mark.parametrize("page", [1, 2, 3, 50])
+def test_query_equal_pages_in_database_key_order(database: Database, page: int):
+    # Integer keys order numerically in the database ("9" < "123" < "100001"), before strings;
+    # a cursor taken in Python's string order would repeat or skip books.
+    ids = ["100001", "123", "9", "b", "a", "-5", "0012", "12"]
+    database.update({f"books/{i}/narrativeAudioStatus": "requested" for i in ids})
+    database.update({"books/c/narrativeAudioStatus": "ready", "books/7/narrativeAudioStatus": "x"})
+
+    seen: list[str] = []
+    after = None
+    while True:
+        found = database.query_equal(
+            "books", STATUS, "requested", limit=page, start_after_key=after
+        )
+        assert len(found) <= page
+        seen += found
+        if len(found) < page:
+            break
+        after = list(found)[-1]
+    assert seen == ["-5", "9", "12", "0012", "123", "100001", "a", "b"]
+
+
+def test_query_of_integer_keys_that_read_back_as_an_array(database: Database):
+    database.update({f"books/{i}/narrativeAudioStatus": "requested" for i in range(4)})
+    found = database.query_equal("books", STATUS, "requested", limit=10)
+    assert list(found) == ["0", "1", "2", "3"]
+
+
+def test_emulator_url_with_namespace_needs_no_environment(
+    rtdb: RTDBTarget, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    monkeypatch.delenv(EMULATOR_ENV)
+    url = f"http://{rtdb.host_port}/?ns={rtdb.namespace}"
+    db = open_database(url, status_file=tmp_path / "unused.json")
+    try:
+        db.update({"probe/ok": True})
+    finally:
+        db.close()
+    assert rtdb.rest("GET", "probe") == {"ok": True}
+
+
+@pytest.mark.parametrize("url", ["ftp://x.firebaseio.com", "http://localhost:9000", "books"])
+def test_a_database_url_that_is_not_one_is_a_usage_error(url: str, tmp_path: Path):
+    with pytest.raises(UsageError, match="not a Realtime Database URL"):
+        open_database(url, status_file=tmp_path / "s.json")
+
+
+def test_missing_credentials_give_a_hint_and_never_the_secret(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    key_file = tmp_path / "key.json"
+    secret = "c2VjcmV0LWtleS1tYXRlcmlhbC10aGF0LW11c3Qtbm90LWxlYWs"
+    private_key = f"-----BEGIN PRIVATE KEY-----\n{secret}\n-----END PRIVATE KEY-----\n"
+    key_file.write_text(json.dumps({"type": "service_account", "private_key": private_key}))
+    monkeypatch.delenv(EMULATOR_ENV, raising=False)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+
+    with pytest.raises(DatabaseError) as caught:
+        open_database("https://narrate-nowhere.firebaseio.com", status_file=tmp_path / "s.json")
+    assert caught.value.hint == CREDENTIALS_HINT
+    assert secret not in str(caught.value)
+
+
+def test_permission_denied_stops_the_run_with_a_hint(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    server.denied.add(rtdb.namespace)
+    status = writer(remote, flush_interval=0.05)
+    status.processing("a")
+    deadline = time.monotonic() + 10
+    while not server.requests(rtdb.namespace, "PATCH") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.1)
+    # The timer met the error; the next call raises it instead of losing it.
+    with pytest.raises(DatabaseError) as caught:
+        status.processing("b")
+    assert caught.value.hint == PERMISSION_HINT
+    # Not retried by narrate (google-auth itself resends a 401 twice after refreshing the token).
+    assert len(server.requests(rtdb.namespace, "PATCH")) <= 3
+    with pytest.raises(DatabaseError):
+        status.close()
+
+
+def test_a_missing_index_names_the_rule_to_add(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    with RTDBServer(indexes=set()) as server:  # enforces indexes as the real database does
+        monkeypatch.setenv(EMULATOR_ENV, server.host_port)
+        db = open_database("https://indexless.firebaseio.com", status_file=tmp_path / "s.json")
+        try:
+            with pytest.raises(DatabaseError, match="Index not defined") as caught:
+                list(requested_books(db))
+        finally:
+            db.close()
+    assert '".indexOn": ["narrativeAudioStatus"]' in caught.value.hint
+
+
+# ---- the status lifecycle ----------------------------------------------------
+
+
+def test_lifecycle_fields_exactly_as_specified(database: Database):
+    status = writer(database)
+    status.processing("b1")
+    status.flush()
+    record = status.record("b1")
+    assert record.keys() == {STATUS, UPDATED_AT}
+    assert record[STATUS] == "processing"
+    assert isinstance(record[UPDATED_AT], int) and record[UPDATED_AT] > 1.6e12  # epoch ms
+
+    status.failed("b1", "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA oom")
+    status.flush()
+    assert without_timestamps(status.record("b1")) == {
+        STATUS: "failed",
+        ERROR: "RuntimeError: CUDA oom",
+    }
+
+    publish(status, "b1")
+    assert status.close() == []
+    assert status.record("b1") == {
+        "narrativeAudioStatus": "ready",
+        "narrativeAudioUrl": "https://example.test/b1.wav",
+        "narrativeUpdatedAt": status.record("b1")[UPDATED_AT],
+        "narrativeAudioDuration": 12.346,
+        "narrativeAudioPath": "narrations/b1.wav",
+        "narrativeAudioFormat": "wav",
+        "narrativeWatermarkPayload": 4242,
+        "narrativeContentHash": "hash-1",
+    }  # the error of the failed attempt is gone
+
+
+def test_fields_the_site_owns_are_left_alone(database: Database):
+    database.update({"books/b1/narrative": "Once upon a time.", "books/b1/title": "T"})
+    status = writer(database)
+    publish(status, "b1")
+    status.close()
+    record = status.record("b1")
+    assert record["narrative"] == "Once upon a time." and record["title"] == "T"
+    assert record.keys() >= READY_FIELDS
+
+
+def test_reapplying_the_same_status_converges(database: Database):
+    status = writer(database)
+    status.processing("b1")
+    publish(status, "b1")
+    status.flush()
+    first = status.record("b1")
+    publish(status, "b1")
+    status.close()
+    again = writer(database)  # a rerun
+    publish(again, "b1")
+    again.close()
+    assert without_timestamps(again.record("b1")) == without_timestamps(first)
+    assert again.record("b1")[UPDATED_AT] >= first[UPDATED_AT]
+
+
+def test_a_custom_path_template(database: Database):
+    status = writer(database, path_template="catalog/{book_id}/audio")
+    status.processing("b1")
+    status.close()
+    assert database.get("catalog/b1/audio")[STATUS] == "processing"
+    assert database.get("books") is None
+
+
+def test_the_timer_flushes_without_being_asked(database: Database):
+    status = writer(database, flush_interval=0.1)
+    publish(status, "b1")
+    deadline = time.monotonic() + 10
+    while status.record("b1") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status.record("b1")[STATUS] == "ready"
+    status.close()
+
+
+def test_a_thousand_books_take_a_handful_of_requests(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    status = writer(remote)
+    ids = [f"book-{i:04d}" for i in range(1000)]
+    for book_id in ids:
+        status.processing(book_id)
+    assert status.flush() == []
+    for book_id in ids:
+        publish(status, book_id)
+    assert status.close() == []
+
+    patches = server.requests(rtdb.namespace, "PATCH")
+    assert len(patches) == 4  # 2 x 1000 updates, at most 500 books a request
+    assert all(r.body_bytes <= 1_000_000 for r in patches)
+    books = rtdb.rest("GET", "books")
+    assert sorted(books) == ids
+    assert all(r[STATUS] == "ready" and r.keys() >= READY_FIELDS for r in books.values())
+
+
+def test_batches_respect_both_bounds(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    status = writer(remote, max_books=30, max_bytes=8_000)
+    for i in range(100):
+        status.processing(f"b{i}")
+    status.flush()
+    by_count = len(server.requests(rtdb.namespace, "PATCH"))
+    for i in range(100):
+        publish(status, f"b{i}")  # ~400 bytes each: the byte bound binds first
+    status.close()
+    patches = server.requests(rtdb.namespace, "PATCH")
+    assert by_count == 4  # ceil(100 / 30)
+    assert len(patches) - by_count >= 5
+    assert all(r.body_bytes <= 8_000 for r in patches)
+    assert len(rtdb.rest("GET", "books")) == 100
+
+
+def test_updates_queued_twice_are_sent_once_with_the_latest_fields(
+    rtdb: RTDBTarget, remote: Database
+):
+    server = rtdb.require_server()
+    status = writer(remote)
+    status.processing("b1")
+    status.failed("b1", "first try")
+    publish(status, "b1")
+    status.close()
+    assert len(server.requests(rtdb.namespace, "PATCH")) == 1
+    record = rtdb.rest("GET", "books/b1")
+    assert record[STATUS] == "ready" and ERROR not in record
+
+
+def lifecycle(db: Database, ids: list[str]) -> list[str]:
+    """A run's database traffic: the queue read, processing, ready or failed, record checks."""
+    status = writer(db, max_books=20)
+    queued = [b.book_id for b in requested_books(db, page_size=15, backoff=0.01)]
+    assert queued == ids
+    for book_id in ids:
+        status.processing(book_id)
+    failed = status.flush()
+    for n, book_id in enumerate(ids):
+        if n % 7 == 3:
+            status.failed(book_id, f"book {book_id} failed the integrity gate")
+        else:
+            publish(status, book_id, content_hash=f"h-{book_id}")
+    failed += status.close()
+    assert status.record(ids[0])[STATUS] == "ready"
+    return failed
+
+
+def test_faults_converge_to_the_fault_free_state(
+    rtdb_server: RTDBServer | None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
+    if rtdb_server is None:
+        pytest.skip(f"fault injection needs the test server; {EMULATOR_ENV} is set")
+    monkeypatch.setenv(EMULATOR_ENV, rtdb_server.host_port)
+    ids = sorted(f"bk{i:03d}" for i in range(120))
+    finals = {}
+    for name, faults in {
+        "clean": {},
+        "faulty": {"unavailable": 0.2, "throttled": 0.05, "dropped": 0.05, "seed": 7},
+    }.items():
+        url = f"https://narrate-{name}-{time.time_ns()}.firebaseio.com"
+        db = open_database(url, status_file=tmp_path / "unused.json", timeout=5)
+        db.update(
+            {f"books/{i}/{STATUS}": "requested" for i in ids}
+            | {f"books/{i}/narrative": f"Text of {i}." for i in ids}
+        )
+        with rtdb_server.faults(**faults):
+            assert lifecycle(db, ids) == []  # every book's update got through in the end
+        finals[name] = without_timestamps(db.get("books"))
+        db.close()
+        namespace = url.removeprefix("https://").split(".")[0]
+        codes = {r.status for r in rtdb_server.requests(namespace)}
+        assert codes >= ({503, 429, 0} if faults else set())  # the faults did happen
+    assert finals["faulty"] == finals["clean"]
+    assert sum(r[STATUS] == "ready" for r in finals["clean"].values()) == 120 - 17
+
+
+def test_updates_that_fail_after_retries_are_returned(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    status = writer(remote, retries=2, max_books=3)
+    with server.faults(throttled=1.0):  # 429 on everything; the SDK itself does not retry it
+        for i in range(5):
+            status.processing(f"b{i}")
+        failed = status.flush()
+        assert failed == [f"b{i}" for i in range(5)]
+        assert len(server.requests(rtdb.namespace, "PATCH")) == 2 * 3  # 2 batches x 3 tries
+    publish(status, "b0")  # the writer carries on once the database recovers
+    assert status.close() == []
+    assert rtdb.rest("GET", "books") == {"b0": rtdb.rest("GET", "books/b0")}
+
+
+# ---- the request queue -------------------------------------------------------
+
+
+def test_requested_books_are_exactly_the_requested_ones(database: Database):
+    long_id = "x" * 200  # a valid database key, too long for an object name
+    database.update(
+        {f"books/r{i:02d}/{STATUS}": "requested" for i in range(12)}
+        | {f"books/r{i:02d}/narrative": f"Story number {i}." for i in range(12)}
+        | {"books/r05/title": "Five", "books/done/narrativeAudioStatus": "ready"}
+        | {"books/done/narrative": "Already read.", "books/nostatus/narrative": "Hi."}
+        | {"books/r03/narrative": None, "books/r04/narrative": "   ", "books/r07/narrative": 42}
+        | {f"books/{long_id}/{STATUS}": "requested", f"books/{long_id}/narrative": "Long."}
+    )
+    found = list(requested_books(database, page_size=5))
+
+    books = [b for b in found if isinstance(b, Book)]
+    errors = {e.book_id: e for e in found if isinstance(e, RowError)}
+    assert [b.book_id for b in books] == [f"r{i:02d}" for i in (0, 1, 2, 5, 6, 8, 9, 10, 11)]
+    assert books[0] == Book(book_id="r00", row=1, text="Story number 0.")
+    assert books[3].title == "Five"
+    assert {k: (e.reason, e.field) for k, e in errors.items()} == {
+        "r03": ("missing_text", "narrative"),
+        "r04": ("empty_text", "narrative"),
+        "r07": ("wrong_type", "narrative"),
+        long_id: ("invalid_id", "book_id"),
+    }
+    assert [item.row for item in found] == list(range(1, 14))
+    assert database.get("books/done")[STATUS] == "ready"  # untouched
+
+
+def test_requested_books_read_in_pages(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    remote.update(
+        {f"books/q{i:03d}/{STATUS}": "requested" for i in range(23)}
+        | {f"books/q{i:03d}/summary": f"Text {i}." for i in range(23)}
+    )
+    found = list(requested_books(remote, text_field="summary", page_size=10))
+    assert [b.text for b in found] == [f"Text {i}." for i in range(23)]
+    queries = [r for r in server.requests(rtdb.namespace, "GET") if "orderBy" in r.params]
+    assert len(queries) == 3
+    assert all(json.loads(r.params["orderBy"]) == STATUS for r in queries)
+
+
+# ---- the local status file and error text ------------------------------------
+
+
+def test_the_local_status_file_is_replaced_atomically_and_survives_reopening(tmp_path: Path):
+    path = tmp_path / "out" / "status.json"
+    status = writer(LocalStatusFile(path))
+    publish(status, "b1")
+    status.close()
+    assert json.loads(path.read_text())["books"]["b1"][STATUS] == "ready"
+    assert [p.name for p in path.parent.iterdir()] == ["status.json"]  # no temp file left
+
+    reopened = writer(LocalStatusFile(path))
+    assert reopened.record("b1")["narrativeContentHash"] == "hash-1"
+    reopened.close()
+
+
+def test_a_corrupt_status_file_is_reported(tmp_path: Path):
+    path = tmp_path / "status.json"
+    path.write_text('{"books": {')
+    with pytest.raises(DatabaseError, match="cannot read the status file"):
+        open_database(None, status_file=path)
+
+
+def test_error_text_is_short_and_holds_no_secrets():
+    text = (
+        "Traceback (most recent call last):\n  File 'a.py', line 1\n"
+        "HTTPError: 403 for https://x.test/o?alt=media&token=0a1b2c3d-aaaa-bbbb&x=1 "
+        "Authorization: Bearer ya29.A0ARrdaM-secret api_key=AIzaSyD-abcdefghijklmnopqrstuvwxyz12345"
+        " sig=" + "f" * 64
+    )
+    short = short_error(text)
+    for secret in ("0a1b2c3d", "ya29.A0", "AIzaSy", "f" * 40, "Traceback", "line 1"):
+        assert secret not in short
+    assert short.startswith("HTTPError: 403 for https://x.test/o?alt=media&token=[redacted]")
+    assert len(short_error("word " * 400)) == 300
+    assert "\n" not in short_error("one\ntwo")
