@@ -359,8 +359,9 @@ class ManifestReader:
                     if isinstance(parsed, RowError):
                         yield parsed
                         continue
-                    for key in parsed.keys() - KNOWN_COLUMNS:
-                        unknown.setdefault(key)
+                    for key in parsed:  # in line order, so the warning lists them as written
+                        if key not in KNOWN_COLUMNS:
+                            unknown.setdefault(key)
                     yield check(row, *_jsonl_fields(parsed))
         finally:
             self.unknown_columns = list(unknown)
