@@ -170,7 +170,7 @@ def test_chunking_keeps_every_word_in_order_within_budget(text: str) -> None:
 
 def pessimistic_tokenizer(text: str) -> int:
     """Far more tokens than the estimator predicts, so the real count forces smaller chunks."""
-    return len(text) // 2 + 4
+    return len(text) + 4
 
 
 @PROPERTY
@@ -189,6 +189,15 @@ def test_chunking_fits_the_window_with_a_voice_prompt_and_a_real_tokenizer(
     )
     assert all(c.prompt_positions == prompt_positions for c in chunks)
     assert_well_formed(text, chunks, config, pessimistic_tokenizer)
+
+
+def test_the_real_token_count_shrinks_chunks_the_estimate_would_overfill() -> None:
+    text = " ".join(f"This is sentence {i} of a story about a fox." for i in range(30))
+    estimated = chunked(text, prompt_positions=1600)
+    counted = chunked(text, prompt_positions=1600, count_tokens=pessimistic_tokenizer)
+    overfull = [c for c in estimated if 1600 + pessimistic_tokenizer(c.text) + c.max_frames > 2048]
+    assert overfull and len(counted) > len(estimated)
+    assert all(c.positions <= CONFIG.window for c in counted)
 
 
 def test_short_sentences_are_packed_greedily() -> None:
