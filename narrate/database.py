@@ -108,7 +108,7 @@ def rtdb_key_order(key: str) -> tuple:
     Pages must follow the server's order: Python's string order puts "100001" before "123",
     the database does not, and a page cursor taken in the wrong order repeats or skips records.
     """
-    if re.fullmatch(r"-?\d{1,10}", key) and -(2**31) <= int(key) < 2**31:
+    if re.fullmatch(r"-?0*\d{1,10}", key) and -(2**31) <= int(key) < 2**31:
         return (0, int(key), len(key))
     return (1, key.encode("utf-16-be"))  # the server compares UTF-16 code units
 
@@ -138,7 +138,11 @@ class RealtimeDatabase:
             options=options, name=f"narrate-db-{uuid.uuid4().hex[:12]}"
         )
         self._db = db
-        self._root = self._call("connect", lambda: db.reference("/", app=self._app))
+        try:
+            self._root = self._call("connect", lambda: db.reference("/", app=self._app))
+        except DatabaseError:
+            firebase_admin.delete_app(self._app)
+            raise
 
     def update(self, updates: Mapping[str, object]) -> None:
         if updates:

@@ -42,7 +42,7 @@ import pytest
 EMULATOR_ENV = "FIREBASE_DATABASE_EMULATOR_HOST"
 MAX_KEY_BYTES = 768
 _INVALID_KEY_CHAR = re.compile(r"[.$#\[\]/\x00-\x1f\x7f]")
-_INT_KEY = re.compile(r"-?\d{1,10}")
+_INT_KEY = re.compile(r"-?0*\d{1,10}")
 _INT32 = range(-(2**31), 2**31)
 _QUERY_PARAMS = ("startAt", "startAfter", "endAt", "endBefore", "equalTo")
 _LIMIT_PARAMS = ("limitToFirst", "limitToLast")
