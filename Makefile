@@ -25,5 +25,8 @@ bench: bench-plan bench-synth bench-run bench-publish
 bench-plan: install
 	$(PY) bench/plan_scale.py
 
+bench-publish: install
+	$(PY) bench/publish.py
+
 clean:
 	rm -rf $(VENV) .narrate out .pytest_cache

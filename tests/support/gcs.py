@@ -189,6 +189,7 @@ def _handler_for(proxy: FaultyProxy) -> type[http.server.BaseHTTPRequestHandler]
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as the client's connection pool expects
+        disable_nagle_algorithm = True  # headers and body go out in separate writes
 
         def log_message(self, format: str, *args: object) -> None:  # quiet
             pass
