@@ -329,6 +329,36 @@ def status(manifest: str, as_json: bool, **options: Any) -> None:
         )
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
+def doctor(as_json: bool, no_watermark: bool, **targets: Any) -> None:
+    """Check this machine against a run's targets: packages, GPUs, model, AudioSeal, eSpeak,
+    and a write/read/delete probe on --out, --cache and --database.
+
+    Pass the options the run will use. Exit 0 when nothing failed, 1 otherwise.
+    """
+    from narrate.doctor import Targets, healthy, render, run_checks, to_json
+
+    checks = run_checks(Targets(watermark=not no_watermark, **targets))
+    click.echo(to_json(checks) if as_json else render(checks))
+    sys.exit(EXIT_OK if healthy(checks) else EXIT_SOME_FAILED)
+
+
+# `narrate run`'s own option objects, so doctor checks exactly what a run with the same
+# options would use and the two cannot drift apart
+DOCTOR_OPTIONS = (
+    "engine",
+    "model",
+    "devices",
+    "out",
+    "cache",
+    "database",
+    "no_watermark",
+    "watermark_model",
+)
+doctor.params[:0] = [param for param in run.params if param.name in DOCTOR_OPTIONS]
+
+
 main = cli
 
 if __name__ == "__main__":

@@ -1,0 +1,436 @@
+"""`narrate doctor`: can this machine run narrate against these targets?
+
+Each check answers OK, FAIL (with a hint saying what to do) or SKIP (does not apply to these
+targets), the way the original service's `/health` endpoint reported its model, device and
+dependencies. The checks use the run's own code paths (storage adapters, database adapters,
+model loaders) against the exact targets an operator passes, so an OK means the run can do it:
+storage and database checks write, read back and delete a probe.
+
+A check passes by returning its detail line, is skipped by raising `Skipped`, and fails by
+raising a NarrateError (message + hint), which is also how the adapters it calls report trouble.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from narrate.errors import DatabaseError, EngineError, ModelError, NarrateError, StorageError
+
+Status = Literal["ok", "fail", "skip"]
+
+PROBE_PREFIX = "narrate-doctor"  # "." is not allowed in database keys nor in our object names
+DEFAULT_WATERMARK_MODEL = "audioseal_wm_16bits"
+_CORE_PACKAGES = ("torch", "torchaudio", "transformers", "moshi", "audioseal")
+_REINSTALL_HINT = "reinstall the pinned stack: `make install` (or `pip install -e .`)"
+_GPU_HINT = (
+    "check `nvidia-smi`; with Docker pass `--gpus all`; on Kubernetes request nvidia.com/gpu "
+    "and make sure the node has the NVIDIA driver installed"
+)
+
+
+@dataclass(frozen=True)
+class Targets:
+    """What the run will use: the same values as `narrate run`'s options."""
+
+    engine: str = "csm"
+    model: str = "sesame/csm-1b"
+    devices: str = "auto"
+    out: str = "out"
+    cache: str = ".narrate/cache"
+    database: str | None = None
+    watermark: bool = True
+    watermark_model: str | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    hint: str | None = None
+
+
+class Skipped(Exception):
+    """The check does not apply to these targets."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+def check_python(targets: Targets) -> str:
+    from importlib.metadata import PackageNotFoundError, metadata
+
+    from packaging.specifiers import SpecifierSet
+
+    try:
+        meta = metadata("narrate")
+    except PackageNotFoundError:
+        raise NarrateError("the narrate package is not installed", _REINSTALL_HINT) from None
+    version = platform.python_version()
+    supported = SpecifierSet(meta.get("Requires-Python") or "")
+    if version not in supported:
+        raise NarrateError(
+            f"Python {version} is not supported (narrate needs {supported})",
+            "create the environment with a supported Python, e.g. python3.11 -m venv .venv",
+        )
+    return f"Python {version} ({sys.executable}), narrate {meta['Version']}"
+
+
+def check_packages(targets: Targets) -> str:
+    """Every dependency narrate declares is installed at a version it accepts."""
+    from importlib.metadata import PackageNotFoundError, requires, version
+
+    from packaging.requirements import Requirement
+
+    problems, installed = [], {}
+    for line in requires("narrate") or []:
+        requirement = Requirement(line)
+        if requirement.marker and not requirement.marker.evaluate({"extra": ""}):
+            continue  # an optional extra (dev tools)
+        try:
+            installed[requirement.name] = version(requirement.name)
+        except PackageNotFoundError:
+            problems.append(f"{requirement.name} missing")
+            continue
+        if not requirement.specifier.contains(installed[requirement.name], prereleases=True):
+            problems.append(f"{requirement.name} {installed[requirement.name]} (needs {line})")
+    if problems:
+        raise NarrateError("; ".join(problems), _REINSTALL_HINT)
+    import torch
+
+    core = [f"{name} {installed[name]}" for name in _CORE_PACKAGES if name in installed]
+    built_for = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only"
+    return f"{', '.join(core)}; torch built for {built_for}; {len(installed)} requirements met"
+
+
+def check_devices(targets: Targets) -> str:
+    """The CUDA devices the run would use (`--devices`, same parsing as `narrate run`)."""
+    import torch
+
+    from narrate.pipeline import resolve_devices
+
+    devices = resolve_devices(targets.devices)
+    wanted = [int(d.partition(":")[2] or 0) for d in devices if d.startswith("cuda")]
+    available = torch.cuda.device_count()
+    if not wanted:
+        if targets.devices == "auto":
+            build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
+            raise Skipped(
+                f"no CUDA device{build}: the run would use the CPU. On a GPU: {_GPU_HINT}"
+            )
+        raise Skipped(f"--devices {targets.devices}: no GPU used")
+    if missing := [i for i in wanted if i >= available]:
+        raise EngineError(
+            f"--devices {targets.devices}: cuda:{missing[0]} does not exist "
+            f"({available} CUDA device(s) visible)",
+            _GPU_HINT,
+        )
+    lines = []
+    for index in wanted:
+        props = torch.cuda.get_device_properties(index)
+        free, total = torch.cuda.mem_get_info(index)
+        lines.append(
+            f"cuda:{index} {props.name} (sm_{props.major}{props.minor}), "
+            f"{free / 2**30:.1f} of {total / 2**30:.1f} GiB free"
+        )
+    return "; ".join(lines)
+
+
+# ----------------------------------------------------------------------------- models
+
+
+def check_model(targets: Targets) -> str:
+    """CSM config, processor and weights reachable: a local directory, the HF cache, or the Hub."""
+    if targets.engine != "csm":
+        raise Skipped(f"--engine {targets.engine} uses no CSM model")
+    path = Path(targets.model).expanduser()
+    if path.is_dir():
+        where, weights = str(path), _local_weights(path)
+    elif targets.model.startswith(("/", ".", "~")) or targets.model.count("/") != 1:
+        raise ModelError(
+            f"--model {targets.model}: no such directory, and not a Hugging Face id (ORG/NAME)",
+            "pass a directory saved with save_pretrained, or a Hugging Face id like sesame/csm-1b",
+        )
+    else:
+        _hub_config(targets.model)
+        where, weights = f"{targets.model} (Hugging Face)", _hub_weights(targets.model)
+    from transformers import AutoConfig, AutoProcessor
+
+    hint = (
+        "a model directory needs config.json and the processor files (tokenizer, "
+        "preprocessor_config.json) as save_pretrained writes them"
+    )
+    try:
+        config = AutoConfig.from_pretrained(targets.model)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"--model {targets.model}: {_first_line(exc)}", hint) from None
+    if config.model_type != "csm":
+        raise ModelError(
+            f"--model {targets.model} is a {config.model_type!r} model, not CSM",
+            "pass a transformers CSM checkpoint such as sesame/csm-1b",
+        )
+    try:
+        AutoProcessor.from_pretrained(targets.model)
+    except (OSError, ValueError) as exc:
+        raise ModelError(
+            f"--model {targets.model}: no processor: {_first_line(exc)}", hint
+        ) from None
+    return f"{where}: CSM config and processor load; {weights}"
+
+
+def _local_weights(path: Path) -> str:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelError(
+            f"no *.safetensors weights in {path}",
+            f"download them: `hf download sesame/csm-1b --local-dir {path}`",
+        )
+    return _readable_weights(files)
+
+
+def _readable_weights(files: list[Path]) -> str:
+    """Read each file's header (not the tensors): catches truncated files and LFS pointers."""
+    from safetensors import SafetensorError, safe_open
+
+    tensors = 0
+    for file in files:
+        try:
+            with safe_open(str(file), framework="numpy") as weights:
+                tensors += len(list(weights.keys()))
+        except (SafetensorError, OSError) as exc:
+            raise ModelError(
+                f"{file} is not a readable safetensors file ({exc})",
+                "a Git LFS pointer or an interrupted download: fetch the weights again "
+                "(`hf download` or `git lfs pull`)",
+            ) from None
+    size = sum(f.stat().st_size for f in files) / 2**30
+    return f"weights readable ({len(files)} file(s), {tensors} tensors, {size:.2f} GiB)"
+
+
+def _hub_config(repo: str) -> None:
+    """Fetch config.json through the HF cache, turning access problems into precise hints."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        hf_hub_download(repo, "config.json")
+    except GatedRepoError:
+        raise ModelError(
+            f"{repo} is gated and this machine has no access to it",
+            f"accept the model's terms at https://huggingface.co/{repo}, then set HF_TOKEN "
+            "to a read token of that account (or run `hf auth login`)",
+        ) from None
+    except RepositoryNotFoundError:
+        raise ModelError(
+            f"{repo}: no such model on Hugging Face, or it is private",
+            "check --model; a private model needs HF_TOKEN; a local directory works too",
+        ) from None
+    except LocalEntryNotFoundError:
+        offline = (
+            "downloads are off (HF_HUB_OFFLINE=1)"
+            if constants.HF_HUB_OFFLINE
+            else "the Hub is unreachable"
+        )
+        raise ModelError(
+            f"{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {offline}",
+            f"download it once where the Hub is reachable: `hf download {repo}` (with HF_TOKEN "
+            "for gated models) into the same HF_HOME, or pass --model DIR",
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ModelError(f"Hugging Face answered: {_first_line(exc)}", "retry later") from None
+
+
+def _hub_weights(repo: str) -> str:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo, "model.safetensors")
+    if isinstance(cached, str):
+        return _readable_weights([Path(cached)])
+    if constants.HF_HUB_OFFLINE:
+        raise ModelError(
+            f"the weights of {repo} are not in the cache ({constants.HF_HUB_CACHE}) and "
+            "downloads are off (HF_HUB_OFFLINE=1)",
+            f"download them once: `hf download {repo}`, or unset HF_HUB_OFFLINE",
+        )
+    return f"weights not cached yet: the first run downloads them into {constants.HF_HUB_CACHE}"
+
+
+def check_model_cache(targets: Targets) -> str:
+    """Model downloads land in HF_HOME: it must be writable unless it is pre-filled and offline."""
+    from huggingface_hub import constants
+
+    cache = Path(constants.HF_HUB_CACHE)
+    existing = next(p for p in (cache, *cache.parents) if p.exists())
+    if _writable(existing):
+        return f"{cache} is writable"
+    if constants.HF_HUB_OFFLINE:
+        return f"{cache} is read-only; fine offline (HF_HUB_OFFLINE=1) with the models in it"
+    raise ModelError(
+        f"{cache} is not writable, so models cannot be downloaded",
+        "mount a volume writable by this user at HF_HOME (Kubernetes: fsGroup 10001), or "
+        "pre-fill it and set HF_HUB_OFFLINE=1",
+    )
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def check_watermark(targets: Targets) -> str:
+    if not targets.watermark:
+        raise Skipped("--no-watermark: files would be published without the AudioSeal watermark")
+    from narrate.post import Watermarker
+
+    model = targets.watermark_model or DEFAULT_WATERMARK_MODEL
+    Watermarker.load(targets.watermark_model)
+    return f"AudioSeal generator and detector load ({model})"
+
+
+def check_espeak(targets: Targets) -> str:
+    """The preview engine (eSpeak NG) loads; only `--engine preview` needs it."""
+    from narrate.config import EngineConfig
+    from narrate.synth import load_engine
+
+    try:
+        load_engine(EngineConfig(engine="preview"), device="cpu")
+    except NarrateError as exc:
+        if targets.engine == "preview":
+            raise
+        raise Skipped(f"unavailable ({exc.message}); only --engine preview needs it") from None
+    return "eSpeak NG loads (preview engine)"
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _probe_storage(uri: str) -> str:
+    """Write, read back and delete a probe object: the run's own storage adapter and target."""
+    from narrate.storage import open_storage
+
+    storage = open_storage(uri, timeout=30.0)
+    name = f"{PROBE_PREFIX}-{uuid.uuid4().hex}.probe"
+    payload = f"narrate doctor probe {time.time()}".encode()
+    if storage.put(name, payload, content_type="text/plain", overwrite=False) is None:
+        raise StorageError(f"{storage.root}/{name} already existed; run doctor again")
+    try:
+        if storage.get(name) != payload:
+            raise StorageError(f"{storage.root}/{name} read back different bytes than written")
+    finally:
+        storage.delete(name)
+    if storage.stat(name) is not None:
+        raise StorageError(f"{storage.root}/{name} is still there after delete")
+    return f"{storage.root}: write, read and delete work"
+
+
+def check_storage(targets: Targets) -> str:
+    return _probe_storage(targets.out)
+
+
+def check_cache(targets: Targets) -> str:
+    return _probe_storage(targets.cache)
+
+
+def status_file(out: str) -> Path:
+    """The local status file used without --database (the rule `narrate run` applies)."""
+    return (Path(".narrate") if out.startswith("gs://") else Path(out)) / "status.json"
+
+
+def check_database(targets: Targets) -> str:
+    """Write, read back and delete a probe record under /narrate-doctor/."""
+    from narrate.database import SERVER_TIMESTAMP, open_database
+
+    db = open_database(targets.database, status_file=status_file(targets.out), timeout=15.0)
+    path = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"
+    token = uuid.uuid4().hex
+    try:
+        db.update({path: {"token": token, "at": SERVER_TIMESTAMP}})
+        try:
+            record = db.get(path)
+            if not isinstance(record, dict) or record.get("token") != token:
+                raise DatabaseError(f"/{path} read back {record!r} instead of the probe")
+        finally:
+            db.update({path: None})
+        if db.get(path) is not None:
+            raise DatabaseError(f"/{path} is still there after delete")
+    finally:
+        db.close()
+    where = targets.database or f"{status_file(targets.out)} (no --database)"
+    return f"{where}: write, read and delete work"
+
+
+CHECKS: tuple[tuple[str, Callable[[Targets], str]], ...] = (
+    ("python", check_python),
+    ("packages", check_packages),
+    ("devices", check_devices),
+    ("model", check_model),
+    ("model-cache", check_model_cache),
+    ("watermark", check_watermark),
+    ("espeak", check_espeak),
+    ("storage", check_storage),
+    ("cache", check_cache),
+    ("database", check_database),
+)
+
+
+def run_checks(targets: Targets) -> list[Check]:
+    """Every check, in order; one failing never stops the others."""
+    results = []
+    for name, check in CHECKS:
+        try:
+            results.append(Check(name, "ok", check(targets)))
+        except Skipped as skip:
+            results.append(Check(name, "skip", skip.detail))
+        except NarrateError as exc:
+            results.append(Check(name, "fail", exc.message, exc.hint))
+        except ImportError as exc:
+            results.append(Check(name, "fail", f"cannot import: {exc}", _REINSTALL_HINT))
+        except Exception as exc:  # a doctor reports every problem; it never stops at one
+            results.append(Check(name, "fail", f"{type(exc).__name__}: {_first_line(exc)}"))
+    return results
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def healthy(checks: list[Check]) -> bool:
+    return all(check.status != "fail" for check in checks)
+
+
+def render(checks: list[Check]) -> str:
+    width = max(len(check.name) for check in checks) + 2
+    lines = []
+    for check in checks:
+        lines.append(f"{check.status.upper():<6}{check.name:<{width}}{check.detail}")
+        if check.hint:
+            lines.append(f"{'':<6}{'':<{width}}fix: {check.hint}")
+    counts = {s: sum(c.status == s for c in checks) for s in ("ok", "fail", "skip")}
+    lines.append(", ".join(f"{n} {s.upper()}" for s, n in counts.items()))
+    return "\n".join(lines)
+
+
+def to_json(checks: list[Check]) -> str:
+    report = {"status": "ok" if healthy(checks) else "fail", "checks": [asdict(c) for c in checks]}
+    return json.dumps(report, indent=2)

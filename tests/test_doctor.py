@@ -1,0 +1,166 @@
+"""`narrate doctor` through the CLI: real adapters against local folders, fake-gcs-server and the
+RTDB test server; broken targets give FAIL lines with hints and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from support.gcs import FakeGcs
+from support.rtdb_server import RTDBTarget
+
+from narrate.cli import cli
+from narrate.doctor import CHECKS, PROBE_PREFIX
+
+LOCAL_PREVIEW = ["--engine", "preview", "--no-watermark", "--devices", "cpu"]
+
+
+def doctor(*args: str) -> tuple[int, dict[str, dict]]:
+    """Exit code and the checks by name, from `narrate doctor --json ARGS`."""
+    result = CliRunner().invoke(cli, ["doctor", "--json", *args])
+    report = json.loads(result.stdout)
+    checks = {check["name"]: check for check in report["checks"]}
+    assert list(checks) == [name for name, _ in CHECKS]
+    assert report["status"] == ("ok" if result.exit_code == 0 else "fail")
+    return result.exit_code, checks
+
+
+def local_targets(tmp_path: Path) -> list[str]:
+    return ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+
+
+def write_csm_config(folder: Path) -> None:
+    from transformers import CsmConfig
+
+    folder.mkdir(parents=True, exist_ok=True)
+    CsmConfig().to_json_file(folder / "config.json")
+
+
+def test_local_preview_targets_pass_and_leave_nothing_behind(tmp_path: Path) -> None:
+    code, checks = doctor(*LOCAL_PREVIEW, *local_targets(tmp_path))
+    failed = {name: check for name, check in checks.items() if check["status"] == "fail"}
+    assert code == 0, failed
+    for name in ("python", "packages", "espeak", "storage", "cache", "database"):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert "write, read and delete work" in checks["storage"]["detail"]
+    for name in ("devices", "model", "watermark"):
+        assert checks[name]["status"] == "skip", checks[name]
+    leftovers = [
+        p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "status.json"
+    ]
+    assert leftovers == [] and list((tmp_path / "cache").rglob("*.probe")) == []
+    assert json.loads((tmp_path / "out" / "status.json").read_text()) == {}
+
+
+def test_a_missing_model_directory_fails_with_a_hint(tmp_path: Path) -> None:
+    args = ["--model", str(tmp_path / "no-such-model"), *local_targets(tmp_path)]
+    code, checks = doctor(*args)
+    assert code == 1
+    assert checks["model"]["status"] == "fail"
+    assert "no such directory" in checks["model"]["detail"]
+    assert "sesame/csm-1b" in checks["model"]["hint"]
+
+    text = CliRunner().invoke(cli, ["doctor", *args])
+    assert text.exit_code == 1
+    assert "FAIL  model" in text.stdout and "fix: pass a directory" in text.stdout
+    assert text.stdout.rstrip().splitlines()[-1].endswith("SKIP")  # the summary line
+
+
+def test_weights_that_are_a_git_lfs_pointer_fail(tmp_path: Path) -> None:
+    model = tmp_path / "csm"
+    write_csm_config(model)
+    (model / "model.safetensors").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 6000000000\n"
+    )
+    _, checks = doctor("--model", str(model), *local_targets(tmp_path))
+    assert checks["model"]["status"] == "fail"
+    assert "not a readable safetensors file" in checks["model"]["detail"]
+    assert "git lfs pull" in checks["model"]["hint"]
+
+
+def test_a_model_that_is_not_csm_fails(tmp_path: Path) -> None:
+    from safetensors.numpy import save_file
+    from transformers import BertConfig
+
+    model = tmp_path / "bert"
+    model.mkdir()
+    BertConfig().to_json_file(model / "config.json")
+    save_file({"w": __import__("numpy").zeros(4, dtype="float32")}, model / "model.safetensors")
+    _, checks = doctor("--model", str(model), *local_targets(tmp_path))
+    assert checks["model"]["status"] == "fail"
+    assert "'bert' model, not CSM" in checks["model"]["detail"]
+
+
+def test_a_hub_model_missing_from_the_offline_cache_names_the_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _, checks = doctor("--model", "sesame/csm-1b", *local_targets(tmp_path))
+    assert checks["model"]["status"] == "fail"
+    assert "not in the Hugging Face cache" in checks["model"]["detail"]
+    assert "hf download sesame/csm-1b" in checks["model"]["hint"]
+
+
+def test_a_gpu_that_is_not_there_fails(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    code, checks = doctor(*LOCAL_PREVIEW[:3], "--devices", "cuda:7", *local_targets(tmp_path))
+    assert code == 1
+    assert checks["devices"]["status"] == "fail"
+    assert "cuda:7 does not exist" in checks["devices"]["detail"]
+    assert "nvidia-smi" in checks["devices"]["hint"]
+
+
+def test_an_output_that_cannot_be_written_fails(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = [*LOCAL_PREVIEW, "--out", str(blocker / "out"), "--cache", str(tmp_path / "cache")]
+    code, checks = doctor(*args)
+    assert code == 1
+    assert checks["storage"]["status"] == "fail"
+    assert checks["cache"]["status"] == "ok"
+
+
+def test_cloud_storage_and_realtime_database_probes(
+    gcs_bucket: str, fake_gcs: FakeGcs, rtdb: RTDBTarget
+) -> None:
+    code, checks = doctor(
+        *LOCAL_PREVIEW,
+        "--out",
+        f"gs://{gcs_bucket}",
+        "--cache",
+        f"gs://{gcs_bucket}/narrate-cache",
+        "--database",
+        rtdb.url,
+    )
+    for name in ("storage", "cache", "database"):
+        assert checks[name]["status"] == "ok", checks[name]
+    assert checks["storage"]["detail"].startswith(f"gs://{gcs_bucket}:")
+    assert checks["database"]["detail"].startswith(rtdb.url)
+    listing = f"{fake_gcs.url}/storage/v1/b/{gcs_bucket}/o"
+    with urllib.request.urlopen(listing, timeout=10) as response:
+        assert json.load(response).get("items", []) == []  # the probes were deleted
+    assert rtdb.rest("GET", PROBE_PREFIX) is None
+    assert code == 0
+
+
+def test_a_database_that_refuses_writes_fails_with_a_hint(rtdb: RTDBTarget, tmp_path: Path) -> None:
+    rtdb.require_server().denied.add(rtdb.namespace)
+    code, checks = doctor(*LOCAL_PREVIEW, *local_targets(tmp_path), "--database", rtdb.url)
+    assert code == 1
+    assert checks["database"]["status"] == "fail"
+    assert checks["database"]["hint"]
+
+
+def test_a_database_url_that_is_not_one_fails(tmp_path: Path) -> None:
+    _, checks = doctor(*LOCAL_PREVIEW, *local_targets(tmp_path), "--database", "ftp://x")
+    assert checks["database"]["status"] == "fail"
+    assert "https://PROJECT.firebaseio.com" in checks["database"]["hint"]

@@ -1,0 +1,369 @@
+"""Operations files: the Dockerfile, the Kubernetes manifests in jobs/ and the demo targets.
+
+None of them can run here (no Docker engine, no cluster), so these tests check what can be
+checked offline: every manifest validates against Kubernetes' own schemas, every `narrate`
+command line in them parses with the real click command (no drift between YAML and CLI), and
+the Dockerfile copies files that exist and the build context actually contains.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from importlib.metadata import entry_points, metadata
+from pathlib import Path
+
+import click
+import pytest
+import yaml
+from kubernetes_validate import utils as kubernetes_validate
+from packaging.specifiers import SpecifierSet
+
+from narrate.cli import cli
+from narrate.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from narrate.plan import Shard
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS = ROOT / "jobs"
+KUSTOMIZATION = JOBS / "kustomization.yaml"
+SPOT_PATCH = JOBS / "spot-patch.yaml"
+# 1.33: the first release with backoffLimitPerIndex GA (podFailurePolicy is GA since 1.31);
+# and the newest release whose schemas kubernetes-validate bundles
+KUBERNETES_VERSIONS = ("1.33.0", kubernetes_validate.latest_version())
+
+
+def parse_narrate(argv: list[str]) -> click.Context:
+    """Parse argv as the `narrate` console script would, options of the subcommand included."""
+    command = cli.get_command(click.Context(cli), argv[0])
+    assert command is not None, f"`narrate {argv[0]}` is not a command"
+    return command.make_context(f"narrate {argv[0]}", list(argv[1:]))
+
+
+# ----------------------------------------------------------------------------- Dockerfile
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    instructions, current = [], ""
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        stripped = line.strip()
+        if stripped.startswith("#") or not (stripped or current):
+            continue
+        current = f"{current} {stripped.removesuffix(chr(92)).strip()}".strip()
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = current.partition(" ")
+            instructions.append((keyword.upper(), arguments.strip()))
+            current = ""
+    return instructions
+
+
+def arguments(keyword: str) -> list[str]:
+    return [args for kw, args in dockerfile() if kw == keyword]
+
+
+def env_settings() -> dict[str, str]:
+    pairs = (item.split("=", 1) for args in arguments("ENV") for item in shlex.split(args))
+    return dict(pairs)
+
+
+def dockerignore_excludes(path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    excluded = False
+    for line in (ROOT / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negated = pattern.startswith("!")
+        regex = _glob_regex(pattern.removeprefix("!").strip("/"))
+        parts = path.split("/")
+        if any(re.fullmatch(regex, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            excluded = not negated
+    return excluded
+
+
+def _glob_regex(pattern: str) -> str:
+    tokens = re.split(r"(\*\*/|\*\*|\*|\?)", pattern)
+    wildcards = {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}
+    return "".join(wildcards.get(token, re.escape(token)) for token in tokens)
+
+
+def source_files(source: Path) -> Iterator[str]:
+    files = [source] if source.is_file() else sorted(source.rglob("*"))
+    for file in files:
+        if file.is_file() and "__pycache__" not in file.parts:
+            yield file.relative_to(ROOT).as_posix()
+
+
+def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
+    copies = arguments("COPY")
+    assert copies
+    for args in copies:
+        sources = [part for part in args.split() if not part.startswith("--")][:-1]
+        for source in sources:
+            path = ROOT / source
+            assert path.exists(), f"COPY {source}: no such file in the repository"
+            files = list(source_files(path))
+            assert files, f"COPY {source}: nothing to copy"
+            left_out = [f for f in files if dockerignore_excludes(f)]
+            assert not left_out, f".dockerignore keeps these out of COPY {source}: {left_out}"
+
+
+def test_the_build_context_leaves_out_environments_outputs_and_credentials() -> None:
+    for path in (
+        ".venv/bin/python",
+        ".git/config",
+        "out/book.wav",
+        ".narrate/cache/ab/abc.flac",
+        "service-account.json",
+        "tests/test_ops.py",
+        "narrate/__pycache__/cli.cpython-311.pyc",
+    ):
+        assert dockerignore_excludes(path), path
+
+
+def test_the_dependency_layer_installs_exactly_the_declared_dependencies() -> None:
+    """Run the Dockerfile's own requirements extraction; only pyproject.toml is copied first."""
+    tomllib = pytest.importorskip("tomllib", reason="the image's Python (3.11) has tomllib")
+    steps = [(kw, args) for kw, args in dockerfile() if kw in ("COPY", "RUN")]
+    (deps,) = [i for i, (_, args) in enumerate(steps) if "tomllib" in args]
+    script = shlex.split(steps[deps][1])[shlex.split(steps[deps][1]).index("-c") + 1]
+    printed = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert printed == [d.replace(" ", "") for d in declared]
+    copied_first = [args.split()[0] for kw, args in steps[:deps] if kw == "COPY"]
+    assert copied_first == ["pyproject.toml"], "source changes must not rebuild the deps layer"
+
+
+def test_the_image_runs_narrate_as_a_non_root_user() -> None:
+    (entrypoint,) = arguments("ENTRYPOINT")
+    assert json.loads(entrypoint) == ["narrate"]
+    (script,) = entry_points(group="console_scripts", name="narrate")
+    assert script.load() is cli
+    (command,) = arguments("CMD")
+    parse_narrate(json.loads(command))
+    user = arguments("USER")[-1]
+    uid = user.split(":")[0]
+    assert uid.isdigit() and int(uid) != 0, "numeric, so Kubernetes can verify runAsNonRoot"
+    keywords = [kw for kw, _ in dockerfile()]
+    assert "RUN" not in keywords[keywords.index("USER") :], "installs must run before USER"
+
+
+def test_python_version_and_model_volume() -> None:
+    (base,) = arguments("FROM")
+    match = re.match(r"python:(\d+\.\d+)", base)
+    assert match, f"unexpected base image {base}"
+    assert f"{match[1]}.0" in SpecifierSet(metadata("narrate")["Requires-Python"])
+    env = env_settings()
+    volumes = [v for args in arguments("VOLUME") for v in shlex.split(args)]
+    for cache in ("HF_HOME", "AUDIOSEAL_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        assert any(env[cache].startswith(f"{volume}/") for volume in volumes), cache
+
+
+def test_no_credentials_in_the_image() -> None:
+    secretive = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|_KEY\b", re.IGNORECASE)
+    names = list(env_settings()) + [a.split("=")[0] for a in arguments("ARG")]
+    assert not [name for name in names if secretive.search(name)]
+
+
+# ----------------------------------------------------------------------------- jobs/
+
+
+def load_yaml(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def kustomization() -> dict:
+    (document,) = load_yaml(KUSTOMIZATION)
+    return document
+
+
+def resources() -> list[tuple[str, dict]]:
+    return [(name, doc) for name in kustomization()["resources"] for doc in load_yaml(JOBS / name)]
+
+
+def pod_spec(resource: Mapping) -> dict:
+    spec = resource["spec"]
+    job = spec["jobTemplate"]["spec"] if resource["kind"] == "CronJob" else spec
+    return job["template"]["spec"]
+
+
+def job_spec(resource: Mapping) -> dict:
+    return (
+        resource["spec"]["jobTemplate"]["spec"]
+        if resource["kind"] == "CronJob"
+        else resource["spec"]
+    )
+
+
+def workloads() -> list[tuple[str, dict]]:
+    return [(name, doc) for name, doc in resources() if doc["kind"] in ("Job", "CronJob")]
+
+
+def config_maps() -> dict[str, dict[str, str]]:
+    return {
+        doc["metadata"]["name"]: doc["data"] for _, doc in resources() if doc["kind"] == "ConfigMap"
+    }
+
+
+def container_env(container: Mapping) -> dict[str, str]:
+    """The environment kubelet gives the container (values from secrets left out)."""
+    env: dict[str, str] = {}
+    for source in container.get("envFrom", []):
+        env.update(config_maps()[source["configMapRef"]["name"]])
+    env.update({e["name"]: e["value"] for e in container.get("env", []) if "value" in e})
+    return env
+
+
+def expanded_args(container: Mapping) -> list[str]:
+    """`$(VAR)` references replaced as kubelet does; an unknown one stays and fails the test."""
+    env = container_env(container)
+    return [
+        re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env.get(m[1], m[0]), arg)
+        for arg in container["args"]
+    ]
+
+
+def test_kustomization_lists_every_manifest_and_nothing_missing() -> None:
+    listed = kustomization()["resources"]
+    assert all((JOBS / name).is_file() for name in listed)
+    manifests = {p.name for p in JOBS.glob("*.yaml")} - {KUSTOMIZATION.name, SPOT_PATCH.name}
+    assert manifests == set(listed)
+    images = {image["name"] for image in kustomization()["images"]}
+    used = {c["image"] for _, doc in workloads() for c in pod_spec(doc)["containers"]}
+    assert used <= images, "every container image is set by the kustomization"
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_manifest_validates_strictly(version: str) -> None:
+    for name, resource in resources():
+        try:
+            kubernetes_validate.validate(resource, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.path)
+            pytest.fail(f"{name}: {path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            pytest.fail(f"{name}: {error.message}")
+
+
+def test_the_commented_spot_patch_applies_and_validates() -> None:
+    commented = re.search(r"^# patches:\n(?:#.*\n)+", KUSTOMIZATION.read_text(), re.MULTILINE)
+    assert commented, "kustomization.yaml shows how to enable the spot patch"
+    (patch_entry,) = yaml.safe_load(re.sub(r"^# ?", "", commented[0], flags=re.MULTILINE))[
+        "patches"
+    ]
+    (patch,) = load_yaml(JOBS / patch_entry["path"])
+    (target,) = [
+        doc
+        for _, doc in workloads()
+        if doc["kind"] == patch_entry["target"]["kind"] == patch["kind"]
+        and doc["metadata"]["name"] == patch_entry["target"]["name"] == patch["metadata"]["name"]
+    ]
+    patched = merge(copy.deepcopy(target), patch)
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(patched, version, strict=True)
+    spec = pod_spec(patched)
+    assert spec["nodeSelector"]["cloud.google.com/gke-spot"] == "true"
+    assert spec["nodeSelector"].keys() > pod_spec(target)["nodeSelector"].keys()
+
+
+def merge(base: dict, patch: Mapping) -> dict:
+    """A strategic merge patch as far as this patch needs: maps merge, lists are replaced."""
+    for key, value in patch.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def test_narrate_arguments_in_every_manifest_parse() -> None:
+    parsed = []
+    for name, resource in workloads():
+        for container in pod_spec(resource)["containers"]:
+            args = expanded_args(container)
+            assert not [a for a in args if "$(" in a], f"{name}: undefined variable in {args}"
+            context = parse_narrate(args)
+            parsed.append((name, context.command.name, context.params))
+    commands = {(name, command) for name, command, _ in parsed}
+    assert {("catalog-job.yaml", "run"), ("nightly-cronjob.yaml", "run")} <= commands
+    (nightly,) = [params for name, _, params in parsed if name == "nightly-cronjob.yaml"]
+    assert nightly["requests"] and nightly["manifest"] is None
+
+
+def test_catalog_job_shards_match_its_completions() -> None:
+    (job,) = [doc for name, doc in workloads() if name == "catalog-job.yaml"]
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed"
+    (container,) = pod_spec(job)["containers"]
+    env = container_env(container)
+    assert int(env["NARRATE_SHARDS"]) == spec["completions"]
+    for index in (0, spec["completions"] - 1):
+        shard = Shard.parse(None, {**env, "JOB_COMPLETION_INDEX": str(index)})
+        assert (shard.index, shard.count) == (index, spec["completions"])
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_failure_policies_act_on_narrate_exit_codes() -> None:
+    """Usage errors fail at once, interruptions and disruptions retry for free, others count."""
+    for name, resource in workloads():
+        spec = job_spec(resource)
+        if "podFailurePolicy" not in spec:
+            continue
+        assert pod_spec(resource)["restartPolicy"] == "Never", name
+
+        def action_for(exit_code: int, conditions: tuple[str, ...] = (), rules=spec) -> str:
+            for rule in rules["podFailurePolicy"]["rules"]:
+                on_codes = rule.get("onExitCodes")
+                if on_codes and exit_code in on_codes["values"]:
+                    return rule["action"]
+                on_conditions = rule.get("onPodConditions", [])
+                if any(c["type"] in conditions for c in on_conditions):
+                    return rule["action"]
+            return "Count"
+
+        fail = "FailIndex" if "backoffLimitPerIndex" in spec else "FailJob"
+        assert action_for(EXIT_USAGE) == fail, name
+        assert action_for(EXIT_INTERRUPTED) == "Ignore", name
+        assert action_for(EXIT_USAGE, ("DisruptionTarget",)) == "Ignore", name
+        assert action_for(1) == action_for(3) == "Count", name
+
+
+def test_pods_get_more_grace_than_narrate_needs_to_stop() -> None:
+    from narrate.pipeline import RunOptions
+
+    needed = RunOptions().stop_grace_s + 5  # + stopping workers and flushing the database
+    for name, resource in workloads():
+        if job_spec(resource).get("podFailurePolicy"):
+            assert pod_spec(resource)["terminationGracePeriodSeconds"] >= needed, name
+
+
+def test_nightly_queue_schedule() -> None:
+    (cron,) = [doc for name, doc in workloads() if doc["kind"] == "CronJob"]
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["timeZone"] and spec["startingDeadlineSeconds"] > 0
+
+
+# ----------------------------------------------------------------------------- make demo
+
+
+@pytest.mark.parametrize("target", ["demo", "demo-csm"])
+def test_demo_targets_run_narrate_with_valid_arguments(target: str) -> None:
+    dry_run = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target], capture_output=True, text=True, check=True
+    ).stdout
+    (line,) = [line for line in dry_run.splitlines() if "bin/narrate run" in line]
+    argv = shlex.split(line)
+    context = parse_narrate(
+        argv[argv.index(next(a for a in argv if a.endswith("bin/narrate"))) + 1 :]
+    )
+    assert (ROOT / context.params["manifest"]).is_file()
+    assert context.params["no_watermark"], "the demo cannot fetch AudioSeal weights"
+    assert context.params["engine"] == ("preview" if target == "demo" else "csm")
