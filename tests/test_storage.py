@@ -15,7 +15,7 @@ import pytest
 from support.gcs import FakeGcs, FaultyProxy
 
 from narrate.errors import StorageError, UsageError
-from narrate.records import EncodedBook
+from narrate.records import Book, EncodedBook
 from narrate.storage import (
     TOKEN_KEY,
     Storage,
@@ -232,6 +232,47 @@ def test_open_uri_reads_local_and_gs(gcs_bucket: str, tmp_path: Path) -> None:
             assert stream.read() == b'{"book_id": "a"}\n'
     with pytest.raises(FileNotFoundError):
         open_uri(f"gs://{gcs_bucket}/texts/missing.txt")
+
+
+def test_manifests_and_texts_are_read_from_gs(gcs_bucket: str) -> None:
+    """The manifest reader and `text_uri` go through open_uri: both formats, both fields."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from narrate.manifest import read_manifest
+    from narrate.plan import load_text
+
+    storage = open_storage(f"gs://{gcs_bucket}")
+    storage.put("texts/b2.txt", b"The second book, from a text file.")
+    rows = [
+        {"book_id": "b1", "text": "The first book.", "text_uri": None},
+        {"book_id": "b2", "text": None, "text_uri": f"gs://{gcs_bucket}/texts/b2.txt"},
+    ]
+    parquet = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    storage.put("m/catalog.parquet", parquet.getvalue())
+    storage.put("m/catalog.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    for name in ("catalog.parquet", "catalog.jsonl"):
+        books = list(read_manifest(f"gs://{gcs_bucket}/m/{name}"))
+        assert [b.book_id for b in books if isinstance(b, Book)] == ["b1", "b2"], books
+        assert [load_text(b) for b in books if isinstance(b, Book)] == [
+            "The first book.",
+            "The second book, from a text file.",
+        ]
+
+
+def test_missing_bucket_is_a_clear_error(
+    fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", fake_gcs.url)
+    storage = open_storage("gs://no-such-bucket-here/out")
+    with pytest.raises(StorageError, match="bucket does not exist"):
+        storage.put("a.wav", b"x")
+    with pytest.raises(StorageError, match="bucket does not exist"):
+        list(storage.list())
 
 
 def test_signed_urls_are_refused_against_the_emulator(gcs_bucket: str) -> None:
