@@ -35,7 +35,9 @@ _TYPOGRAPHY = {
 # line-like ones become line breaks, the rest go.
 _ASCII_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")
 _CONTROL = re.compile(
-    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200f\u202a-\u202e\u2028\u2029\u2060-\u2064\ufeff\ud800-\udfff]"
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f"  # C0 and C1 controls but tab and newline
+    "\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff"  # soft hyphen, zero-width, bidi
+    "\u2028\u2029\ud800-\udfff]"  # line/paragraph separators, lone surrogates
 )
 _LINE_BREAK = re.compile("\r\n?|[\x0b\x0c\x85\u2028]")
 _PARAGRAPH_BREAK = re.compile("\n[ \t]*\n")
@@ -181,6 +183,9 @@ def chunk_id(text: str, speaker: int, voice_key: str, engine_fingerprint: str) -
 # --- chunking ------------------------------------------------------------------------------
 
 
+_MIN_CHUNK_CHARS = 20  # a chunk must hold a few words
+
+
 @dataclass(frozen=True, slots=True)
 class _Budget:
     """How long a chunk may be for one (config, voice prompt size)."""
@@ -199,7 +204,7 @@ def _budget(config: ChunkingConfig, prompt_positions: int) -> _Budget:
     while low < high:
         middle = (low + high + 1) // 2
         low, high = (middle, high) if fits(middle) else (low, middle - 1)
-    if low < 20:
+    if low < _MIN_CHUNK_CHARS:
         raise UsageError(
             f"a voice prompt of {prompt_positions} positions leaves no room for text in "
             f"CSM's {config.window}-position window",
