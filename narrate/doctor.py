@@ -62,9 +62,10 @@ class Check:
 class Skipped(Exception):
     """The check does not apply to these targets."""
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, hint: str | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
+        self.hint = hint
 
 
 # ----------------------------------------------------------------------------- environment
@@ -128,9 +129,7 @@ def check_devices(targets: Targets) -> str:
     if not wanted:
         if targets.devices == "auto":
             build = "" if torch.version.cuda else " (this torch build has no CUDA support)"
-            raise Skipped(
-                f"no CUDA device{build}: the run would use the CPU. On a GPU: {_GPU_HINT}"
-            )
+            raise Skipped(f"no CUDA device{build}: the run would use the CPU", _GPU_HINT)
         raise Skipped(f"--devices {targets.devices}: no GPU used")
     if missing := [i for i in wanted if i >= available]:
         raise EngineError(
@@ -308,18 +307,36 @@ def check_watermark(targets: Targets) -> str:
     return f"AudioSeal generator and detector load ({model})"
 
 
+def check_codec(targets: Targets) -> str:
+    """The Mimi codec weights the CSM engine decodes with, found as the engine finds them."""
+    if targets.engine != "csm":
+        raise Skipped(f"--engine {targets.engine} uses no Mimi codec")
+    from narrate.synth.mimi import weights_source
+
+    path, _ = weights_source(targets.model)
+    return f"Mimi {path}: {_readable_weights([path])}"
+
+
 def check_espeak(targets: Targets) -> str:
-    """The preview engine (eSpeak NG) loads; only `--engine preview` needs it."""
-    from narrate.config import EngineConfig
+    """The preview engine (eSpeak NG) speaks; only `--engine preview` needs it."""
+    from narrate.config import SAMPLE_RATE, EngineConfig
+    from narrate.records import Batch, Chunk
     from narrate.synth import load_engine
 
+    probe = Chunk(chunk_id="narrate-doctor", book_id="narrate-doctor", index=0, text="Hello.")
     try:
-        load_engine(EngineConfig(engine="preview"), device="cpu")
+        engine = load_engine(EngineConfig(engine="preview"), device="cpu")
+        try:
+            (spoken,) = engine.synthesize(Batch((probe,)))
+        finally:
+            engine.close()
+        if not spoken.ok:
+            raise EngineError(f"eSpeak NG loads but does not speak: {spoken.error}")
     except NarrateError as exc:
         if targets.engine == "preview":
             raise
         raise Skipped(f"unavailable ({exc.message}); only --engine preview needs it") from None
-    return "eSpeak NG loads (preview engine)"
+    return f"eSpeak NG speaks ({len(spoken.audio) / SAMPLE_RATE:.2f} s for {probe.text!r})"
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -385,6 +402,7 @@ CHECKS: tuple[tuple[str, Callable[[Targets], str]], ...] = (
     ("packages", check_packages),
     ("devices", check_devices),
     ("model", check_model),
+    ("codec", check_codec),
     ("model-cache", check_model_cache),
     ("watermark", check_watermark),
     ("espeak", check_espeak),
@@ -401,7 +419,7 @@ def run_checks(targets: Targets) -> list[Check]:
         try:
             results.append(Check(name, "ok", check(targets)))
         except Skipped as skip:
-            results.append(Check(name, "skip", skip.detail))
+            results.append(Check(name, "skip", skip.detail, skip.hint))
         except NarrateError as exc:
             results.append(Check(name, "fail", exc.message, exc.hint))
         except ImportError as exc:
@@ -425,7 +443,8 @@ def render(checks: list[Check]) -> str:
     for check in checks:
         lines.append(f"{check.status.upper():<6}{check.name:<{width}}{check.detail}")
         if check.hint:
-            lines.append(f"{'':<6}{'':<{width}}fix: {check.hint}")
+            label = "fix" if check.status == "fail" else "note"
+            lines.append(f"{'':<6}{'':<{width}}{label}: {check.hint}")
     counts = {s: sum(c.status == s for c in checks) for s in ("ok", "fail", "skip")}
     lines.append(", ".join(f"{n} {s.upper()}" for s, n in counts.items()))
     return "\n".join(lines)

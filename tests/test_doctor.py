@@ -4,6 +4,7 @@ RTDB test server; broken targets give FAIL lines with hints and a non-zero exit.
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.request
 from pathlib import Path
 
@@ -67,6 +68,38 @@ def test_a_missing_model_directory_fails_with_a_hint(tmp_path: Path) -> None:
     assert text.exit_code == 1
     assert "FAIL  model" in text.stdout and "fix: pass a directory" in text.stdout
     assert text.stdout.rstrip().splitlines()[-1].endswith("SKIP")  # the summary line
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from narrate.synth.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-csm")
+
+
+def test_a_local_csm_model_and_its_codec_pass(tiny_model: Path, tmp_path: Path) -> None:
+    _, checks = doctor("--model", str(tiny_model), "--no-watermark", *local_targets(tmp_path))
+    assert checks["model"]["status"] == "ok", checks["model"]
+    assert "CSM config and processor load; weights readable" in checks["model"]["detail"]
+    assert checks["codec"]["status"] == "ok", checks["codec"]
+    assert "mimi.safetensors" in checks["codec"]["detail"]
+
+
+def test_a_model_without_codec_weights_offline_fails(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    model = shutil.copytree(
+        tiny_model, tmp_path / "no-codec", ignore=lambda *_: ["mimi.safetensors"]
+    )
+    _, checks = doctor("--model", str(model), "--no-watermark", *local_targets(tmp_path))
+    assert checks["model"]["status"] == "ok"
+    assert checks["codec"]["status"] == "fail"
+    assert "Mimi codec weights" in checks["codec"]["detail"]
+    assert "--model folder" in checks["codec"]["hint"]
 
 
 def test_weights_that_are_a_git_lfs_pointer_fail(tmp_path: Path) -> None:
