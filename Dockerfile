@@ -55,6 +55,10 @@ VOLUME /models
 USER 10001:10001
 WORKDIR /home/narrate
 
+# The demo catalog, to smoke-test the image anywhere (CPU only, no credentials, no downloads):
+#   docker run --rm IMAGE run manifests/demo.jsonl --engine preview --no-watermark --out /tmp/out
+COPY manifests/demo.jsonl manifests/demo.jsonl
+
 # No credentials here: Cloud Storage and the Realtime Database use Application Default
 # Credentials (GKE Workload Identity, or GOOGLE_APPLICATION_CREDENTIALS pointing at a mounted
 # key); the gated CSM-1B download uses HF_TOKEN from a secret.
