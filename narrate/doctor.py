@@ -1,10 +1,11 @@
 """`narrate doctor`: can this machine run narrate against these targets?
 
-Each check answers OK, FAIL (with a hint saying what to do) or SKIP (does not apply to these
-targets), the way the original service's `/health` endpoint reported its model, device and
-dependencies. The checks use the run's own code paths (storage adapters, database adapters,
-model loaders) against the exact targets an operator passes, so an OK means the run can do it:
-storage and database checks write, read back and delete a probe.
+The batch counterpart of the original service's `/health` endpoint (`--json` answers with a
+machine-readable status). Each check answers OK, FAIL (with a hint saying what to do) or SKIP
+(does not apply to these targets). The checks use the run's own code paths (storage and
+database adapters, model and codec loaders, the preview engine) against the exact targets an
+operator passes, so an OK means the run can do it: storage and database checks write, read back
+and delete a probe.
 
 A check passes by returning its detail line, is skipped by raising `Skipped`, and fails by
 raising a NarrateError (message + hint), which is also how the adapters it calls report trouble.
