@@ -1,0 +1,75 @@
+"""Synthesis engines: a batch of chunks in, one mono 24 kHz waveform per chunk out.
+
+The runner only knows `Engine` and `load_engine`; `csm` (Sesame CSM-1B) and `preview` (eSpeak
+NG) implement it. Importing this package does not import torch: engines load on demand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from narrate.config import EngineConfig
+from narrate.errors import UsageError
+from narrate.records import Batch, ChunkAudio
+
+if TYPE_CHECKING:
+    from narrate.synth.voices import VoiceLibrary
+
+
+@dataclass(frozen=True)
+class Turn:
+    """A context turn spoken before the chunk (text only), as CSM's conversation API allows."""
+
+    speaker: int
+    text: str
+
+    @classmethod
+    def parse(cls, spec: str) -> Turn:
+        """`SPEAKER:TEXT`, e.g. `1:Where were you?`"""
+        speaker, sep, text = spec.partition(":")
+        if not sep or not speaker.strip().isdigit() or not text.strip():
+            raise UsageError(
+                f"context turn {spec!r} is not SPEAKER:TEXT", "e.g. --context '1:Hello.'"
+            )
+        return cls(int(speaker), text.strip())
+
+
+class Engine(Protocol):
+    config: EngineConfig
+
+    def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
+        """One result per chunk, same order: mono float32 at 24 kHz, or an error."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def chunk_seed(chunk_id: str, attempt: int = 0) -> int:
+    """The sampling seed of a chunk's attempt: from its id, so reruns reproduce its audio."""
+    try:
+        base = int(chunk_id[:8], 16)
+    except ValueError:
+        base = int(hashlib.sha256(chunk_id.encode()).hexdigest()[:8], 16)
+    return base + attempt
+
+
+def load_engine(
+    config: EngineConfig,
+    *,
+    device: str = "cpu",
+    voices: VoiceLibrary | None = None,
+    compile: bool = False,
+) -> Engine:
+    """Load the engine `config.engine` once (per worker); `compile` only matters on CUDA."""
+    if config.engine == "csm":
+        from narrate.synth.csm import CsmEngine
+
+        return CsmEngine.load(config, device=device, voices=voices, compile=compile)
+    if config.engine == "preview":
+        from narrate.synth.preview import PreviewEngine
+
+        return PreviewEngine.load(config)
+    raise UsageError(f"unknown engine {config.engine!r}", "use --engine csm or --engine preview")

@@ -1,0 +1,147 @@
+"""The voice library: short reference recordings that keep one narrator across chunks and books.
+
+A voice is `voices/NAME/` holding `audio.wav` (24 kHz mono), `voice.json` (its exact transcript
+and speaker id) and, once an engine has used it, `codes-<codec>.npy` (its Mimi codes for that
+codec, so the encoder runs once per voice, not once per chunk or per worker).
+
+No torch at import: the planner uses this module to size prompts without loading a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from narrate.config import SAMPLE_RATE, ChunkingConfig
+from narrate.errors import UsageError
+
+MAX_SECONDS = 20.0
+SAMPLES_PER_FRAME = int(SAMPLE_RATE / 12.5)  # Mimi: 80 ms per frame
+AUDIO_FILE = "audio.wav"
+META_FILE = "voice.json"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+@dataclass(frozen=True)
+class Voice:
+    """One registered voice. `fingerprint` changes when its audio, transcript or speaker does."""
+
+    name: str
+    transcript: str
+    speaker: int
+    audio_path: Path
+    text_tokens: int  # estimated: `<bos>[speaker]transcript<eos>`
+    frames: int  # Mimi frames of the audio
+    fingerprint: str
+
+    @property
+    def positions(self) -> int:
+        """Window positions the prompt takes in every chunk: its text, its frames, the end frame."""
+        return self.text_tokens + self.frames + 1
+
+    def codes_path(self, codec_key: str) -> Path:
+        return self.audio_path.parent / f"codes-{codec_key}.npy"
+
+
+class VoiceLibrary:
+    """Voices stored under `root/NAME/`."""
+
+    def __init__(self, root: Path = Path("voices")) -> None:
+        self.root = Path(root)
+
+    def names(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.parent.name for p in self.root.glob(f"*/{META_FILE}"))
+
+    def get(self, name: str) -> Voice:
+        folder = self.root / name
+        meta_path = folder / META_FILE
+        if not NAME_PATTERN.fullmatch(name) or not meta_path.is_file():
+            known = ", ".join(self.names()) or "none"
+            raise UsageError(
+                f"voice {name!r} is not in the voice library {self.root}/ (known: {known})",
+                f"register it: narrate voice add {name} --audio FILE.wav --text 'its transcript'",
+            )
+        import soundfile as sf
+
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        audio_path = folder / AUDIO_FILE
+        samples = sf.info(str(audio_path)).frames
+        return Voice(
+            name=name,
+            transcript=meta["transcript"],
+            speaker=int(meta["speaker"]),
+            audio_path=audio_path,
+            text_tokens=ChunkingConfig().estimate_tokens(meta["transcript"]),
+            frames=math.ceil(samples / SAMPLES_PER_FRAME),
+            fingerprint=_fingerprint(audio_path.read_bytes(), meta["transcript"], meta["speaker"]),
+        )
+
+    def add(
+        self,
+        name: str,
+        audio_path: Path,
+        text: str,
+        speaker: int = 0,
+        *,
+        replace: bool = False,
+    ) -> Voice:
+        """Register a voice: mixes down to mono and resamples to 24 kHz when needed."""
+        if not NAME_PATTERN.fullmatch(name):
+            raise UsageError(
+                f"voice name {name!r} is not usable as a folder name",
+                "use letters, digits, '_', '-' or '.', at most 64 characters",
+            )
+        transcript = " ".join(text.split())
+        if not transcript:
+            raise UsageError(f"voice {name!r}: the transcript is empty", "pass --text")
+        folder = self.root / name
+        if (folder / META_FILE).exists() and not replace:
+            raise UsageError(f"voice {name!r} already exists in {self.root}/", "pass --replace")
+        audio = _load_mono_24k(Path(audio_path))
+        seconds = len(audio) / SAMPLE_RATE
+        if seconds > MAX_SECONDS:
+            raise UsageError(
+                f"voice {name!r}: {audio_path} lasts {seconds:.1f} s, over {MAX_SECONDS:.0f} s",
+                "trim it: a prompt takes window positions from every chunk",
+            )
+        if not len(audio) or float(abs(audio).max()) < 1e-4:
+            raise UsageError(f"voice {name!r}: {audio_path} is silent")
+
+        import soundfile as sf
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("codes-*.npy"):  # codes of the audio being replaced
+            stale.unlink()
+        sf.write(str(folder / AUDIO_FILE), audio, SAMPLE_RATE, subtype="PCM_16")
+        meta = {"name": name, "transcript": transcript, "speaker": int(speaker)}
+        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        return self.get(name)
+
+
+def _fingerprint(audio: bytes, transcript: str, speaker: int) -> str:
+    digest = hashlib.sha256(audio)
+    digest.update(json.dumps([transcript, int(speaker)]).encode())
+    return digest.hexdigest()[:24]
+
+
+def _load_mono_24k(path: Path):  # -> np.ndarray (float32)
+    import numpy as np
+    import soundfile as sf
+
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (OSError, RuntimeError) as exc:  # soundfile raises LibsndfileError (a RuntimeError)
+        raise UsageError(f"cannot read audio {path}: {exc}", "give a WAV or FLAC file") from None
+    mono = audio.mean(axis=1)  # a stereo reference is mixed down, not rejected
+    if rate != SAMPLE_RATE:
+        import torch
+        import torchaudio.functional as AF
+
+        mono = AF.resample(torch.from_numpy(mono), rate, SAMPLE_RATE).numpy()
+    return np.ascontiguousarray(mono, dtype=np.float32)
