@@ -1,0 +1,15 @@
+"""The tiny random CSM + Mimi (narrate.synth.tiny), built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model folder for `--model` / `EngineConfig(model=...)`, loaded via from_pretrained."""
+    from narrate.synth.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-csm"))
