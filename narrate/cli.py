@@ -134,6 +134,115 @@ def plan(manifest: str, voices_dir: str, as_json: bool, **options: Any) -> None:
     sys.exit(EXIT_SOME_FAILED if summary.rows_rejected else EXIT_OK)
 
 
+@cli.command()
+@click.argument("text")
+@click.option("--speaker", default=0, show_default=True, type=click.IntRange(0))
+@click.option("--voice", default=None, help="voice prompt from the library (voices/NAME/)")
+@click.option(
+    "--voices", "voices_dir", default="voices", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option(
+    "--context",
+    multiple=True,
+    metavar="SPEAKER:TEXT",
+    help="a turn spoken before TEXT (repeatable), e.g. --context '1:Where were you?'",
+)
+@click.option(
+    "--max-audio-length-ms", default=30_000, show_default=True, type=click.IntRange(2_000, 90_000)
+)
+@click.option("--engine", type=click.Choice(["csm", "preview"]), default="csm", show_default=True)
+@click.option(
+    "--model", default="sesame/csm-1b", show_default=True, help="Hugging Face id or local directory"
+)
+@click.option("--temperature", default=0.9, show_default=True, help="0: greedy")
+@click.option("--top-k", default=50, show_default=True, type=click.IntRange(1))
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option(
+    "--compile", "compile_model", is_flag=True, help="static cache + torch.compile (CUDA)"
+)
+@click.option(
+    "-o", "--output", default="out.wav", show_default=True, type=click.Path(dir_okay=False)
+)
+def say(
+    text: str,
+    context: tuple[str, ...],
+    engine: str,
+    model: str,
+    temperature: float,
+    top_k: int,
+    max_audio_length_ms: int,
+    voices_dir: str,
+    output: str,
+    compile_model: bool,
+    **options: Any,
+) -> None:
+    """Speak TEXT into a WAV file; prints its duration and the real-time factor."""
+    from pathlib import Path
+
+    from narrate.synth import Turn
+    from narrate.synth.say import say as speak
+    from narrate.synth.say import write_wav
+
+    config = EngineConfig(engine, model, temperature, top_k, max_audio_length_ms)
+    spoken = speak(
+        text,
+        engine=config,
+        context=[Turn.parse(turn) for turn in context],
+        voices_dir=Path(voices_dir),
+        compile=compile_model,
+        **options,
+    )
+    write_wav(Path(output), spoken.audio)
+    click.echo(
+        f"{output}: {spoken.duration_s:.2f} s of audio in {spoken.synth_seconds:.2f} s "
+        f"(real-time factor {spoken.real_time_factor:.2f}; model loaded in "
+        f"{spoken.load_seconds:.1f} s)"
+    )
+
+
+@cli.group()
+def voice() -> None:
+    """Manage the voice prompt library (voices/NAME/)."""
+
+
+@voice.command("add")
+@click.argument("name")
+@click.option("--audio", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", required=True, help="the exact transcript of the audio")
+@click.option("--speaker", default=0, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--voices", "voices_dir", default="voices", show_default=True, type=click.Path(file_okay=False)
+)
+@click.option("--replace", is_flag=True, help="replace an existing voice of that name")
+def voice_add(
+    name: str, audio: str, text: str, speaker: int, voices_dir: str, replace: bool
+) -> None:
+    """Register NAME from a short recording (<= 20 s; resampled to 24 kHz mono)."""
+    from pathlib import Path
+
+    from narrate.synth.voices import VoiceLibrary
+
+    added = VoiceLibrary(Path(voices_dir)).add(name, Path(audio), text, speaker, replace=replace)
+    click.echo(
+        f"voice {added.name}: {added.frames / 12.5:.1f} s, speaker {added.speaker}, "
+        f"{added.positions} window positions per chunk, in {added.audio_path.parent}"
+    )
+
+
+@cli.group()
+def dev() -> None:
+    """Developer tools."""
+
+
+@dev.command("tiny-model")
+@click.argument("folder", type=click.Path(file_okay=False))
+def tiny_model(folder: str) -> None:
+    """Build a tiny random CSM + Mimi in FOLDER (for tests and offline runs: --model FOLDER)."""
+    from narrate.synth.tiny import build_tiny_model
+
+    click.echo(f"tiny model written to {build_tiny_model(folder)}")
+
+
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options naming where a run's results live (run, status)."""
     options = [
