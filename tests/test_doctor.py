@@ -16,7 +16,7 @@ from support.rtdb_server import RTDBTarget
 from narrate.cli import cli
 from narrate.doctor import CHECKS, PROBE_PREFIX
 
-LOCAL_PREVIEW = ["--engine", "preview", "--no-watermark", "--devices", "cpu"]
+PREVIEW_ON_CPU = ["--engine", "preview", "--devices", "cpu"]
 
 
 def doctor(*args: str) -> tuple[int, dict[str, dict]]:
@@ -30,7 +30,8 @@ def doctor(*args: str) -> tuple[int, dict[str, dict]]:
 
 
 def local_targets(tmp_path: Path) -> list[str]:
-    return ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    """Local folders, and no AudioSeal download (the watermark tests name local checkpoints)."""
+    return ["--no-watermark", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
 
 
 def write_csm_config(folder: Path) -> None:
@@ -41,7 +42,7 @@ def write_csm_config(folder: Path) -> None:
 
 
 def test_local_preview_targets_pass_and_leave_nothing_behind(tmp_path: Path) -> None:
-    code, checks = doctor(*LOCAL_PREVIEW, *local_targets(tmp_path))
+    code, checks = doctor(*PREVIEW_ON_CPU, *local_targets(tmp_path))
     failed = {name: check for name, check in checks.items() if check["status"] == "fail"}
     assert code == 0, failed
     for name in ("python", "packages", "espeak", "storage", "cache", "database"):
@@ -70,15 +71,8 @@ def test_a_missing_model_directory_fails_with_a_hint(tmp_path: Path) -> None:
     assert text.stdout.rstrip().splitlines()[-1].endswith("SKIP")  # the summary line
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from narrate.synth.tiny import build_tiny_model
-
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-csm")
-
-
-def test_a_local_csm_model_and_its_codec_pass(tiny_model: Path, tmp_path: Path) -> None:
-    _, checks = doctor("--model", str(tiny_model), "--no-watermark", *local_targets(tmp_path))
+def test_a_local_csm_model_and_its_codec_pass(tiny_model_dir: Path, tmp_path: Path) -> None:
+    _, checks = doctor("--model", str(tiny_model_dir), *local_targets(tmp_path))
     assert checks["model"]["status"] == "ok", checks["model"]
     assert "CSM config and processor load; weights readable" in checks["model"]["detail"]
     assert checks["codec"]["status"] == "ok", checks["codec"]
@@ -86,16 +80,16 @@ def test_a_local_csm_model_and_its_codec_pass(tiny_model: Path, tmp_path: Path) 
 
 
 def test_a_model_without_codec_weights_offline_fails(
-    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = shutil.copytree(
-        tiny_model, tmp_path / "no-codec", ignore=lambda *_: ["mimi.safetensors"]
+        tiny_model_dir, tmp_path / "no-codec", ignore=lambda *_: ["mimi.safetensors"]
     )
-    _, checks = doctor("--model", str(model), "--no-watermark", *local_targets(tmp_path))
+    _, checks = doctor("--model", str(model), *local_targets(tmp_path))
     assert checks["model"]["status"] == "ok"
     assert checks["codec"]["status"] == "fail"
     assert "Mimi codec weights" in checks["codec"]["detail"]
@@ -145,7 +139,7 @@ def test_a_gpu_that_is_not_there_fails(tmp_path: Path) -> None:
 
     if torch.cuda.device_count() > 7:
         pytest.skip("this machine has a cuda:7")
-    code, checks = doctor(*LOCAL_PREVIEW[:3], "--devices", "cuda:7", *local_targets(tmp_path))
+    code, checks = doctor(*PREVIEW_ON_CPU[:2], "--devices", "cuda:7", *local_targets(tmp_path))
     assert code == 1
     assert checks["devices"]["status"] == "fail"
     assert "cuda:7 does not exist" in checks["devices"]["detail"]
@@ -155,7 +149,7 @@ def test_a_gpu_that_is_not_there_fails(tmp_path: Path) -> None:
 def test_an_output_that_cannot_be_written_fails(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    args = [*LOCAL_PREVIEW, "--out", str(blocker / "out"), "--cache", str(tmp_path / "cache")]
+    args = [*local_targets(tmp_path), *PREVIEW_ON_CPU, "--out", str(blocker / "out")]
     code, checks = doctor(*args)
     assert code == 1
     assert checks["storage"]["status"] == "fail"
@@ -166,7 +160,8 @@ def test_cloud_storage_and_realtime_database_probes(
     gcs_bucket: str, fake_gcs: FakeGcs, rtdb: RTDBTarget
 ) -> None:
     code, checks = doctor(
-        *LOCAL_PREVIEW,
+        *PREVIEW_ON_CPU,
+        "--no-watermark",
         "--out",
         f"gs://{gcs_bucket}",
         "--cache",
@@ -187,13 +182,13 @@ def test_cloud_storage_and_realtime_database_probes(
 
 def test_a_database_that_refuses_writes_fails_with_a_hint(rtdb: RTDBTarget, tmp_path: Path) -> None:
     rtdb.require_server().denied.add(rtdb.namespace)
-    code, checks = doctor(*LOCAL_PREVIEW, *local_targets(tmp_path), "--database", rtdb.url)
+    code, checks = doctor(*PREVIEW_ON_CPU, *local_targets(tmp_path), "--database", rtdb.url)
     assert code == 1
     assert checks["database"]["status"] == "fail"
     assert checks["database"]["hint"]
 
 
 def test_a_database_url_that_is_not_one_fails(tmp_path: Path) -> None:
-    _, checks = doctor(*LOCAL_PREVIEW, *local_targets(tmp_path), "--database", "ftp://x")
+    _, checks = doctor(*PREVIEW_ON_CPU, *local_targets(tmp_path), "--database", "ftp://x")
     assert checks["database"]["status"] == "fail"
     assert "https://PROJECT.firebaseio.com" in checks["database"]["hint"]
