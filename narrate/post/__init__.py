@@ -1,0 +1,89 @@
+"""Post-processing: a book's chunk waveforms in, one encoded, watermarked file out.
+
+assemble -> loudness (gain to target, true-peak limit) -> AudioSeal watermark -> encode ->
+integrity gate. A book that fails any step raises AudioError with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from narrate.config import SAMPLE_RATE, PostConfig
+from narrate.errors import AudioError
+from narrate.post import gate
+from narrate.post.assemble import assemble, pause_ms
+from narrate.post.encode import CONTENT_TYPES, Tags, decode, encode, probe
+from narrate.post.loudness import limit_true_peak, master
+from narrate.post.watermark import Detection, Watermarker, watermark_payload
+from narrate.records import Chunk, EncodedBook
+
+__all__ = [
+    "Detection",
+    "Watermarker",
+    "decode",
+    "probe",
+    "render_book",
+    "watermark_payload",
+]
+
+LOSSY = ("mp3", "opus")
+
+
+def render_book(
+    book_id: str,
+    chunks: Sequence[Chunk],
+    audios: Sequence[np.ndarray],
+    config: PostConfig,
+    watermarker: Watermarker | None,
+    *,
+    content_hash: str,
+    title: str | None = None,
+) -> EncodedBook:
+    """The book's published file, or AudioError saying why the book fails."""
+    audio = assemble(chunks, audios, config, SAMPLE_RATE)
+    if len(audio) == 0:
+        raise AudioError("no chunk of the book holds any speech")
+    audio = master(audio, SAMPLE_RATE, config.loudness_lufs, config.true_peak_db)
+    payload = None
+    if watermarker is not None:
+        payload = watermark_payload(book_id)
+        # the residual is quiet but can still nudge a peak over the ceiling
+        audio = watermarker.apply(audio, payload)
+        audio = limit_true_peak(audio, SAMPLE_RATE, config.true_peak_db)
+    tags = Tags(book_id, title)
+    data = encode(audio, SAMPLE_RATE, config, tags)
+    measured = gate.measure(data)
+    if config.format in LOSSY and _off_target(measured, config):
+        # lossy codecs drop high frequencies (loudness falls) and ring (peaks rise): correct
+        # by what this book lost and encode once more
+        audio = audio * np.float32(10 ** ((config.loudness_lufs - measured.loudness_lufs) / 20))
+        overshoot = max(0.0, measured.true_peak_db - config.true_peak_db)
+        audio = limit_true_peak(audio, SAMPLE_RATE, config.true_peak_db - overshoot)
+        data = encode(audio, SAMPLE_RATE, config, tags)
+        measured = gate.measure(data)
+    duration_s = len(audio) / SAMPLE_RATE
+    gate.check(
+        measured,
+        expected_duration_s=duration_s,
+        characters=sum(len(chunk.text) for chunk in chunks),
+        pauses_s=sum(pause_ms(chunk.pause_before, config) for chunk in chunks[1:]) / 1000,
+        config=config,
+    )
+    return EncodedBook(
+        book_id=book_id,
+        data=data,
+        format=config.format,
+        content_type=CONTENT_TYPES[config.format],
+        duration_s=duration_s,
+        content_hash=content_hash,
+        watermark_payload=payload,
+    )
+
+
+def _off_target(measured: gate.Measured, config: PostConfig) -> bool:
+    return (
+        abs(measured.loudness_lufs - config.loudness_lufs) > 0.2
+        or measured.true_peak_db > config.true_peak_db
+    )

@@ -1,0 +1,127 @@
+"""Encoding to WAV/FLAC (libsndfile) and MP3/Opus (FFmpeg through PyAV), and decoding back."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import av
+import numpy as np
+import soundfile
+
+from narrate.config import PostConfig
+from narrate.errors import AudioError
+
+CONTENT_TYPES = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
+}
+_SOUNDFILE = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
+_FFMPEG = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus")}  # container, encoder
+
+
+@dataclass(frozen=True, slots=True)
+class Tags:
+    """What a file says about itself: players show the title; the book id traces it back."""
+
+    book_id: str
+    title: str | None = None
+
+    def as_dict(self) -> dict[str, str]:
+        tags = {"book_id": self.book_id, "comment": f"book_id={self.book_id}"}
+        return tags | ({"title": self.title} if self.title else {})
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    codec: str
+    sample_rate: int
+    channels: int
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def encode(audio: np.ndarray, sample_rate: int, config: PostConfig, tags: Tags) -> bytes:
+    """Mono float32 audio as a file of `config.format`, tagged."""
+    if config.format in _SOUNDFILE:
+        return _encode_soundfile(audio, sample_rate, config.format, tags)
+    bitrate = config.mp3_bitrate if config.format == "mp3" else config.opus_bitrate
+    return _encode_ffmpeg(audio, sample_rate, config.format, bitrate, tags)
+
+
+def _encode_soundfile(audio: np.ndarray, sample_rate: int, fmt: str, tags: Tags) -> bytes:
+    container, subtype = _SOUNDFILE[fmt]
+    buffer = io.BytesIO()
+    with soundfile.SoundFile(
+        buffer, "w", samplerate=sample_rate, channels=1, format=container, subtype=subtype
+    ) as out:
+        out.comment = tags.as_dict()["comment"]
+        if tags.title:
+            out.title = tags.title
+        out.write(np.clip(audio, -1.0, 1.0))
+    return buffer.getvalue()
+
+
+def _encode_ffmpeg(
+    audio: np.ndarray, sample_rate: int, fmt: str, bitrate: int, tags: Tags
+) -> bytes:
+    container_format, codec = _FFMPEG[fmt]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format=container_format) as container:
+        container.metadata.update(tags.as_dict())
+        stream = container.add_stream(codec, rate=sample_rate, layout="mono")
+        stream.bit_rate = bitrate
+        if fmt == "opus":  # Ogg keeps tags per stream
+            stream.metadata.update(tags.as_dict())
+        # the encoder takes its own sample format; the resampler converts and re-frames
+        encoder_format = stream.codec_context.codec.audio_formats[0].name
+        converter = av.AudioResampler(format=encoder_format, layout="mono", rate=sample_rate)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(audio, dtype=np.float32)[None, :], format="flt", layout="mono"
+        )
+        frame.sample_rate = sample_rate
+        for converted in [*converter.resample(frame), *converter.resample(None)]:
+            container.mux(stream.encode(converted))
+        container.mux(stream.encode(None))
+    return buffer.getvalue()
+
+
+def _open(data: bytes) -> av.container.InputContainer:
+    try:
+        return av.open(io.BytesIO(data), "r")
+    except av.FFmpegError as exc:
+        raise AudioError(f"encoded audio does not decode: {exc}") from exc
+
+
+def probe(data: bytes) -> StreamInfo:
+    """Codec, rate, channels and tags of an encoded file, without decoding it."""
+    with _open(data) as container:
+        if not container.streams.audio:
+            raise AudioError("encoded file has no audio stream")
+        stream = container.streams.audio[0]
+        tags = {k.lower(): v for k, v in {**container.metadata, **stream.metadata}.items()}
+        context = stream.codec_context
+        return StreamInfo(context.name, context.sample_rate, context.channels, tags)
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Any file `encode` writes, as mono float32 at its decoded rate.
+
+    Opus always decodes at 48 kHz, the codec's internal rate, whatever rate went in.
+    """
+    with _open(data) as container:
+        if not container.streams.audio:
+            raise AudioError("encoded file has no audio stream")
+        stream = container.streams.audio[0]
+        rate = stream.codec_context.sample_rate
+        converter = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        pieces: list[np.ndarray] = []
+        try:
+            for frame in container.decode(stream):
+                pieces.extend(f.to_ndarray()[0] for f in converter.resample(frame))
+            pieces.extend(f.to_ndarray()[0] for f in converter.resample(None))
+        except av.FFmpegError as exc:
+            raise AudioError(f"encoded audio does not decode: {exc}") from exc
+    audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    return audio.astype(np.float32, copy=False), rate
