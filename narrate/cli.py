@@ -468,6 +468,30 @@ DOCTOR_OPTIONS = (
 doctor.params[:0] = [param for param in run.params if param.name in DOCTOR_OPTIONS]
 
 
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--manifest", default=None, help="name the books whose payload each file carries")
+@click.option(
+    "--watermark-model",
+    default=None,
+    envvar="NARRATE_AUDIOSEAL_DIR",
+    help="folder with AudioSeal's generator_base.pth and detector_base.pth "
+    "(default: download the model cards' weights)",
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per file")
+def detect(
+    files: tuple[str, ...], manifest: str | None, watermark_model: str | None, as_json: bool
+) -> None:
+    """Detect the AudioSeal watermark in FILES (any format narrate writes): probability and
+    16-bit payload per file; with --manifest, the book ids that payload belongs to."""
+    from narrate.post import Watermarker
+    from narrate.post.detect import books_by_payload, detect_files
+
+    books = books_by_payload(manifest) if manifest else None
+    for found in detect_files(files, Watermarker.load(watermark_model), books):
+        click.echo(json.dumps(found.to_json()) if as_json else str(found))
+
+
 main = cli
 
 if __name__ == "__main__":
