@@ -7,7 +7,9 @@ pre-TorchScript parameter names), so `AudioSeal.load_generator(path)` /
 `load_detector(path)` load them through their real code path.
 
 Random weights detect nothing. Like a trained generator, the random one is scaled to add a
-quiet residual (about -35 dB under the signal) instead of random noise at full level.
+quiet residual (about -30 dB under the signal) instead of random noise at full level. For
+testing what surrounds detection (segments, payload bits, book lookup), `detector_answer`
+builds a detector whose output layer ignores its input and always reports that payload.
 """
 
 from __future__ import annotations
@@ -28,7 +30,13 @@ from audioseal.builder import (
 from audioseal.loader import load_local_model_config
 from omegaconf import OmegaConf
 
-from narrate.post.watermark import DETECTOR_CARD, DETECTOR_FILE, GENERATOR_CARD, GENERATOR_FILE
+from narrate.post.watermark import (
+    DETECTOR_CARD,
+    DETECTOR_FILE,
+    GENERATOR_CARD,
+    GENERATOR_FILE,
+    payload_bits,
+)
 
 # fewer filters and one LSTM layer: the same architecture at ~1/16 of the cost
 SMALL_SEANET = {"n_filters": 4, "dimension": 32, "lstm": 1}
@@ -50,7 +58,9 @@ def _released_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name.replace(".inner_conv.", "."): value for name, value in state.items()}
 
 
-def build_checkpoints(folder: Path, *, seed: int = 0, **seanet: Any) -> Path:
+def build_checkpoints(
+    folder: Path, *, seed: int = 0, detector_answer: int | None = None, **seanet: Any
+) -> Path:
     """Write generator_base.pth and detector_base.pth with random weights into `folder`."""
     seanet = seanet or SMALL_SEANET
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,6 +73,8 @@ def build_checkpoints(folder: Path, *, seed: int = 0, **seanet: Any) -> Path:
         last_conv.bias.mul_(RESIDUAL_SCALE)
     detector_config = card_config(DETECTOR_CARD, **seanet)
     detector = create_detector(AudioSeal.parse_config(detector_config, AudioSealDetectorConfig))
+    if detector_answer is not None:
+        _always_answer(detector.detector[-1], detector_answer)
     for model, config, name in (
         (generator, generator_config, GENERATOR_FILE),
         (detector, detector_config, DETECTOR_FILE),
@@ -70,6 +82,14 @@ def build_checkpoints(folder: Path, *, seed: int = 0, **seanet: Any) -> Path:
         checkpoint = {"xp.cfg": config, "model": _released_names(model.state_dict())}
         torch.save(checkpoint, folder / name)
     return folder
+
+
+def _always_answer(output_layer: torch.nn.Conv1d, payload: int) -> None:
+    # channels: [not watermarked, watermarked, bit 0 ... bit 15] logits, per sample
+    bits = torch.tensor(payload_bits(payload), dtype=torch.float32)
+    with torch.no_grad():
+        output_layer.weight.zero_()
+        output_layer.bias.copy_(torch.cat([torch.tensor([-8.0, 8.0]), (bits * 2 - 1) * 8]))
 
 
 @pytest.fixture(scope="session")
