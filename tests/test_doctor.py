@@ -29,9 +29,13 @@ def doctor(*args: str) -> tuple[int, dict[str, dict]]:
     return result.exit_code, checks
 
 
+def local_outputs(tmp_path: Path) -> list[str]:
+    return ["--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+
+
 def local_targets(tmp_path: Path) -> list[str]:
     """Local folders, and no AudioSeal download (the watermark tests name local checkpoints)."""
-    return ["--no-watermark", "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    return ["--no-watermark", *local_outputs(tmp_path)]
 
 
 def write_csm_config(folder: Path) -> None:
@@ -132,6 +136,26 @@ def test_a_hub_model_missing_from_the_offline_cache_names_the_download(
     assert checks["model"]["status"] == "fail"
     assert "not in the Hugging Face cache" in checks["model"]["detail"]
     assert "hf download sesame/csm-1b" in checks["model"]["hint"]
+
+
+def test_local_audioseal_checkpoints_embed_and_detect(audioseal_dir: Path, tmp_path: Path) -> None:
+    args = [*PREVIEW_ON_CPU, "--watermark-model", str(audioseal_dir), *local_outputs(tmp_path)]
+    code, checks = doctor(*args)
+    assert checks["watermark"]["status"] == "ok", checks["watermark"]
+    assert "generator_base.pth embeds" in checks["watermark"]["detail"]
+    assert "reads back payload" in checks["watermark"]["detail"]
+    assert code == 0
+
+
+def test_missing_audioseal_checkpoints_fail_naming_the_opt_out(tmp_path: Path) -> None:
+    empty = tmp_path / "audioseal"
+    empty.mkdir()
+    args = [*PREVIEW_ON_CPU, "--watermark-model", str(empty), *local_outputs(tmp_path)]
+    code, checks = doctor(*args)
+    assert code == 1
+    assert checks["watermark"]["status"] == "fail"
+    assert "AudioSeal" in checks["watermark"]["detail"]
+    assert "--no-watermark" in checks["watermark"]["hint"]
 
 
 def test_a_gpu_that_is_not_there_fails(tmp_path: Path) -> None:
