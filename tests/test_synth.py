@@ -1,0 +1,225 @@
+"""The CSM engine with the tiny random CSM + Mimi, loaded through the real from_pretrained path.
+
+The tiny model ends each row with CSM's all-zero end frame after about as many frames as its
+text calls for (see narrate.synth.tiny), so frame counts follow text length as with CSM-1B.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from narrate.config import ChunkingConfig, EngineConfig
+from narrate.errors import ModelError
+from narrate.records import Batch, Chunk
+from narrate.synth import Turn, chunk_seed, load_engine
+from narrate.synth.csm import MAX_ATTEMPTS
+from narrate.synth.guards import SAMPLES_PER_FRAME
+from narrate.synth.voices import VoiceLibrary
+
+# the tiny model is all per-step overhead: extra threads would only spin on a shared CPU
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
+
+CHUNKING = ChunkingConfig()
+
+
+def chunk(text: str, salt: str = "", **fields: object) -> Chunk:
+    """A chunk as the planner makes it: hex id from its content, frame cap from its length."""
+    chunk_id = hashlib.sha256(f"{salt}|{text}|{fields}".encode()).hexdigest()[:24]
+    defaults = {"max_frames": CHUNKING.max_frames(len(text))}
+    return Chunk(chunk_id, "book", 0, text, **{**defaults, **fields})
+
+
+def voice_audio(seconds: float) -> np.ndarray:
+    """A voiced, syllable-like test signal: harmonics of 140 Hz, modulated at 4 Hz."""
+    t = np.arange(int(seconds * 24_000)) / 24_000
+    voiced = sum(np.sin(2 * np.pi * 140 * k * t) / k for k in range(1, 6))
+    return (0.2 * voiced * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory: pytest.TempPathFactory) -> VoiceLibrary:
+    import soundfile as sf
+
+    folder = tmp_path_factory.mktemp("voices")
+    sf.write(folder / "calm.wav", voice_audio(1.6), 24_000)
+    library = VoiceLibrary(folder / "library")
+    library.add("calm", folder / "calm.wav", "A calm and clear voice.", speaker=0)
+    return library
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path, voices: VoiceLibrary):
+    loaded = load_engine(EngineConfig(model=str(tiny_model_dir)), device="cpu", voices=voices)
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="module")
+def greedy(tiny_model_dir: Path, voices: VoiceLibrary):
+    config = EngineConfig(model=str(tiny_model_dir), temperature=0.0)
+    loaded = load_engine(config, device="cpu", voices=voices)
+    yield loaded
+    loaded.close()
+
+
+def test_batch_of_different_lengths_gives_one_waveform_per_chunk(engine) -> None:
+    texts = ["Rain fell.", "She opened the letter and laughed.", "At noon the bells rang."]
+    chunks = [chunk(t) for t in texts]
+    results = engine.synthesize(Batch(tuple(chunks)))
+
+    assert [r.chunk_id for r in results] == [c.chunk_id for c in chunks]
+    for result, source in zip(results, chunks, strict=True):
+        assert result.ok, result.error
+        assert result.audio.dtype == np.float32 and result.audio.ndim == 1
+        assert len(result.audio) == result.frames * SAMPLES_PER_FRAME  # 24 kHz, 80 ms frames
+        assert 0 < result.frames <= source.max_frames
+        assert result.stop_reason == "eos"
+        assert result.seed == chunk_seed(source.chunk_id) and result.attempts == 1
+        assert np.sqrt(np.mean(result.audio**2)) > 1e-3  # not silence
+    frames = [r.frames for r in results]
+    assert frames[0] < frames[2] < frames[1]  # duration follows the text
+
+
+def test_same_seed_reproduces_audio_whatever_the_batch_and_another_seed_differs(engine) -> None:
+    target = chunk("The river ran past the mill.")
+    alone = engine.synthesize(Batch((target,)))[0]
+    with_others = engine.synthesize(Batch((chunk("Rain fell softly."), target)))[1]
+    reseeded = engine.synthesize(Batch((chunk(target.text, salt="other id"),)))[0]
+
+    np.testing.assert_allclose(with_others.audio, alone.audio, atol=1e-5)
+    assert alone.seed != reseeded.seed
+    n = min(len(alone.audio), len(reseeded.audio))
+    assert not np.allclose(alone.audio[:n], reseeded.audio[:n], atol=1e-3)
+
+
+def test_batched_and_one_at_a_time_give_the_same_frame_counts_under_greedy(greedy) -> None:
+    chunks = [chunk(t) for t in ["Yes.", "Mr. Hale wrote every evening.", "Where are you going?"]]
+    batched = greedy.synthesize(Batch(tuple(chunks)))
+    single = [greedy.synthesize(Batch((c,)))[0] for c in chunks]
+
+    assert [r.frames for r in batched] == [r.frames for r in single]
+    for b, s in zip(batched, single, strict=True):
+        np.testing.assert_allclose(b.audio, s.audio, atol=1e-5)
+
+
+def test_a_row_still_speaking_at_its_cap_is_retried_then_failed(engine, monkeypatch) -> None:
+    capped = chunk("Nobody in the village had seen the captain since spring.", max_frames=6)
+    fine = chunk("Rain fell.")
+    rows_per_generate = spy_generate(engine, monkeypatch)
+
+    capped_result, fine_result = engine.synthesize(Batch((capped, fine)))
+
+    assert fine_result.ok and fine_result.attempts == 1
+    assert not capped_result.ok and capped_result.stop_reason == "failed"
+    assert "frame cap" in capped_result.error and capped_result.attempts == MAX_ATTEMPTS
+    assert len(capped_result.audio) == 0
+    # the retries run as a sub-batch of the failed row only, with its next seeds
+    assert rows_per_generate == [2, 1, 1]
+
+
+def test_voice_prompt_codes_are_computed_once(
+    tiny_model_dir: Path, voices: VoiceLibrary, monkeypatch
+) -> None:
+    def load():
+        return load_engine(EngineConfig(model=str(tiny_model_dir)), device="cpu", voices=voices)
+
+    first = load()
+    encodes = spy_encoder(first, monkeypatch)
+    chunks = [chunk(t, voice="calm") for t in ["Rain fell.", "The bells rang."]]
+    results = first.synthesize(Batch(tuple(chunks)))
+    first.synthesize(Batch((chunk("Again.", voice="calm"),)))
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert len(encodes) == 1  # once for three chunks in two batches
+    assert encodes[0] == voices.get("calm").frames  # the library's size estimate is exact
+
+    second = load()  # another worker: the codes come from the library's cache on disk
+    second_encodes = spy_encoder(second, monkeypatch)
+    second.synthesize(Batch((chunks[0],)))
+    assert second_encodes == []
+
+
+def test_a_voice_prompt_changes_the_audio(engine) -> None:
+    plain = chunk("The bells rang.")
+    voiced = chunk("The bells rang.", voice="calm")
+    a, b = engine.synthesize(Batch((plain, voiced)))
+    assert a.ok and b.ok
+    n = min(len(a.audio), len(b.audio))
+    assert not np.allclose(a.audio[:n], b.audio[:n], atol=1e-3)
+
+
+def test_an_unknown_voice_or_an_overlong_prompt_fails_only_its_row(engine) -> None:
+    unknown = chunk("Rain fell.", voice="nobody")
+    fine = chunk("Rain fell.")
+    bad, good = engine.synthesize(Batch((unknown, fine)))
+    assert good.ok
+    assert not bad.ok and "nobody" in bad.error and bad.attempts == 1
+
+    context = [Turn(1, "word " * 3000)]  # tokenizes far past the 2048-position window
+    (overlong,) = engine.synthesize(Batch((fine,)), context=context)
+    assert not overlong.ok and "window" in overlong.error and overlong.attempts == 1
+
+
+def test_context_turns_reach_the_prompt(engine) -> None:
+    target = chunk("Rain fell.")
+    plain = engine.synthesize(Batch((target,)))[0]
+    answered = engine.synthesize(Batch((target,)), context=[Turn(1, "Where were you?")])[0]
+    assert plain.ok and answered.ok
+    n = min(len(plain.audio), len(answered.audio))
+    assert not np.allclose(plain.audio[:n], answered.audio[:n], atol=1e-3)
+
+
+def test_out_of_memory_halves_the_batch_and_a_single_row_fails_alone(engine, monkeypatch) -> None:
+    # CUDA cannot run here: a generate that raises torch's OutOfMemoryError above one row
+    # stands in for a GPU that fits one row at a time.
+    chunks = [chunk(t) for t in ["Rain fell.", "The bells rang.", "Yes."]]
+    rows = spy_generate(engine, monkeypatch, fits=1)
+    results = engine.synthesize(Batch(tuple(chunks)))
+    assert all(r.ok for r in results)
+    assert rows == [3, 1, 2, 1, 1]  # 3 fails; 1 fits; 2 fails; 1 and 1 fit
+
+    spy_generate(engine, monkeypatch, fits=0)
+    (result,) = engine.synthesize(Batch((chunks[0],)))
+    assert not result.ok and "memory" in result.error and result.attempts == 1
+
+
+def test_missing_model_explains_token_and_local_folder(tmp_path: Path) -> None:
+    with pytest.raises(ModelError) as error:
+        load_engine(EngineConfig(model=str(tmp_path / "no-such-model")), device="cpu")
+    assert "HF_TOKEN" in error.value.hint and "--model DIR" in error.value.hint
+
+
+# --- spies on the loaded model (counting calls; the real methods still run) -------------------
+
+
+def spy_generate(engine, monkeypatch, fits: int | None = None) -> list[int]:
+    """Record the rows of every generate call; above `fits` rows, raise out-of-memory."""
+    rows: list[int] = []
+    real = type(engine.model).generate
+
+    def generate(*args, **kwargs):
+        rows.append(kwargs["inputs_embeds"].shape[0])
+        if fits is not None and rows[-1] > fits:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(engine.model, *args, **kwargs)
+
+    monkeypatch.setattr(engine.model, "generate", generate)
+    return rows
+
+
+def spy_encoder(engine, monkeypatch) -> list[int]:
+    """Record the frames of every Mimi encode."""
+    frames: list[int] = []
+    real = engine.codec.model.encode
+
+    def encode(audio):
+        codes = real(audio)
+        frames.append(codes.shape[-1])
+        return codes
+
+    monkeypatch.setattr(engine.codec.model, "encode", encode)
+    return frames
