@@ -7,6 +7,7 @@ so re-running converges: a crash between the two steps re-patches, never re-uplo
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import urlsplit
 
 from narrate.database import StatusWriter
 from narrate.errors import StorageError
@@ -31,6 +32,15 @@ class Publisher:
             storage, workers=workers, object_template=object_template, url_style=url_style
         )
 
+    def object_path(self, name: str) -> str:
+        """The path recorded in the database: the object's full name in its bucket (what a
+        Firebase Storage `ref()` takes), or the file name relative to a local output folder."""
+        root = self.storage.root
+        if not root.startswith("gs://"):
+            return name
+        prefix = urlsplit(root).path.strip("/")
+        return f"{prefix}/{name}" if prefix else name
+
     def object_name(self, book_id: str, fmt: str) -> str:
         return self.object_template.format(book_id=book_id, ext=fmt)
 
@@ -53,7 +63,7 @@ class Publisher:
             book.book_id,
             url=upload.url,
             duration_s=book.duration_s,
-            path=upload.name,
+            path=self.object_path(upload.name),
             format=book.format,
             watermark_payload=book.watermark_payload,
             content_hash=book.content_hash,
