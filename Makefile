@@ -25,6 +25,9 @@ bench: bench-plan bench-synth bench-run bench-publish
 bench-plan: install
 	$(PY) bench/plan_scale.py
 
+bench-synth: install
+	$(PY) bench/synth_batching.py
+
 bench-publish: install
 	$(PY) bench/publish.py
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,17 +55,30 @@ AUDIO_MARK = 1.0  # per codebook, in CODE or ZERO: a frame sums 32 of them
 EOS_SHARPNESS = 800.0  # logit change per unit of the average length signal
 
 
-def tiny_configs(text_vocab_size: int, pad_id: int) -> dict:
-    """The CsmConfig arguments: hidden 64, 2 backbone layers, 1 depth layer, 32 codebooks."""
+@dataclass(frozen=True)
+class Sizes:
+    """Transformer sizes of a random CSM: the tiny test model by default (CSM-1B: 2048 x 16
+    backbone, 1024 x 4 depth decoder)."""
+
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 4
+    depth_hidden: int = 64
+    depth_layers: int = 1
+    depth_heads: int = 4
+
+
+def csm_config(sizes: Sizes, text_vocab_size: int, pad_id: int) -> dict:
+    """The CsmConfig arguments (32 codebooks of 2048 codes + 3 specials, as CSM-1B)."""
     return dict(
         num_codebooks=NUM_CODEBOOKS,
         vocab_size=CODEBOOK_SIZE + 3,
         text_vocab_size=text_vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        hidden_size=sizes.hidden,
+        intermediate_size=2 * sizes.hidden,
+        num_hidden_layers=sizes.layers,
+        num_attention_heads=sizes.heads,
+        num_key_value_heads=max(1, sizes.heads // 2),
         max_position_embeddings=2048,
         bos_token_id=0,
         eos_token_id=None,
@@ -75,13 +89,13 @@ def tiny_configs(text_vocab_size: int, pad_id: int) -> dict:
         codebook_eos_token_id=0,
         depth_decoder_config=dict(
             num_codebooks=NUM_CODEBOOKS,
-            backbone_hidden_size=64,
+            backbone_hidden_size=sizes.hidden,
             vocab_size=CODEBOOK_SIZE + 3,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=1,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            hidden_size=sizes.depth_hidden,
+            intermediate_size=2 * sizes.depth_hidden,
+            num_hidden_layers=sizes.depth_layers,
+            num_attention_heads=sizes.depth_heads,
+            num_key_value_heads=max(1, sizes.depth_heads // 2),
             max_position_embeddings=NUM_CODEBOOKS + 1,
         ),
         codec_config=dict(  # transformers' own Mimi inside CSM (unused here: moshi decodes)
@@ -128,11 +142,11 @@ def build_tokenizer():  # -> PreTrainedTokenizerFast
 
 
 @torch.no_grad()
-def build_csm(tokenizer, seed: int = 0):  # -> CsmForConditionalGeneration
+def build_csm(tokenizer, sizes: Sizes = Sizes(), seed: int = 0):  # -> CsmForConditionalGeneration
     from transformers import CsmConfig, CsmForConditionalGeneration
 
     torch.manual_seed(seed)
-    config = CsmConfig(**tiny_configs(len(tokenizer), tokenizer.pad_token_id))
+    config = CsmConfig(**csm_config(sizes, len(tokenizer), tokenizer.pad_token_id))
     model = CsmForConditionalGeneration(config).eval()
     special = set(tokenizer.all_special_ids) | {config.audio_token_id, config.audio_eos_token_id}
     hidden = config.hidden_size
@@ -164,14 +178,14 @@ def build_csm(tokenizer, seed: int = 0):  # -> CsmForConditionalGeneration
     attention.v_proj.weight.zero_()
     attention.v_proj.weight[0, LENGTH] = 1.0
     attention.o_proj.weight[AVERAGE, 0] = 1.0
-    # RMSNorm scales each position by ~8 / frame_mark, once before attention and once after
-    scale = (8 / frame_mark) ** 2
+    # RMSNorm scales each position by ~sqrt(hidden) / frame_mark, before attention and after
+    scale = hidden / frame_mark**2
     model.lm_head.weight[0] = 0
     model.lm_head.weight[0, AVERAGE] = -EOS_SHARPNESS / scale
 
     # depth decoder: code 0 in, code 0 out; any other code in, never 0 out
     depth = model.depth_decoder
-    depth.model.inputs_embeds_projector.weight.copy_(torch.eye(hidden))
+    depth.model.inputs_embeds_projector.weight.copy_(torch.eye(sizes.depth_hidden, hidden))
     head = depth.codebooks_head.weight  # [codebooks - 1, hidden, vocab]
     head[:, :, 0] = 0
     head[:, ZERO, 0] = 10.0
@@ -215,15 +229,15 @@ def build_mimi(config: dict, seed: int = 0):  # -> moshi MimiModel
     return mimi
 
 
-def build_tiny_model(folder: Path, seed: int = 0) -> Path:
-    """Write the tiny model into `folder` (created); returns it."""
+def build_tiny_model(folder: Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
+    """Write the tiny model (or a random one of other `sizes`) into `folder`; returns it."""
     from safetensors.torch import save_file
     from transformers import CsmProcessor, EncodecFeatureExtractor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    build_csm(tokenizer, seed).save_pretrained(folder)
+    build_csm(tokenizer, sizes, seed).save_pretrained(folder)
     features = EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE)
     CsmProcessor(features, tokenizer, chat_template=CHAT_TEMPLATE).save_pretrained(folder)
     config = tiny_mimi_config()
