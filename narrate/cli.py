@@ -475,6 +475,7 @@ doctor.params[:0] = [param for param in run.params if param.name in DOCTOR_OPTIO
     "--watermark-model",
     default=None,
     envvar="NARRATE_AUDIOSEAL_DIR",
+    show_envvar=True,
     help="folder with AudioSeal's generator_base.pth and detector_base.pth "
     "(default: download the model cards' weights)",
 )
