@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from narrate.config import ChunkingConfig, EngineConfig
-from narrate.errors import ModelError
+from narrate.errors import EngineError, ModelError
 from narrate.records import Batch, Chunk
 from narrate.synth import Turn, chunk_seed, load_engine
 from narrate.synth.csm import MAX_ATTEMPTS
@@ -191,6 +191,13 @@ def test_missing_model_explains_token_and_local_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as error:
         load_engine(EngineConfig(model=str(tmp_path / "no-such-model")), device="cpu")
     assert "HF_TOKEN" in error.value.hint and "--model DIR" in error.value.hint
+
+
+def test_a_missing_device_is_reported_before_loading_anything(tiny_model_dir: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(EngineError, match="cuda:0 is not available"):
+        load_engine(EngineConfig(model=str(tiny_model_dir)), device="cuda:0")
 
 
 # --- spies on the loaded model (counting calls; the real methods still run) -------------------

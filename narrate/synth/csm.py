@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -36,6 +37,9 @@ from narrate.synth.guards import SAMPLES_PER_FRAME, GuardConfig, end_frame, judg
 from narrate.synth.mimi import NUM_CODEBOOKS, Codec, load_codec
 from narrate.synth.sampling import RowSampler, attached
 from narrate.synth.voices import Voice, VoiceLibrary
+
+if TYPE_CHECKING:
+    from transformers import CsmForConditionalGeneration, CsmProcessor
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,8 @@ class CsmEngine:
         self,
         config: EngineConfig,
         *,
-        model: torch.nn.Module,
-        processor: object,
+        model: CsmForConditionalGeneration,
+        processor: CsmProcessor,
         codec: Codec,
         voices: VoiceLibrary,
         guard: GuardConfig | None = None,
@@ -66,6 +70,8 @@ class CsmEngine:
         self.model = model
         self.tokenizer = processor.tokenizer
         self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:  # padded positions are masked: any token will do
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.codec = codec
         self.voices = voices
         self.guard = guard or GuardConfig()
@@ -74,7 +80,8 @@ class CsmEngine:
         self.audio_token, self.audio_token_id = processor.audio_token, processor.audio_token_id
         self.audio_eos_token = processor.audio_eos_token
         self.audio_eos_token_id = processor.audio_eos_token_id
-        self._voice_codes: dict[str, torch.Tensor] = {}
+        self._voices: dict[str, Voice] = {}  # by name, read once per worker
+        self._voice_codes: dict[str, torch.Tensor] = {}  # by voice fingerprint
 
     @classmethod
     def load(
@@ -289,7 +296,9 @@ class CsmEngine:
         """The row's text (audio frames as placeholders) and the codes of those frames."""
         text, audio = "", []
         if chunk.voice:
-            voice = self.voices.get(chunk.voice)
+            if chunk.voice not in self._voices:
+                self._voices[chunk.voice] = self.voices.get(chunk.voice)
+            voice = self._voices[chunk.voice]
             codes = self.voice_codes(voice)
             text += self._turn(voice.speaker, voice.transcript, len(codes))
             audio.append(codes)
@@ -300,7 +309,7 @@ class CsmEngine:
         """The voice's Mimi codes [frames, 32]: memory, then disk, then the encoder (once)."""
         if voice.fingerprint in self._voice_codes:
             return self._voice_codes[voice.fingerprint]
-        path = voice.codes_path(f"{self.codec.key}-{voice.fingerprint}")
+        path = voice.codes_path(self.codec.key)
         if path.is_file():
             codes = torch.from_numpy(np.load(path).astype(np.int64))
         else:

@@ -44,7 +44,8 @@ class Voice:
         return self.text_tokens + self.frames + 1
 
     def codes_path(self, codec_key: str) -> Path:
-        return self.audio_path.parent / f"codes-{codec_key}.npy"
+        """Where this audio's codes under the codec `codec_key` are cached."""
+        return self.audio_path.parent / f"codes-{codec_key}-{self.fingerprint}.npy"
 
 
 class VoiceLibrary:
