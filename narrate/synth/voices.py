@@ -1,8 +1,9 @@
 """The voice library: short reference recordings that keep one narrator across chunks and books.
 
 A voice is `voices/NAME/` holding `audio.wav` (24 kHz mono), `voice.json` (its exact transcript
-and speaker id) and, once an engine has used it, `codes-<codec>.npy` (its Mimi codes for that
-codec, so the encoder runs once per voice, not once per chunk or per worker).
+and speaker id) and, once an engine has used it, `codes-<codec>-<fingerprint>.npy` (its Mimi
+codes for that codec and that audio, so the encoder runs once per voice, not once per chunk or
+per worker).
 
 No torch at import: the planner uses this module to size prompts without loading a model.
 """
