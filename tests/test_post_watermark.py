@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import pytest
@@ -16,7 +18,14 @@ from support.signals import band_energy, speechlike
 from narrate.config import SAMPLE_RATE, PostConfig
 from narrate.errors import ModelError
 from narrate.post import Watermarker, decode, render_book, watermark, watermark_payload
-from narrate.post.watermark import DETECTOR_FILE, GENERATOR_FILE, bits_payload, payload_bits
+from narrate.post.watermark import (
+    DETECTOR_CARD,
+    DETECTOR_FILE,
+    GENERATOR_CARD,
+    GENERATOR_FILE,
+    bits_payload,
+    payload_bits,
+)
 from narrate.records import Chunk
 
 
@@ -115,16 +124,34 @@ def test_unloadable_weights_raise_a_model_error_with_a_hint(
     assert "--watermark-model" in raised.value.hint
 
 
-def test_model_cards_fail_clearly_when_the_hub_is_out_of_reach(
+def test_model_cards_fail_clearly_offline_without_downloaded_weights(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from huggingface_hub import constants
 
-    if not constants.HF_HUB_OFFLINE:
-        pytest.skip("needs HF_HUB_OFFLINE=1 (set by `make test`): would try to download")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("AUDIOSEAL_CACHE_DIR", str(tmp_path))
-    with pytest.raises(ModelError, match="audioseal_wm_16bits"):
+    with pytest.raises(ModelError, match="audioseal_wm_16bits.*never downloaded"):
         Watermarker.load(None)
+
+
+def test_model_cards_load_from_the_download_cache_while_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from audioseal.loader import load_local_model_config
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("AUDIOSEAL_CACHE_DIR", str(tmp_path / "cache"))
+    # full-size random weights, placed where audioseal's own download would have put them
+    built = build_checkpoints(tmp_path / "built", n_filters=32, dimension=128, lstm=2)
+    cache = tmp_path / "cache" / "audioseal"
+    cache.mkdir(parents=True)
+    for card, file in ((GENERATOR_CARD, GENERATOR_FILE), (DETECTOR_CARD, DETECTOR_FILE)):
+        url_path = urlparse(load_local_model_config(card).checkpoint).path
+        (built / file).rename(cache / hashlib.sha1(url_path.encode()).hexdigest()[:24])
+    watermarker = Watermarker.load(None)
+    assert watermarker.detect(speechlike(1), SAMPLE_RATE).payload in range(1 << 16)
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

@@ -12,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -118,9 +120,33 @@ def _inference() -> Iterator[None]:
         yield
 
 
+def _offline_without_weights(source: str) -> bool:
+    """True for a model card whose weights were never downloaded while HF_HUB_OFFLINE is set.
+
+    audioseal fetches a card's checkpoint URL with torch.hub, which ignores the Hugging Face
+    offline switch and waits on the network without a timeout. Its cache file is named after
+    a hash of the URL's path, under AUDIOSEAL_CACHE_DIR (or XDG_CACHE_HOME, ~/.cache)/audioseal.
+    """
+    from audioseal.loader import load_local_model_config
+    from huggingface_hub import constants
+
+    card = load_local_model_config(source)
+    if card is None or not constants.HF_HUB_OFFLINE:
+        return False
+    root = os.environ.get("AUDIOSEAL_CACHE_DIR") or os.environ.get("XDG_CACHE_HOME")
+    name = hashlib.sha1(urlparse(card.checkpoint).path.encode()).hexdigest()[:24]
+    return not (Path(root or Path.home() / ".cache") / "audioseal" / name).is_file()
+
+
 def _load_model(kind: str, source: str, device: str) -> Any:
     from audioseal import AudioSeal
 
+    if _offline_without_weights(source):
+        raise ModelError(
+            f"cannot load the AudioSeal watermark {kind} {source!r}: HF_HUB_OFFLINE is set "
+            "and its weights were never downloaded",
+            _LOAD_HINT,
+        )
     load = AudioSeal.load_generator if kind == "generator" else AudioSeal.load_detector
     try:
         model = load(source, nbits=NBITS, device=torch.device(device))
