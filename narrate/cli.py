@@ -371,6 +371,13 @@ def build_run_options(
     help="auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker process per entry",
 )
 @click.option("--force", is_flag=True, help="re-render books even when already published")
+@click.option("--compile", is_flag=True, help="torch.compile + static cache on CUDA workers")
+@click.option(
+    "--cpu-threads",
+    type=click.IntRange(1),
+    default=None,
+    help="torch threads per CPU worker [default: cores / CPU workers]",
+)
 @click.option("--loudness", default=-18.0, show_default=True, help="target integrated LUFS")
 @click.option("--no-watermark", is_flag=True, help="publish without the AudioSeal watermark")
 @click.option(

@@ -65,6 +65,8 @@ class RunOptions:
     object_template: str | None = None  # None: "{book_id}.{ext}" locally, "narrations/..." on GCS
     url_style: str = "token"
     devices: str = "auto"
+    compile: bool = False  # torch.compile + static cache on CUDA workers
+    cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
     shard: Shard = field(default_factory=Shard)
     force: bool = False
     voices_dir: str = "voices"
@@ -115,6 +117,7 @@ class WorkerFailed:
 def worker_main(
     device: str,
     cpu_threads: int,
+    compile: bool,
     engine_config: EngineConfig,
     voices_dir: str,
     cache_uri: str,
@@ -131,7 +134,9 @@ def worker_main(
 
         if device == "cpu":
             torch.set_num_threads(cpu_threads)  # two CPU workers must not each take every core
-        engine = load_engine(engine_config, device=device, voices=VoiceLibrary(Path(voices_dir)))
+        engine = load_engine(
+            engine_config, device=device, voices=VoiceLibrary(Path(voices_dir)), compile=compile
+        )
         cache = ChunkCache(open_storage(cache_uri))
     except NarrateError as exc:
         results.put(WorkerFailed(device, str(exc)))
@@ -155,16 +160,30 @@ def worker_main(
 class WorkerPool:
     """One spawned process per device, fed from one queue: a free worker takes the next batch."""
 
-    def __init__(self, devices: list[str], engine: EngineConfig, voices_dir: str, cache_uri: str):
+    def __init__(
+        self,
+        devices: list[str],
+        options: RunOptions,
+    ) -> None:
         context = mp.get_context("spawn")  # CUDA cannot be used in forked children
         self.tasks = context.Queue()
         self.results = context.Queue()
         cpu_workers = max(1, devices.count("cpu"))
-        threads = max(1, (os.cpu_count() or 1) // cpu_workers)
+        threads = options.cpu_threads or max(1, (os.cpu_count() or 1) // cpu_workers)
+        engine, voices_dir, cache_uri = options.engine, options.voices_dir, options.cache
         self.processes = [
             context.Process(
                 target=worker_main,
-                args=(device, threads, engine, voices_dir, cache_uri, self.tasks, self.results),
+                args=(
+                    device,
+                    threads,
+                    options.compile,
+                    engine,
+                    voices_dir,
+                    cache_uri,
+                    self.tasks,
+                    self.results,
+                ),
                 name=f"narrate-worker-{device}",
                 daemon=True,
             )
@@ -426,12 +445,7 @@ class Run:
         if (
             self.pool is None
         ):  # started on the first batch: a run with nothing to synthesize loads no model
-            self.pool = WorkerPool(
-                resolve_devices(self.options.devices),
-                self.options.engine,
-                self.options.voices_dir,
-                self.options.cache,
-            )
+            self.pool = WorkerPool(resolve_devices(self.options.devices), self.options)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
             batch = self.queued.popleft()
             self.batch_counter += 1

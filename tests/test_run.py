@@ -245,3 +245,44 @@ def test_sigterm_exits_interrupted_within_15_s_and_the_next_run_completes(tmp_pa
     report = run_cli(tmp_path, manifest, "--batch-size", "2")
     assert report["totals"]["ready"] + report["totals"]["skipped"] == len(books)
     assert report["totals"]["cache_hits"] >= 2
+
+
+@pytest.mark.slow
+def test_run_with_the_tiny_csm_through_the_real_loading_path(
+    tmp_path: Path, tiny_model_dir: Path, audioseal_dir: Path
+) -> None:
+    books = {"one": "The lamp was lit. Nobody came.", "two": "Rain fell. Gulls cried at noon."}
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    args = [
+        "run",
+        str(manifest),
+        "--engine",
+        "csm",
+        "--model",
+        str(tiny_model_dir),
+        "--out",
+        str(tmp_path / "out"),
+        "--cache",
+        str(tmp_path / "cache"),
+        "--devices",
+        "cpu",
+        "--cpu-threads",
+        "1",
+        "--watermark-model",
+        str(audioseal_dir),
+        "--report",
+        str(tmp_path / "report.json"),
+    ]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["totals"]["ready"] == 2
+    for book_id in books:
+        info = sf.info(tmp_path / "out" / f"{book_id}.wav")
+        assert info.samplerate == 24_000 and info.channels == 1 and info.duration > 0.5
+    status = json.loads((tmp_path / "out" / "status.json").read_text())["books"]
+    assert status["one"]["narrativeWatermarkPayload"] != status["two"]["narrativeWatermarkPayload"]
+
+    again = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert again.exit_code == 0
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["skipped"] == 2
