@@ -109,6 +109,16 @@ def build_configs(
     )
 
 
+watermark_model_option = click.option(
+    "--watermark-model",
+    default=None,
+    envvar="NARRATE_AUDIOSEAL_DIR",
+    show_envvar=True,
+    help="folder with AudioSeal's generator_base.pth and detector_base.pth, or GEN.pth,DET.pth "
+    "[default: the model cards' weights from AudioSeal's cache]",
+)
+
+
 @cli.command()
 @click.argument("manifest")
 @catalog_options
@@ -380,9 +390,7 @@ def build_run_options(
 )
 @click.option("--loudness", default=-18.0, show_default=True, help="target integrated LUFS")
 @click.option("--no-watermark", is_flag=True, help="publish without the AudioSeal watermark")
-@click.option(
-    "--watermark-model", default=None, help="AudioSeal generator: model card or local checkpoint"
-)
+@watermark_model_option
 @click.option(
     "--report",
     "report_path",
@@ -478,14 +486,7 @@ doctor.params[:0] = [param for param in run.params if param.name in DOCTOR_OPTIO
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--manifest", default=None, help="name the books whose payload each file carries")
-@click.option(
-    "--watermark-model",
-    default=None,
-    envvar="NARRATE_AUDIOSEAL_DIR",
-    show_envvar=True,
-    help="folder with AudioSeal's generator_base.pth and detector_base.pth "
-    "(default: download the model cards' weights)",
-)
+@watermark_model_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per file")
 def detect(
     files: tuple[str, ...], manifest: str | None, watermark_model: str | None, as_json: bool

@@ -316,8 +316,11 @@ class Run:
         if self.options.post.watermark:
             from narrate.post import Watermarker
 
-            # before any synthesis: a run that cannot watermark must not spend GPU hours first
-            self.watermarker = Watermarker.load(self.options.post.watermark_model)
+            # before any synthesis: a run that cannot watermark must not spend GPU hours first.
+            # On a GPU node it runs there too: on the CPU it would hold back the workers.
+            devices = resolve_devices(self.options.devices)
+            device = next((d for d in devices if d.startswith("cuda")), "cpu")
+            self.watermarker = Watermarker.load(self.options.post.watermark_model, device=device)
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
 

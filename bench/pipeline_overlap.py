@@ -1,0 +1,136 @@
+"""Does post-processing and publishing hide behind synthesis? And what does a SIGKILL cost?
+
+1. Synthesis only: the engine (a scaled-down random CSM, as in synth_batching.py) synthesizes
+   every batch of the catalog's plan, model load included.
+2. End to end: `narrate run` on the same catalog (worker process, cache, assembly, loudness,
+   encoding, local publishing), same engine, same threads. Target: end-to-end / synthesis-only
+   <= 1.10. On this CPU-only machine post-processing competes with synthesis for the same two
+   cores, so the ratio here is an upper bound of what a GPU node sees.
+3. Kill and resume: `narrate run` is SIGKILLed once some chunks are cached, then rerun. Chunks
+   re-synthesized = dispatched to the worker but not cached when it died; target: no more than
+   the batches in flight (one computing + one queued per worker).
+
+The watermark is off (--no-watermark): real AudioSeal weights cannot be downloaded here.
+
+    python bench/pipeline_overlap.py [--books 16] [--batch-size 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+from synth_batching import SCALED, SENTENCES
+
+from narrate.config import ChunkingConfig, EngineConfig, PlanConfig
+from narrate.plan import PlannedBook, chunk_books, plan_batches
+from narrate.records import Book
+from narrate.synth import load_engine
+from narrate.synth.tiny import build_tiny_model
+
+
+def write_catalog(path: Path, books: int) -> list[Book]:
+    rng = random.Random(5)
+    rows = []
+    for i in range(books):
+        text = " ".join(rng.choice(SENTENCES) for _ in range(rng.randint(2, 8)))
+        rows.append(Book(f"book-{i:03d}", i + 1, text=text))
+    path.write_text("".join(json.dumps({"book_id": b.book_id, "text": b.text}) + "\n" for b in rows))
+    return rows
+
+
+def synthesis_only(model: Path, books: list[Book], batch_size: int) -> float:
+    started = time.perf_counter()
+    engine_config = EngineConfig(model=str(model))
+    engine = load_engine(engine_config, device="cpu")
+    planned = chunk_books(books, chunking=ChunkingConfig(), engine_fingerprint=engine_config.fingerprint())
+    chunks = [c for p in planned if isinstance(p, PlannedBook) for c in p.chunks]
+    for batch in plan_batches(chunks, PlanConfig(batch_size=batch_size)):
+        engine.synthesize(batch)
+    engine.close()
+    return time.perf_counter() - started
+
+
+def narrate_run(workdir: Path, model: Path, manifest: Path, batch_size: int) -> list[str]:
+    return [
+        sys.executable, "-m", "narrate.cli", "run", str(manifest), "--model", str(model),
+        "--devices", "cpu", "--cpu-threads", "1", "--batch-size", str(batch_size),
+        "--no-watermark", "--out", str(workdir / "out"), "--cache", str(workdir / "cache"),
+        "--report", str(workdir / "report.json"),
+    ]
+
+
+def end_to_end(workdir: Path, model: Path, manifest: Path, batch_size: int) -> tuple[float, dict]:
+    started = time.perf_counter()
+    subprocess.run(narrate_run(workdir, model, manifest, batch_size), check=True,
+                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    return wall, json.loads((workdir / "report.json").read_text())["totals"]
+
+
+def kill_and_resume(workdir: Path, model: Path, manifest: Path, batch_size: int) -> dict[str, int]:
+    events: list[dict] = []
+    process = subprocess.Popen(narrate_run(workdir, model, manifest, batch_size),
+                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+
+    def read_events() -> None:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("{"):
+                events.append(json.loads(line))
+
+    reader = threading.Thread(target=read_events, daemon=True)
+    reader.start()
+    cache = workdir / "cache"
+    while sum(1 for e in events if e["event"] == "batch_done") < 2:
+        time.sleep(0.05)
+        if process.poll() is not None:
+            sys.exit("the run finished before it could be killed: use more --books")
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    reader.join(timeout=5)
+    dispatched = sum(e["chunks"] for e in events if e["event"] == "batch_started")
+    cached = len(list(cache.rglob("*.flac")))
+    subprocess.run(narrate_run(workdir, model, manifest, batch_size), check=True,
+                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    resumed = json.loads((workdir / "report.json").read_text())["totals"]
+    return {"dispatched_before_kill": dispatched, "cached_before_kill": cached,
+            "resynthesized": dispatched - cached, "resume_synthesized": resumed["chunks_synthesized"],
+            "ready_after_resume": resumed["ready"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--books", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=4)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_tiny_model(root / "model", sizes=SCALED)
+        books = write_catalog(root / "catalog.jsonl", args.books)
+        synth = synthesis_only(model, books, args.batch_size)
+        wall, totals = end_to_end(root / "e2e", model, root / "catalog.jsonl", args.batch_size)
+        print(f"catalog: {args.books} books, {totals['chunks_synthesized']} chunks, "
+              f"{totals['audio_seconds']:.0f} s of audio, batch size {args.batch_size}")
+        print(f"synthesis only {synth:.1f} s, end to end {wall:.1f} s, "
+              f"ratio {wall / synth:.2f} (target <= 1.10)")
+        kill = kill_and_resume(root / "kill", model, root / "catalog.jsonl", args.batch_size)
+        in_flight = 2 * args.batch_size
+        print(f"SIGKILL + resume: {kill['resynthesized']} chunks re-synthesized "
+              f"(target <= {in_flight}: the batches in flight); {json.dumps(kill)}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    main()
