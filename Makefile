@@ -28,8 +28,12 @@ bench-plan: install
 bench-synth: install
 	$(PY) bench/synth_batching.py
 
+bench-run: install
+	$(PY) bench/pipeline_overlap.py
+
 bench-publish: install
 	$(PY) bench/publish.py
+	$(PY) bench/publish_db.py
 
 # The demos skip the AudioSeal watermark: its weights cannot be downloaded on a fresh offline
 # machine, and a watermark from untrained weights would mean nothing. The opt-out is logged and
