@@ -11,6 +11,7 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner
 from google.cloud import storage as gcs
+from support.runs import preview_args
 
 from narrate.cli import cli
 from narrate.post import watermark_payload
@@ -123,21 +124,7 @@ def test_request_queue_renders_exactly_the_requested_books(tmp_path: Path, rtdb)
     )
     result = CliRunner().invoke(
         cli,
-        [
-            "run",
-            "--requests",
-            "--engine",
-            "preview",
-            "--devices",
-            "cpu",
-            "--no-watermark",
-            "--out",
-            str(tmp_path / "out"),
-            "--cache",
-            str(tmp_path / "cache"),
-            "--database",
-            rtdb.url,
-        ],
+        ["run", "--requests", *preview_args(tmp_path, f"--database={rtdb.url}")],
     )
     assert result.exit_code == 1, result.output  # the blank request failed; the rest rendered
     books = rtdb.rest("GET", "books")
@@ -158,40 +145,16 @@ def test_request_queue_renders_exactly_the_requested_books(tmp_path: Path, rtdb)
 def test_run_under_database_faults_converges_to_the_fault_free_state(tmp_path: Path, rtdb) -> None:
     server = rtdb.require_server()
     manifest = write_manifest(tmp_path / "m.jsonl", BOOKS)
-    args = [
-        str(manifest),
-        "--engine",
-        "preview",
-        "--devices",
-        "cpu",
-        "--no-watermark",
-        "--out",
-        str(tmp_path / "out"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--database",
-        rtdb.url,
-    ]
+    args = [str(manifest), *preview_args(tmp_path, f"--database={rtdb.url}")]
     with server.faults(unavailable=0.2, dropped=0.1, seed=3):
         totals = invoke(*args)
     assert totals["ready"] == 3
     faulty = rtdb.rest("GET", "books")
     for record in faulty.values():
         record.pop("narrativeUpdatedAt")
-    # the same catalog without faults, in a fresh output and namespace-free local status file
+    # the same catalog rendered from scratch without faults, recorded in a local status file
     clean = tmp_path / "clean"
-    invoke(
-        str(manifest),
-        "--engine",
-        "preview",
-        "--devices",
-        "cpu",
-        "--no-watermark",
-        "--out",
-        str(clean / "out"),
-        "--cache",
-        str(tmp_path / "cache"),
-    )
+    invoke(str(manifest), *preview_args(clean))
     expected = json.loads((clean / "out" / "status.json").read_text())["books"]
     for record in expected.values():
         record.pop("narrativeUpdatedAt")

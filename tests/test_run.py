@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
+from support.runs import preview_args
 
 from narrate.cli import cli
 from narrate.errors import EXIT_INTERRUPTED
@@ -51,22 +51,7 @@ def catalog(n: int, sentences: int = 3) -> dict[str, str]:
 
 
 def run_cli(tmp_path: Path, manifest: Path, *extra: str, report: str = "report.json") -> dict:
-    args = [
-        "run",
-        str(manifest),
-        "--engine",
-        "preview",
-        "--out",
-        str(tmp_path / "out"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--no-watermark",
-        "--devices",
-        "cpu",
-        "--report",
-        str(tmp_path / report),
-        *extra,
-    ]
+    args = ["run", str(manifest), *preview_args(tmp_path, f"--report={tmp_path / report}", *extra)]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert result.exit_code in (0, 1), result.output
     return json.loads((tmp_path / report).read_text())
@@ -149,48 +134,18 @@ def test_bad_rows_fail_alone_and_exit_one(tmp_path: Path) -> None:
         + "\n",
         encoding="utf-8",
     )
-    args = [
-        "run",
-        str(manifest),
-        "--engine",
-        "preview",
-        "--out",
-        str(tmp_path / "out"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--no-watermark",
-        "--devices",
-        "cpu",
-    ]
-    result = CliRunner().invoke(cli, args)
+    result = CliRunner().invoke(cli, ["run", str(manifest), *preview_args(tmp_path)])
     assert result.exit_code == 1
     assert (tmp_path / "out" / "ok.wav").exists()
     assert not list((tmp_path / "out").glob("bad*"))
 
 
 def spawn_run(tmp_path: Path, manifest: Path, *extra: str) -> subprocess.Popen:
-    args = [
-        sys.executable,
-        "-m",
-        "narrate.cli",
-        "run",
-        str(manifest),
-        "--engine",
-        "preview",
-        "--out",
-        str(tmp_path / "out"),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--no-watermark",
-        "--devices",
-        "cpu",
-        "--batch-size",
-        "2",
-        *extra,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    args = ["run", str(manifest), *preview_args(tmp_path, "--batch-size=2", *extra)]
+    # the log goes to a file: an unread pipe would block the run once its buffer filled
+    log = (tmp_path / "run.log").open("a")
     return subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-m", "narrate.cli", *args], stdout=subprocess.DEVNULL, stderr=log
     )
 
 
