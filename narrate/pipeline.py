@@ -302,6 +302,7 @@ class Run:
         self.inflight: dict[int, Batch] = {}
         self.posting: set[Future[BookResult]] = set()
         self.batch_counter = 0
+        self.chunks_planned = 0  # to synthesize, over the windows planned so far (progress total)
         self.pool: WorkerPool | None = None
         self.post_pool = ThreadPoolExecutor(options.post_workers, thread_name_prefix="narrate-post")
 
@@ -428,7 +429,8 @@ class Run:
             batches=len(batches),
             chunks_to_synthesize=sum(len(b) for b in batches),
         )
-        self.log.progress("chunks", 0, total=None, unit=" chunks")
+        self.chunks_planned += sum(len(b) for b in batches)
+        self.log.progress("chunks", 0, total=self.chunks_planned, unit=" chunks")
 
     def _reject(self, error: RowError) -> None:
         self.report.rejected_rows.append(str(error))
@@ -549,7 +551,15 @@ class Run:
         self.jobs.pop(result.book_id, None)
         self.report.add(result)
         self.log.event(f"book_{result.status}", **asdict(result))
-        self.log.progress("books", 1, unit=" books")
+        self.log.progress(
+            "books",
+            1,
+            unit=" books",
+            postfix={
+                "audio_s": round(self.report.audio_seconds),
+                "rtf": round(self.report.real_time_factor, 2),
+            },
+        )
 
     def _shutdown(self, aborted: bool) -> None:
         """Stop workers (at once when interrupted or failing), settle books, flush the database."""

@@ -104,7 +104,12 @@ class EventLog:
         self.stream.flush()
 
     def progress(
-        self, bar: str, advance: float, total: float | None = None, unit: str = ""
+        self,
+        bar: str,
+        advance: float,
+        total: float | None = None,
+        unit: str = "",
+        postfix: dict[str, object] | None = None,
     ) -> None:
         """Advance the named bar (created on first use; only drawn on a TTY)."""
         if not self.tty:
@@ -116,6 +121,8 @@ class EventLog:
         current = self._bars[bar]
         if total is not None:
             current.total = total  # type: ignore[attr-defined]
+        if postfix:
+            current.set_postfix(postfix, refresh=False)  # type: ignore[attr-defined]
         current.update(advance)  # type: ignore[attr-defined]
 
     def close(self) -> None:

@@ -125,7 +125,7 @@ def test_shards_publish_the_catalog_exactly_once(tmp_path: Path) -> None:
     assert len(outputs(tmp_path / "out")) == 9
 
 
-def test_bad_rows_fail_alone_and_exit_one(tmp_path: Path) -> None:
+def test_bad_rows_fail_alone_exit_one_and_are_logged_as_json(tmp_path: Path) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(
         json.dumps({"book_id": "ok", "text": "A short and valid story."})
@@ -138,6 +138,13 @@ def test_bad_rows_fail_alone_and_exit_one(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert (tmp_path / "out" / "ok.wav").exists()
     assert not list((tmp_path / "out").glob("bad*"))
+    # not on a terminal: one JSON object per line on stderr, for log collectors
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    rejected = next(e for e in events if e["event"] == "row_rejected")
+    assert (rejected["row"], rejected["reason"]) == (2, "invalid_id")
+    assert "bad.id" in rejected["message"]
+    assert any(e["event"] == "book_ready" and e["book_id"] == "ok" for e in events)
+    assert events[-1]["event"] == "run_finished" and events[-1]["ready"] == 1
 
 
 def spawn_run(tmp_path: Path, manifest: Path, *extra: str) -> subprocess.Popen:
