@@ -109,16 +109,6 @@ def build_configs(
     )
 
 
-watermark_model_option = click.option(
-    "--watermark-model",
-    default=None,
-    envvar="NARRATE_AUDIOSEAL_DIR",
-    show_envvar=True,
-    help="folder with AudioSeal's generator_base.pth and detector_base.pth, or GEN.pth,DET.pth "
-    "[default: the model cards' weights from AudioSeal's cache]",
-)
-
-
 @cli.command()
 @click.argument("manifest")
 @catalog_options
@@ -253,6 +243,16 @@ def tiny_model(folder: str) -> None:
     click.echo(f"tiny model written to {build_tiny_model(folder)}")
 
 
+watermark_model_option = click.option(
+    "--watermark-model",
+    default=None,
+    envvar="NARRATE_AUDIOSEAL_DIR",
+    show_envvar=True,
+    help="folder with AudioSeal's generator_base.pth and detector_base.pth, or GEN.pth,DET.pth "
+    "[default: the model cards' weights from AudioSeal's cache]",
+)
+
+
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options naming where a run's results live (run, status)."""
     options = [
@@ -297,6 +297,12 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             metavar="I/N",
             help="this pod's shard [default: JOB_COMPLETION_INDEX/NARRATE_SHARDS, else 0/1]",
         ),
+        # post-processing settings are part of each book's content hash: status needs them too
+        click.option("--loudness", default=-18.0, show_default=True, help="target integrated LUFS"),
+        click.option(
+            "--no-watermark", is_flag=True, help="publish without the AudioSeal watermark"
+        ),
+        watermark_model_option,
     ]
     for option in reversed(options):
         command = option(command)
@@ -314,7 +320,9 @@ def build_run_options(
     audio_format: str,
     shard: str | None,
     voices_dir: str,
-    post: dict[str, Any] | None = None,
+    loudness: float,
+    no_watermark: bool,
+    watermark_model: str | None,
     **options: Any,
 ) -> Any:
     import os
@@ -347,7 +355,12 @@ def build_run_options(
         engine=engine,
         chunking=chunking,
         plan=plan_config,
-        post=PostConfig(format=audio_format, **(post or {})),
+        post=PostConfig(
+            format=audio_format,
+            loudness_lufs=loudness,
+            watermark=not no_watermark,
+            watermark_model=watermark_model,
+        ),
         **options,
     )
 
@@ -388,9 +401,6 @@ def build_run_options(
     default=None,
     help="torch threads per CPU worker [default: cores / CPU workers]",
 )
-@click.option("--loudness", default=-18.0, show_default=True, help="target integrated LUFS")
-@click.option("--no-watermark", is_flag=True, help="publish without the AudioSeal watermark")
-@watermark_model_option
 @click.option(
     "--report",
     "report_path",
@@ -398,15 +408,7 @@ def build_run_options(
     default=None,
     help="write the run report (JSON) here",
 )
-def run(
-    manifest: str | None,
-    requests: bool,
-    loudness: float,
-    no_watermark: bool,
-    watermark_model: str | None,
-    report_path: str | None,
-    **options: Any,
-) -> None:
+def run(manifest: str | None, requests: bool, report_path: str | None, **options: Any) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
 
     Resumable: chunks already cached and books already published are skipped. Exit 0 when
@@ -420,12 +422,7 @@ def run(
 
     if bool(manifest) == requests:
         raise click.UsageError("give a MANIFEST or --requests (not both)")
-    post = {
-        "loudness_lufs": loudness,
-        "watermark": not no_watermark,
-        "watermark_model": watermark_model,
-    }
-    report = run_catalog(build_run_options(manifest, requests=requests, post=post, **options))
+    report = run_catalog(build_run_options(manifest, requests=requests, **options))
     if report_path:
         Path(report_path).write_text(json.dumps(report.to_json(), indent=2))
     click.echo(json.dumps(report.totals()))

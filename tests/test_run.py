@@ -248,3 +248,23 @@ def test_run_with_the_tiny_csm_through_the_real_loading_path(
     again = CliRunner().invoke(cli, args, catch_exceptions=False)
     assert again.exit_code == 0
     assert json.loads((tmp_path / "report.json").read_text())["totals"]["skipped"] == 2
+
+
+@pytest.mark.slow
+def test_status_counts_done_cached_and_pending_books_without_a_model(tmp_path: Path) -> None:
+    books = catalog(4)
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    status_args = ["status", str(manifest), "--json", "--engine=preview", "--no-watermark"]
+    status_args += [f"--out={tmp_path / 'out'}", f"--cache={tmp_path / 'cache'}"]
+
+    def status() -> dict:
+        result = CliRunner().invoke(cli, status_args, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    before = status()
+    assert (before["pending"], before["done"], before["chunks_cached"]) == (4, 0, 0)
+    run_cli(tmp_path, write_manifest(tmp_path / "first.jsonl", dict(list(books.items())[:2])))
+    after = status()
+    assert (after["done"], after["pending"]) == (2, 2)
+    assert after["chunks_cached"] > 0 and after["chunks"] > after["chunks_cached"]
