@@ -268,3 +268,28 @@ def test_status_counts_done_cached_and_pending_books_without_a_model(tmp_path: P
     after = status()
     assert (after["done"], after["pending"]) == (2, 2)
     assert after["chunks_cached"] > 0 and after["chunks"] > after["chunks_cached"]
+
+
+@pytest.mark.slow
+def test_a_chunk_failing_every_attempt_fails_only_its_book(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # one unsplittable word that needs more audio than the 2 s cap allows: every attempt runs
+    # to the cap still speaking
+    books = {"short": "Yes. No.", "long": "Pneumonoultramicroscopicsilicovolcanoconiosis."}
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    args = [
+        "run", str(manifest), "--engine=csm", f"--model={tiny_model_dir}", "--devices=cpu",
+        "--cpu-threads=1", "--no-watermark", "--max-audio-length-ms=2000",
+        f"--out={tmp_path / 'out'}", f"--cache={tmp_path / 'cache'}",
+        f"--report={tmp_path / 'report.json'}",
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 1, result.output
+    report = {b["book_id"]: b for b in json.loads((tmp_path / "report.json").read_text())["books"]}
+    assert report["short"]["status"] == "ready"
+    assert report["long"]["status"] == "failed" and "chunk 0" in report["long"]["error"]
+    assert report["long"]["retries"] == 2
+    record = json.loads((tmp_path / "out" / "status.json").read_text())["books"]["long"]
+    assert record["narrativeAudioStatus"] == "failed" and record["narrativeAudioError"]
+    assert not (tmp_path / "out" / "long.wav").exists()
