@@ -390,12 +390,10 @@ class Run:
             published = list(lookups.map(is_published, books))
             todo = [b for b, done in zip(books, published, strict=True) if not done]
             wanted = {c.chunk_id for b in todo for c in b.chunks}
-            known = (
-                wanted & self.waiters.keys()
-            )  # already queued or in flight for an earlier window
-            candidates = sorted(wanted - known)
-            present = list(lookups.map(self.cache.has, candidates))
-        missing = {cid for cid, hit in zip(candidates, present, strict=True) if not hit}
+            # chunks already queued or in flight for an earlier window are not looked up again
+            known = wanted & self.waiters.keys()
+            candidates = wanted - known
+            missing = self.cache.missing(candidates, lookups.map)
         self.report.cache_hits += len(candidates) - len(missing)
         for book, done in zip(books, published, strict=True):
             if done:
@@ -614,10 +612,10 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
     summary = CatalogStatus()
     fmt = options.post.format
 
-    def book_state(book: PlannedBook) -> tuple[str, int, int]:
+    def book_state(book: PlannedBook, missing: set[str]) -> tuple[str, int, int]:
         book_id = book.book.book_id
         ids = {c.chunk_id for c in book.chunks}
-        cached = sum(outputs.cache.has(chunk_id) for chunk_id in ids)
+        cached = len(ids - missing)
         if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.post)):
             return "done", len(ids), cached
         record = outputs.status.record(book_id) or {}
@@ -630,7 +628,10 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
         for window in windows(planned_books(options, outputs), options.plan.window_books):
             summary.rejected_rows += sum(isinstance(item, RowError) for item in window)
             books = [item for item in window if isinstance(item, PlannedBook)]
-            for state, chunks, cached in lookups.map(book_state, books):
+            wanted = {c.chunk_id for b in books for c in b.chunks}
+            missing = outputs.cache.missing(wanted, lookups.map)
+            states = lookups.map(book_state, books, [missing] * len(books))
+            for state, chunks, cached in states:
                 setattr(summary, state, getattr(summary, state) + 1)
                 summary.chunks += chunks
                 summary.chunks_cached += cached

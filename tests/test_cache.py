@@ -1,0 +1,60 @@
+"""The chunk cache on a local folder and on Cloud Storage (fake-gcs-server)."""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from narrate.cache import ChunkCache
+from narrate.records import ChunkAudio
+from narrate.storage import open_storage
+
+
+@pytest.fixture(params=["local", "gcs"])
+def cache(request: pytest.FixtureRequest, tmp_path: Path) -> ChunkCache:
+    if request.param == "local":
+        return ChunkCache(open_storage(str(tmp_path / "cache")))
+    bucket = request.getfixturevalue("gcs_bucket")
+    return ChunkCache(open_storage(f"gs://{bucket}/cache"))
+
+
+def chunk_id(n: int) -> str:
+    return hashlib.sha256(str(n).encode()).hexdigest()[:24]
+
+
+def tone(seconds: float, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(int(24_000 * seconds)) / 24_000
+    return (amplitude * np.sin(2 * np.pi * 330 * t)).astype(np.float32)
+
+
+def test_audio_round_trips_at_16_bit_precision(cache: ChunkCache) -> None:
+    audio = tone(0.5)
+    cache.put(ChunkAudio(chunk_id(1), audio, frames=6, stop_reason="eos", seed=7))
+    back = cache.get(chunk_id(1))
+    assert back.dtype == np.float32 and len(back) == len(audio)
+    assert np.max(np.abs(back - audio)) <= 1 / 32768 + 1e-6
+    with pytest.raises(KeyError):
+        cache.get(chunk_id(2))
+
+
+def test_a_cached_chunk_is_never_overwritten(cache: ChunkCache) -> None:
+    cache.put(ChunkAudio(chunk_id(1), tone(0.2, 0.5), frames=3, stop_reason="eos", seed=1))
+    cache.put(ChunkAudio(chunk_id(1), tone(0.2, 0.1), frames=3, stop_reason="eos", seed=2))
+    assert np.max(np.abs(cache.get(chunk_id(1)))) > 0.4  # the first write stands
+
+
+def test_missing_agrees_whether_folders_are_listed_or_each_id_looked_up(cache: ChunkCache) -> None:
+    ids = [chunk_id(n) for n in range(300)]
+    for chunk in ids[::3]:
+        cache.put(ChunkAudio(chunk, tone(0.05), frames=1, stop_reason="eos", seed=0))
+    expected = set(ids) - set(ids[::3])
+    with ThreadPoolExecutor(8) as pool:
+        assert cache.missing(ids, pool.map) == expected
+    cache.list_threshold = 2  # list every folder holding two or more of the ids
+    assert cache.missing(ids) == expected
+    cache.list_threshold = 10**9  # never list: one lookup per id
+    assert cache.missing(ids) == expected
