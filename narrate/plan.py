@@ -293,7 +293,9 @@ def plan_manifest(
     from narrate.manifest import ManifestReader
 
     rows = ManifestReader(source, max_text_chars=chunking.max_text_chars)
-    with tqdm(rows, unit=" rows", disable=not progress, desc="planning") as bar:
+    with tqdm(
+        rows, total=rows.total_rows, unit=" rows", disable=not progress, desc="planning"
+    ) as bar:
         planned = chunk_books(
             bar, chunking=chunking, engine_fingerprint=engine.fingerprint(), voices=voices
         )
