@@ -45,7 +45,9 @@ def write_catalog(path: Path, books: int) -> list[Book]:
     for i in range(books):
         text = " ".join(rng.choice(SENTENCES) for _ in range(rng.randint(2, 8)))
         rows.append(Book(f"book-{i:03d}", i + 1, text=text))
-    path.write_text("".join(json.dumps({"book_id": b.book_id, "text": b.text}) + "\n" for b in rows))
+    path.write_text(
+        "".join(json.dumps({"book_id": b.book_id, "text": b.text}) + "\n" for b in rows)
+    )
     return rows
 
 
@@ -53,7 +55,9 @@ def synthesis_only(model: Path, books: list[Book], batch_size: int) -> float:
     started = time.perf_counter()
     engine_config = EngineConfig(model=str(model))
     engine = load_engine(engine_config, device="cpu")
-    planned = chunk_books(books, chunking=ChunkingConfig(), engine_fingerprint=engine_config.fingerprint())
+    planned = chunk_books(
+        books, chunking=ChunkingConfig(), engine_fingerprint=engine_config.fingerprint()
+    )
     chunks = [c for p in planned if isinstance(p, PlannedBook) for c in p.chunks]
     for batch in plan_batches(chunks, PlanConfig(batch_size=batch_size)):
         engine.synthesize(batch)
@@ -63,25 +67,49 @@ def synthesis_only(model: Path, books: list[Book], batch_size: int) -> float:
 
 def narrate_run(workdir: Path, model: Path, manifest: Path, batch_size: int) -> list[str]:
     return [
-        sys.executable, "-m", "narrate.cli", "run", str(manifest), "--model", str(model),
-        "--devices", "cpu", "--cpu-threads", "1", "--batch-size", str(batch_size),
-        "--no-watermark", "--out", str(workdir / "out"), "--cache", str(workdir / "cache"),
-        "--report", str(workdir / "report.json"),
+        sys.executable,
+        "-m",
+        "narrate.cli",
+        "run",
+        str(manifest),
+        "--model",
+        str(model),
+        "--devices",
+        "cpu",
+        "--cpu-threads",
+        "1",
+        "--batch-size",
+        str(batch_size),
+        "--no-watermark",
+        "--out",
+        str(workdir / "out"),
+        "--cache",
+        str(workdir / "cache"),
+        "--report",
+        str(workdir / "report.json"),
     ]
 
 
 def end_to_end(workdir: Path, model: Path, manifest: Path, batch_size: int) -> tuple[float, dict]:
     started = time.perf_counter()
-    subprocess.run(narrate_run(workdir, model, manifest, batch_size), check=True,
-                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        narrate_run(workdir, model, manifest, batch_size),
+        check=True,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     wall = time.perf_counter() - started
     return wall, json.loads((workdir / "report.json").read_text())["totals"]
 
 
 def kill_and_resume(workdir: Path, model: Path, manifest: Path, batch_size: int) -> dict[str, int]:
     events: list[dict] = []
-    process = subprocess.Popen(narrate_run(workdir, model, manifest, batch_size),
-                               stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        narrate_run(workdir, model, manifest, batch_size),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
 
     def read_events() -> None:
         assert process.stderr is not None
@@ -101,12 +129,20 @@ def kill_and_resume(workdir: Path, model: Path, manifest: Path, batch_size: int)
     reader.join(timeout=5)
     dispatched = sum(e["chunks"] for e in events if e["event"] == "batch_started")
     cached = len(list(cache.rglob("*.flac")))
-    subprocess.run(narrate_run(workdir, model, manifest, batch_size), check=True,
-                   stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        narrate_run(workdir, model, manifest, batch_size),
+        check=True,
+        stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
     resumed = json.loads((workdir / "report.json").read_text())["totals"]
-    return {"dispatched_before_kill": dispatched, "cached_before_kill": cached,
-            "resynthesized": dispatched - cached, "resume_synthesized": resumed["chunks_synthesized"],
-            "ready_after_resume": resumed["ready"]}
+    return {
+        "dispatched_before_kill": dispatched,
+        "cached_before_kill": cached,
+        "resynthesized": dispatched - cached,
+        "resume_synthesized": resumed["chunks_synthesized"],
+        "ready_after_resume": resumed["ready"],
+    }
 
 
 def main() -> None:
@@ -121,14 +157,20 @@ def main() -> None:
         books = write_catalog(root / "catalog.jsonl", args.books)
         synth = synthesis_only(model, books, args.batch_size)
         wall, totals = end_to_end(root / "e2e", model, root / "catalog.jsonl", args.batch_size)
-        print(f"catalog: {args.books} books, {totals['chunks_synthesized']} chunks, "
-              f"{totals['audio_seconds']:.0f} s of audio, batch size {args.batch_size}")
-        print(f"synthesis only {synth:.1f} s, end to end {wall:.1f} s, "
-              f"ratio {wall / synth:.2f} (target <= 1.10)")
+        print(
+            f"catalog: {args.books} books, {totals['chunks_synthesized']} chunks, "
+            f"{totals['audio_seconds']:.0f} s of audio, batch size {args.batch_size}"
+        )
+        print(
+            f"synthesis only {synth:.1f} s, end to end {wall:.1f} s, "
+            f"ratio {wall / synth:.2f} (target <= 1.10)"
+        )
         kill = kill_and_resume(root / "kill", model, root / "catalog.jsonl", args.batch_size)
         in_flight = 2 * args.batch_size
-        print(f"SIGKILL + resume: {kill['resynthesized']} chunks re-synthesized "
-              f"(target <= {in_flight}: the batches in flight); {json.dumps(kill)}")
+        print(
+            f"SIGKILL + resume: {kill['resynthesized']} chunks re-synthesized "
+            f"(target <= {in_flight}: the batches in flight); {json.dumps(kill)}"
+        )
 
 
 if __name__ == "__main__":

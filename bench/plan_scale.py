@@ -1,8 +1,8 @@
 """Plan a large synthetic catalog and report wall time and peak memory of `narrate plan`.
 
 Target (issue: foundation): a 1,000,000-row Parquet manifest, narratives of 50-2,000 words,
-planned in <= 60 s and <= 1.5 GB peak RSS on a 2-core machine. The manifest is written once
-into bench/out/ and reused by later runs.
+planned in <= 60 s and <= 1.5 GB peak RSS (all planning processes together) on a 2-core
+machine. The manifest is written once into bench/out/ and reused by later runs.
 
     python bench/plan_scale.py [--rows N] [--out bench/out]
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -71,6 +70,28 @@ def write_manifest(path: Path, rows: int, seed: int = 7) -> None:
             writer.write_table(pa.table({"book_id": ids, "text": texts}, schema=schema))
 
 
+def tree_rss(pid: int) -> int:
+    """Resident bytes of `pid` and all its descendants (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        todo += children.get(current, [])
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+        except OSError:
+            continue
+        rss = next((line for line in status.splitlines() if line.startswith("VmRSS:")), None)
+        total += int(rss.split()[1]) * 1024 if rss else 0
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -86,26 +107,23 @@ def main() -> None:
         print(f"wrote {manifest} ({size_gb:.2f} GB) in {time.perf_counter() - started:.0f} s")
 
     started = time.perf_counter()
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "narrate.cli",
-            "plan",
-            str(manifest),
-            "--engine",
-            "preview",
-            "--json",
-        ],
-        capture_output=True,
+    command = ["plan", str(manifest), "--engine", "preview", "--json"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "narrate.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        check=False,
     )
+    peak = 0
+    while process.poll() is None:  # planning processes count together: sample the whole tree
+        peak = max(peak, tree_rss(process.pid))
+        time.sleep(0.2)
+    stdout, stderr = process.communicate()
     wall = time.perf_counter() - started
-    if done.returncode not in (0, 1):
-        sys.exit(f"narrate plan failed ({done.returncode}): {done.stderr[-2000:]}")
-    summary = json.loads(done.stdout)
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # KiB on Linux
+    if process.returncode not in (0, 1):
+        sys.exit(f"narrate plan failed ({process.returncode}): {stderr[-2000:]}")
+    summary = json.loads(stdout)
+    peak_gb = peak / 1e9
     print(
         json.dumps(
             {

@@ -113,22 +113,25 @@ def build_configs(
 @click.argument("manifest")
 @catalog_options
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
-def plan(manifest: str, voices_dir: str, as_json: bool, **options: Any) -> None:
+@click.option(
+    "--jobs",
+    type=click.IntRange(1),
+    default=None,
+    help="processes planning windows in parallel [default: one per CPU core]",
+)
+def plan(manifest: str, voices_dir: str, as_json: bool, jobs: int | None, **options: Any) -> None:
     """Validate and plan MANIFEST (JSONL or Parquet, local or gs://) without synthesizing.
 
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
     be read.
     """
-    from narrate.plan import plan_manifest, render_summary, voice_lookup
+    import os
 
-    engine, chunking, plan_config = build_configs(**options)
+    from narrate.plan import Planner, plan_manifest, render_summary
+
+    planner = Planner(*build_configs(**options), voices_dir=voices_dir)
     summary = plan_manifest(
-        manifest,
-        engine=engine,
-        chunking=chunking,
-        plan=plan_config,
-        voices=voice_lookup(engine, voices_dir),
-        progress=sys.stderr.isatty(),
+        manifest, planner, jobs=jobs or os.cpu_count() or 1, progress=sys.stderr.isatty()
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render_summary(summary))
     sys.exit(EXIT_SOME_FAILED if summary.rows_rejected else EXIT_OK)

@@ -251,8 +251,10 @@ def open_outputs(options: RunOptions, log: EventLog) -> Outputs:
     return Outputs(ChunkCache(open_storage(options.cache)), publisher, status, db)
 
 
-def planned_books(options: RunOptions, outputs: Outputs) -> Iterator[PlannedBook | RowError]:
-    """This shard's books, validated and chunked exactly as every pod plans them."""
+def planned_windows(
+    options: RunOptions, outputs: Outputs
+) -> Iterator[list[PlannedBook | RowError]]:
+    """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
     rows: Iterable[Book | RowError]
     if options.requests:
         collection = options.path_template.split("/{book_id}")[0]
@@ -263,12 +265,16 @@ def planned_books(options: RunOptions, outputs: Outputs) -> Iterator[PlannedBook
         if options.manifest is None:
             raise UsageError("no manifest given", "pass MANIFEST, or --requests for the queue")
         rows = ManifestReader(options.manifest, max_text_chars=options.chunking.max_text_chars)
-    return chunk_books(
-        shard_rows(rows, options.shard),
-        chunking=options.chunking,
-        engine_fingerprint=options.engine.fingerprint(),
-        voices=voice_lookup(options.engine, options.voices_dir),
-    )
+    voices = voice_lookup(options.engine, options.voices_dir)
+    for window in windows(shard_rows(rows, options.shard), options.plan.window_books):
+        yield list(
+            chunk_books(
+                window,
+                chunking=options.chunking,
+                engine_fingerprint=options.engine.fingerprint(),
+                voices=voices,
+            )
+        )
 
 
 @dataclass
@@ -329,9 +335,8 @@ class Run:
 
     def execute(self) -> RunReport:
         self._open()
-        planned = planned_books(self.options, self.outputs)
-        window_iter: Iterator[list[PlannedBook | RowError]] | None = windows(
-            planned, self.options.plan.window_books
+        window_iter: Iterator[list[PlannedBook | RowError]] | None = planned_windows(
+            self.options, self.outputs
         )
         previous = self._install_signal_handlers()
         aborted = True
@@ -625,7 +630,7 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
         return state, len(ids), cached
 
     with ThreadPoolExecutor(16) as lookups:
-        for window in windows(planned_books(options, outputs), options.plan.window_books):
+        for window in planned_windows(options, outputs):
             summary.rejected_rows += sum(isinstance(item, RowError) for item in window)
             books = [item for item in window if isinstance(item, PlannedBook)]
             wanted = {c.chunk_id for b in books for c in b.chunks}

@@ -8,17 +8,24 @@ the run goes on and memory stays bounded on a 1M-row manifest.
 
 from __future__ import annotations
 
+import collections
 import itertools
+import multiprocessing
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from narrate.config import FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
 from narrate.records import Batch, Book, Chunk, RowError
 
 # voice name -> (voice key for chunk ids, prompt positions); raises UsageError for unknown voices
 VoiceLookup = Callable[[str | None], tuple[str, int]]
+T = TypeVar("T")
+U = TypeVar("U")
+V = TypeVar("V")
 TextLoader = Callable[[Book], str]
 
 
@@ -102,15 +109,13 @@ def chunk_books(
         yield PlannedBook(item, tuple(chunks))
 
 
-def windows(
-    items: Iterable[PlannedBook | RowError], size: int
-) -> Iterator[list[PlannedBook | RowError]]:
+def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Consecutive groups of `size` books (row errors ride along without counting)."""
-    window: list[PlannedBook | RowError] = []
+    window: list[T] = []
     books = 0
     for item in items:
         window.append(item)
-        if isinstance(item, PlannedBook):
+        if not isinstance(item, RowError):
             books += 1
             if books == size:
                 yield window
@@ -200,6 +205,18 @@ class PlanSummary:
         self.useful_positions += sum(b.useful_positions for b in batches)
         self.computed_positions += sum(b.computed_positions for b in batches)
 
+    def merge(self, other: PlanSummary) -> None:
+        """Add another part of the catalog (summaries of consecutive windows, in order)."""
+        for reason, examples in other.examples.items():
+            for error in examples:
+                self.add_error(error)
+            self.rejected[reason] += other.rejected[reason] - len(examples)
+        for name in ("books", "chunks", "unique_chunks", "characters", "batches"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.expected_frames += other.expected_frames
+        self.useful_positions += other.useful_positions
+        self.computed_positions += other.computed_positions
+
     @property
     def rows_rejected(self) -> int:
         return sum(self.rejected.values())
@@ -238,24 +255,37 @@ class PlanWindow:
     errors: list[RowError]
 
 
-def plan_windows(
-    planned: Iterable[PlannedBook | RowError], plan: PlanConfig
-) -> Iterator[PlanWindow]:
-    """Window by window, each sorted and batched on its own (see module docstring)."""
-    for window in windows(planned, plan.window_books):
-        books = [item for item in window if isinstance(item, PlannedBook)]
-        errors = [item for item in window if isinstance(item, RowError)]
-        batches = plan_batches(itertools.chain.from_iterable(b.chunks for b in books), plan)
-        yield PlanWindow(books, batches, errors)
+@dataclass(frozen=True)
+class Planner:
+    """Turns windows of manifest rows into planned windows; picklable, so planning can fan
+    windows out to processes (voices are looked up inside the process)."""
 
+    engine: EngineConfig
+    chunking: ChunkingConfig
+    plan: PlanConfig
+    voices_dir: str = "voices"
 
-def summarize(windows_: Iterable[PlanWindow], chunking: ChunkingConfig) -> PlanSummary:
-    summary = PlanSummary()
-    for window in windows_:
+    def window(self, rows: Iterable[Book | RowError]) -> PlanWindow:
+        books: list[PlannedBook] = []
+        errors: list[RowError] = []
+        planned = chunk_books(
+            rows,
+            chunking=self.chunking,
+            engine_fingerprint=self.engine.fingerprint(),
+            voices=voice_lookup(self.engine, self.voices_dir),
+        )
+        for item in planned:
+            (errors if isinstance(item, RowError) else books).append(item)  # type: ignore[arg-type]
+        batches = plan_batches(itertools.chain.from_iterable(b.chunks for b in books), self.plan)
+        return PlanWindow(books, batches, errors)
+
+    def summary(self, rows: Iterable[Book | RowError]) -> PlanSummary:
+        summary = PlanSummary()
+        window = self.window(rows)
         for error in window.errors:
             summary.add_error(error)
-        summary.add_window(window.books, window.batches, chunking)
-    return summary
+        summary.add_window(window.books, window.batches, self.chunking)
+        return summary
 
 
 def voice_lookup(engine: EngineConfig, root: str) -> VoiceLookup:
@@ -279,27 +309,47 @@ def voice_library_lookup(root: str) -> VoiceLookup:
 
 
 def plan_manifest(
-    source: str,
-    *,
-    engine: EngineConfig,
-    chunking: ChunkingConfig,
-    plan: PlanConfig,
-    voices: VoiceLookup = no_voices,
-    progress: bool = False,
+    source: str, planner: Planner, *, jobs: int = 1, progress: bool = False
 ) -> PlanSummary:
-    """Validate, chunk and batch a whole manifest without synthesizing anything."""
+    """Validate, chunk and batch a whole manifest without synthesizing anything.
+
+    Windows are independent (each is sorted and batched on its own, as in a run), so `jobs`
+    processes plan them in parallel while this one reads the manifest.
+    """
     from tqdm import tqdm
 
     from narrate.manifest import ManifestReader
 
-    rows = ManifestReader(source, max_text_chars=chunking.max_text_chars)
+    rows = ManifestReader(source, max_text_chars=planner.chunking.max_text_chars)
+    summary = PlanSummary()
     with tqdm(
         rows, total=rows.total_rows, unit=" rows", disable=not progress, desc="planning"
     ) as bar:
-        planned = chunk_books(
-            bar, chunking=chunking, engine_fingerprint=engine.fingerprint(), voices=voices
-        )
-        return summarize(plan_windows(planned, plan), chunking)
+        row_windows = windows(bar, planner.plan.window_books)
+        head = list(itertools.islice(row_windows, 2))
+        row_windows = itertools.chain(head, row_windows)
+        if jobs == 1 or len(head) < 2:  # one window: starting processes would cost more
+            parts: Iterable[PlanSummary] = map(planner.summary, row_windows)
+        else:
+            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+            parts = ordered_map(pool, planner.summary, row_windows, in_flight=2 * jobs)
+        for part in parts:
+            summary.merge(part)
+    return summary
+
+
+def ordered_map(
+    pool: ProcessPoolExecutor, fn: Callable[[U], V], items: Iterable[U], in_flight: int
+) -> Iterator[V]:
+    """`pool.map` that submits lazily: at most `in_flight` items wait in memory."""
+    with pool:
+        pending: collections.deque[Future[V]] = collections.deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def render_summary(summary: PlanSummary) -> str:

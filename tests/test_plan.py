@@ -176,3 +176,18 @@ def test_cli_plan_exits_two_on_unreadable_manifest(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["plan", str(tmp_path / "nope.jsonl")])
     assert result.exit_code == 2
     assert "nope.jsonl" in result.output
+
+
+def test_parallel_planning_reports_exactly_what_one_process_does(tmp_path: Path) -> None:
+    rows = [{"book_id": f"b{i}", "text": prose(random.Random(i), 1 + i % 9)} for i in range(40)]
+    rows[7] = {"book_id": "b7", "text": ""}
+    rows[30] = {"book_id": "b3", "text": "A duplicate id."}
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    args = ["plan", str(manifest), "--json", "--engine", "preview", "--window", "6"]
+    one = CliRunner().invoke(cli, [*args, "--jobs", "1"])
+    two = CliRunner().invoke(cli, [*args, "--jobs", "2"])
+    assert one.exit_code == two.exit_code == 1
+    assert json.loads(one.output) == json.loads(two.output)
+    summary = json.loads(one.output)
+    assert summary["books"] == 38 and summary["rows_rejected"] == 2
+    assert summary["batches"] >= 7  # seven windows, each batched on its own
