@@ -126,6 +126,7 @@ def worker_main(
 ) -> None:
     """Load the engine once, then synthesize batches until a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a Ctrl-C ends
+    parent = os.getppid()
     try:
         import torch
 
@@ -141,7 +142,7 @@ def worker_main(
     except NarrateError as exc:
         results.put(WorkerFailed(device, str(exc)))
         return
-    while (task := tasks.get()) is not None:
+    while (task := next_task(tasks, parent)) is not None:
         batch_no, batch = task
         started = time.monotonic()
         try:
@@ -155,6 +156,17 @@ def worker_main(
             outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
         results.put(BatchDone(batch_no, outcomes, time.monotonic() - started))
     engine.close()
+
+
+def next_task(tasks: Any, parent: int, poll_s: float = 1.0) -> tuple[int, Batch] | None:
+    """The next batch, or None when told to stop or when the parent has died (a SIGKILLed
+    run must not leave workers holding a GPU, waiting on a queue nobody feeds)."""
+    while True:
+        try:
+            return tasks.get(timeout=poll_s)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
 
 
 class WorkerPool:

@@ -156,6 +156,25 @@ def spawn_run(tmp_path: Path, manifest: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+def children(pid: int) -> list[int]:
+    """Process ids whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:  # a zombie has exited; only its parent has not collected it yet
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def cached_chunks(cache: Path) -> int:
     return len(list(cache.rglob("*.flac")))
 
@@ -183,8 +202,14 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         before = cached_chunks(killed / "cache")
         process = spawn_run(killed, manifest)
         wait_for_cached(killed / "cache", before + 1 + rng.randint(0, 3))
+        workers = children(process.pid)
         process.send_signal(signal.SIGKILL)
         process.wait()
+        # orphaned workers notice and exit: nothing keeps running (or holding a GPU)
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "a worker outlived its killed run"
+            time.sleep(0.2)
     cached = cached_chunks(killed / "cache")
     assert 0 < cached < total_chunks
     final = run_cli(killed, manifest, "--batch-size", "2", report="final.json")
