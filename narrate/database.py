@@ -25,7 +25,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
@@ -476,12 +476,20 @@ class StatusWriter:
         self._timer.join()
         return self.flush()
 
-    def record(self, book_id: str) -> dict | None:
-        """The stored record (updates still queued here are not in it yet)."""
+    def record(self, book_id: str, fields: Sequence[str] | None = None) -> dict | None:
+        """The stored record (updates still queued here are not in it yet). With `fields`, only
+        those are read, one small GET each: the whole record holds the site's narrative too,
+        which a rerun over 100k books should not download."""
         path = self.path_template.format(book_id=book_id)
+        if fields is None:
+            value = self._read(path)
+            return value if isinstance(value, dict) else None
+        values = {name: self._read(f"{path}/{name}") for name in fields}
+        return {name: value for name, value in values.items() if value is not None} or None
+
+    def _read(self, path: str) -> object:
         read = functools.partial(self.db.get, path)
-        value = with_retries(read, retries=self.retries, backoff=self.backoff, what=f"read {path}")
-        return value if isinstance(value, dict) else None
+        return with_retries(read, retries=self.retries, backoff=self.backoff, what=f"read {path}")
 
     def _queue(self, book_id: str, fields: dict[str, object]) -> None:
         with self._lock:

@@ -47,7 +47,7 @@ from narrate.plan import (
     voice_lookup,
     windows,
 )
-from narrate.publish import Publisher
+from narrate.publish import LIFECYCLE_FIELDS, Publisher
 from narrate.records import Batch, Book, RowError
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.storage import open_storage
@@ -585,14 +585,18 @@ class Run:
         wait(self.posting, timeout=self.options.stop_grace_s if interrupted else None)
         self._reap_posted()
         self.post_pool.shutdown(wait=not interrupted, cancel_futures=True)
-        for book_id in self.status.close():
-            result = self.report.books.get(book_id)
-            if result is not None and result.status == "ready":
-                result.status, result.error = "failed", "database update failed after retries"
-        self.report.interrupted = interrupted
-        self.report.wall_s = time.monotonic() - self.report.started
-        self.log.close()
-        self.log.event("run_finished", **self.report.totals())
+        unrecorded: list[str] = []
+        try:  # a lost credential raises here; the run's totals are still logged
+            unrecorded = self.status.close()
+        finally:
+            for book_id in unrecorded:
+                result = self.report.books.get(book_id)
+                if result is not None and result.status == "ready":
+                    result.status, result.error = "failed", "database update failed after retries"
+            self.report.interrupted = interrupted
+            self.report.wall_s = time.monotonic() - self.report.started
+            self.log.close()
+            self.log.event("run_finished", **self.report.totals())
 
 
 def exit_code(report: RunReport) -> int:
@@ -635,7 +639,7 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
         cached = len(ids - missing)
         if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.post)):
             return "done", len(ids), cached
-        record = outputs.status.record(book_id) or {}
+        record = outputs.status.record(book_id, LIFECYCLE_FIELDS) or {}
         if record.get("narrativeAudioStatus") == "failed":
             return "failed", len(ids), cached
         state = "cached" if cached == len(ids) else "partly_cached" if cached else "pending"

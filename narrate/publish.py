@@ -14,6 +14,9 @@ from narrate.errors import StorageError
 from narrate.records import EncodedBook
 from narrate.storage import Storage, Uploader
 
+# what decides whether a book is done, failed or pending; the rest of a record is not read
+LIFECYCLE_FIELDS = ("narrativeAudioStatus", "narrativeContentHash")
+
 
 class Publisher:
     def __init__(
@@ -48,7 +51,7 @@ class Publisher:
         stored = self.storage.stat(self.object_name(book_id, fmt))
         if stored is None or stored.metadata.get("contentHash") != content_hash:
             return False
-        record = self.status.record(book_id) or {}
+        record = self.status.record(book_id, LIFECYCLE_FIELDS) or {}
         return (
             record.get("narrativeAudioStatus") == "ready"
             and record.get("narrativeContentHash") == content_hash

@@ -526,3 +526,22 @@ def test_error_text_is_short_and_holds_no_secrets():
     assert short.startswith("HTTPError: 403 for https://x.test/o?alt=media&token=[redacted]")
     assert len(short_error("word " * 400)) == 300
     assert "\n" not in short_error("one\ntwo")
+
+
+def test_record_fields_reads_only_those_fields(rtdb) -> None:
+    server = rtdb.require_server()
+    narrative = "A long narrative the site stores beside our fields. " * 200
+    record = {"narrative": narrative, STATUS: "ready", "narrativeContentHash": "abc"}
+    rtdb.rest("PUT", "books/b1", record)
+    db = open_database(rtdb.url, status_file=Path("/nonexistent/status.json"))
+    writer = StatusWriter(db)
+    try:
+        fields = (STATUS, "narrativeContentHash")
+        assert writer.record("b1", fields) == {STATUS: "ready", "narrativeContentHash": "abc"}
+        assert writer.record("missing", fields) is None
+        reads = [r.path.strip("/") for r in server.requests(rtdb.namespace, "GET")]
+        assert reads and all(path.rsplit("/", 1)[-1] in fields for path in reads)
+        assert writer.record("b1")["narrative"] == narrative
+    finally:
+        writer.close()
+        db.close()

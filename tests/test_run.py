@@ -318,3 +318,13 @@ def test_a_chunk_failing_every_attempt_fails_only_its_book(
     record = json.loads((tmp_path / "out" / "status.json").read_text())["books"]["long"]
     assert record["narrativeAudioStatus"] == "failed" and record["narrativeAudioError"]
     assert not (tmp_path / "out" / "long.wav").exists()
+
+
+def test_unloadable_watermark_stops_the_run_before_any_synthesis(tmp_path: Path) -> None:
+    manifest = write_manifest(tmp_path / "m.jsonl", catalog(2))
+    args = ["run", str(manifest), *preview_args(tmp_path)]
+    args.remove("--no-watermark")
+    result = CliRunner().invoke(cli, [*args, f"--watermark-model={tmp_path / 'nowhere'}"])
+    assert result.exit_code == 3
+    assert "--no-watermark" in result.output  # the hint names the explicit opt-out
+    assert cached_chunks(tmp_path / "cache") == 0
