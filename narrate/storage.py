@@ -248,7 +248,9 @@ class GcsStorage:
         self.client = client
         self.timeout = timeout
         # every call here carries a precondition or is a read, so retrying all of them is safe
-        self.retry = DEFAULT_RETRY
+        # the default 120 s budget can run out for one unlucky upload among many on a flaky
+        # network; a batch job prefers waiting longer to failing a book
+        self.retry = DEFAULT_RETRY.with_timeout(300.0)
         self._bucket = client.bucket(bucket)
         self._warned_signed = False
 
