@@ -94,10 +94,11 @@ class EventLog:
 
     def event(self, name: str, **fields: object) -> None:
         if self.tty:
-            if name in ("book_failed", "run_interrupted", "rows_rejected", "warning"):
+            if name in ("book_failed", "run_interrupted", "row_rejected", "warning"):
                 from tqdm import tqdm
 
-                tqdm.write(f"{name}: {fields}", file=self.stream)
+                detail = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+                tqdm.write(f"{name.replace('_', ' ')}: {detail}", file=self.stream)
             return
         record = {"ts": round(time.time(), 3), "event": name, **fields}
         self.stream.write(json.dumps(record, default=str) + "\n")
