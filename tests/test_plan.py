@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -191,3 +193,17 @@ def test_parallel_planning_reports_exactly_what_one_process_does(tmp_path: Path)
     summary = json.loads(one.output)
     assert summary["books"] == 38 and summary["rows_rejected"] == 2
     assert summary["batches"] >= 7  # seven windows, each batched on its own
+
+
+def test_help_and_plan_never_import_torch() -> None:
+    # `narrate --help` and `narrate plan` must stay fast on machines without a GPU stack loaded
+    demo = Path(__file__).parent.parent / "manifests" / "demo.jsonl"
+    code = (
+        "import sys\nfrom click.testing import CliRunner\nfrom narrate.cli import cli\n"
+        "assert CliRunner().invoke(cli, ['--help']).exit_code == 0\n"
+        f"result = CliRunner().invoke(cli, ['plan', {str(demo)!r}, '--jobs', '1'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "heavy = [m for m in ('torch', 'transformers', 'moshi', 'audioseal') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
