@@ -388,14 +388,10 @@ def check_cache(targets: Targets) -> str:
     return _probe_storage(targets.cache)
 
 
-def status_file(out: str) -> Path:
-    """The local status file used without --database (the rule `narrate run` applies)."""
-    return (Path(".narrate") if out.startswith("gs://") else Path(out)) / "status.json"
-
-
 def check_database(targets: Targets) -> str:
     """Write, read back and delete a probe record under /narrate-doctor/."""
     from narrate.database import SERVER_TIMESTAMP, open_database
+    from narrate.pipeline import status_file
 
     db = open_database(targets.database, status_file=status_file(targets.out), timeout=15.0)
     path = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"

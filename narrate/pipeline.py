@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from narrate.plan import (
     chunk_books,
     plan_batches,
     shard_rows,
+    unique_chunks,
     voice_lookup,
     windows,
 )
@@ -247,12 +249,16 @@ class Outputs:
     db: Database
 
 
+def status_file(out: str) -> Path:
+    """The local status file used without --database: beside a local output, else .narrate/."""
+    return (Path(".narrate") if out.startswith("gs://") else Path(out)) / "status.json"
+
+
 def open_outputs(options: RunOptions, log: EventLog) -> Outputs:
     local_out = not options.out.startswith("gs://")
-    status_dir = Path(options.out) if local_out else Path(".narrate")
     if options.database is None and not local_out:
-        log.event("warning", message="no --database: statuses go to .narrate/status.json")
-    db = open_database(options.database, status_file=status_dir / "status.json")
+        log.event("warning", message=f"no --database: statuses go to {status_file(options.out)}")
+    db = open_database(options.database, status_file=status_file(options.out))
     status = StatusWriter(db, path_template=options.path_template)
     template = options.object_template or (
         "{book_id}.{ext}" if local_out else "narrations/{book_id}.{ext}"
@@ -326,6 +332,10 @@ class Run:
 
     # --- setup -------------------------------------------------------------------------------
 
+    @cached_property
+    def devices(self) -> list[str]:
+        return resolve_devices(self.options.devices)
+
     def _open(self) -> None:
         self.outputs = open_outputs(self.options, self.log)
         self.status = self.outputs.status
@@ -337,8 +347,7 @@ class Run:
 
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
-            devices = resolve_devices(self.options.devices)
-            device = next((d for d in devices if d.startswith("cuda")), "cpu")
+            device = next((d for d in self.devices if d.startswith("cuda")), "cpu")
             self.watermarker = Watermarker.load(self.options.post.watermark_model, device=device)
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
@@ -423,7 +432,7 @@ class Run:
             ids = {c.chunk_id for c in book.chunks}
             job = BookJob(book, hashes[book.book.book_id], ids & (missing | known))
             self.jobs[job.book_id] = job
-            for chunk in book.chunks:
+            for chunk in unique_chunks(book.chunks):  # a repeated chunk is waited for once
                 if chunk.chunk_id in job.waiting:
                     if chunk.chunk_id not in self.waiters:
                         new_chunks.append(chunk)
@@ -432,9 +441,6 @@ class Run:
                 self.status.processing(job.book_id)
             else:
                 self._finish(job)
-        # waiters holds each book once per chunk id; a book repeating a chunk waits for it once
-        for chunk_id, book_ids in self.waiters.items():
-            self.waiters[chunk_id] = list(dict.fromkeys(book_ids))
         batches = plan_batches(new_chunks, self.options.plan)
         self.queued.extend(batches)
         self.log.event(
@@ -465,7 +471,7 @@ class Run:
         if (
             self.pool is None
         ):  # started on the first batch: a run with nothing to synthesize loads no model
-            self.pool = WorkerPool(resolve_devices(self.options.devices), self.options)
+            self.pool = WorkerPool(self.devices, self.options)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
             batch = self.queued.popleft()
             self.batch_counter += 1
