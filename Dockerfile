@@ -6,6 +6,16 @@
 # site-packages; an nvidia/cuda:12.8.1-cudnn-runtime base would ship a second, unused copy
 # (~3 GB). Only the driver comes from the host (CUDA 12.x driver): Docker's `--gpus` (NVIDIA
 # container toolkit) or GKE's device plugin mounts it into the container.
+# Build stage: narrate's wheel, with its C++ text core compiled (the runtime image has no g++).
+FROM python:3.11-slim-bookworm AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends g++ \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY narrate ./narrate
+RUN pip wheel --no-deps --no-cache-dir --wheel-dir /wheels .
+
 FROM python:3.11-slim-bookworm
 
 # GKE mounts the node's driver at /usr/local/nvidia (the nvidia/cuda images use the same paths);
@@ -30,9 +40,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-COPY README.md ./
-COPY narrate ./narrate
-RUN pip install --no-deps . && rm -rf /src
+COPY --from=build /wheels /wheels
+RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels /src
 
 # Weights are never baked in: the CSM-1B, Mimi and AudioSeal downloads (and compiled kernels)
 # live on the /models volume, so pods that share it download once. Mount it writable by uid

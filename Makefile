@@ -7,7 +7,8 @@ export HF_HUB_OFFLINE := 1
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# pip compiles narrate/_textcore.cpp (g++ and the Python headers); editing it reinstalls.
+$(VENV)/.installed: pyproject.toml narrate/_textcore.cpp
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install -e '.[dev]'
@@ -56,4 +57,4 @@ demo-csm: install
 	@echo "listen: $(CURDIR)/out/csm/*.wav   (records: out/csm/status.json)"
 
 clean:
-	rm -rf $(VENV) .narrate out .pytest_cache
+	rm -rf $(VENV) .narrate out .pytest_cache build narrate/*.so

@@ -16,10 +16,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from narrate.config import FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
 from narrate.records import Batch, Book, Chunk, RowError
+
+if TYPE_CHECKING:  # narrate.text loads the C++ core; `plan --help` need not
+    from narrate.text import BookMeasure
 
 # voice name -> (voice key for chunk ids, prompt positions); raises UsageError for unknown voices
 VoiceLookup = Callable[[str | None], tuple[str, int]]
@@ -57,18 +60,31 @@ def load_text(book: Book) -> str:
         return stream.read().decode("utf-8")
 
 
-def chunk_books(
+@dataclass(frozen=True, slots=True)
+class BookText:
+    """A valid book with its narrative loaded and its voice resolved: ready to chunk."""
+
+    book: Book
+    text: str
+    voice_key: str
+    prompt_positions: int
+
+    def empty_error(self) -> RowError:
+        return RowError(
+            self.book.row, "empty_text", "text: nothing to speak", self.book.book_id, "text"
+        )
+
+
+def book_texts(
     items: Iterable[Book | RowError],
     *,
     chunking: ChunkingConfig,
-    engine_fingerprint: str,
     voices: VoiceLookup = no_voices,
     text_loader: TextLoader = load_text,
-    count_tokens: Callable[[str], int] | None = None,
-) -> Iterator[PlannedBook | RowError]:
-    """Chunk each valid book; a book whose text or voice cannot be resolved becomes a RowError."""
+) -> Iterator[BookText | RowError]:
+    """Each valid book's text and voice; a book whose text or voice cannot be resolved, or whose
+    text (behind `text_uri`) is over the limit, becomes a RowError."""
     from narrate.errors import NarrateError
-    from narrate.text import chunk_book
 
     for item in items:
         if isinstance(item, RowError):
@@ -92,21 +108,37 @@ def chunk_books(
                 "text_uri",
             )
             continue
+        yield BookText(item, text, voice_key, prompt_positions)
+
+
+def chunk_books(
+    items: Iterable[Book | RowError],
+    *,
+    chunking: ChunkingConfig,
+    engine_fingerprint: str,
+    voices: VoiceLookup = no_voices,
+    text_loader: TextLoader = load_text,
+    count_tokens: Callable[[str], int] | None = None,
+) -> Iterator[PlannedBook | RowError]:
+    """Chunk each valid book; a book whose text or voice cannot be resolved becomes a RowError."""
+    from narrate.text import chunk_book
+
+    for item in book_texts(items, chunking=chunking, voices=voices, text_loader=text_loader):
+        if isinstance(item, RowError):
+            yield item
+            continue
         chunks = chunk_book(
-            item.book_id,
-            text,
+            item.book.book_id,
+            item.text,
             config=chunking,
             engine_fingerprint=engine_fingerprint,
-            speaker=item.speaker,
-            voice=item.voice,
-            voice_key=voice_key,
-            prompt_positions=prompt_positions,
+            speaker=item.book.speaker,
+            voice=item.book.voice,
+            voice_key=item.voice_key,
+            prompt_positions=item.prompt_positions,
             count_tokens=count_tokens,
         )
-        if not chunks:
-            yield RowError(item.row, "empty_text", "text: nothing to speak", item.book_id, "text")
-            continue
-        yield PlannedBook(item, tuple(chunks))
+        yield PlannedBook(item.book, tuple(chunks)) if chunks else item.empty_error()
 
 
 def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -145,22 +177,36 @@ def plan_batches(chunks: Iterable[Chunk], config: PlanConfig, *, sort: bool = Tr
     ordered = unique_chunks(chunks)
     if sort:
         ordered.sort(key=lambda c: (-c.positions, c.chunk_id))
-    batches: list[Batch] = []
-    current: list[Chunk] = []
-    longest = 0
-    for chunk in ordered:
-        widest = max(longest, chunk.positions)
-        if current and (
-            len(current) >= config.batch_size
-            or (len(current) + 1) * widest > config.max_batch_positions
-        ):
-            batches.append(Batch(tuple(current)))
-            current, widest = [], chunk.positions
-        current.append(chunk)
-        longest = widest
-    if current:
-        batches.append(Batch(tuple(current)))
-    return batches
+    lengths = batch_lengths([c.positions for c in ordered], config, descending=sort)
+    bounds = [0, *itertools.accumulate(lengths)]
+    return [Batch(tuple(ordered[start:end])) for start, end in itertools.pairwise(bounds)]
+
+
+def batch_lengths(
+    positions: Sequence[int], config: PlanConfig, *, descending: bool = False
+) -> list[int]:
+    """Rows of each batch, filled greedily in order: a batch closes at `batch_size` rows or
+    when its rows x its widest row would pass `max_batch_positions` (always at least one row).
+
+    `descending`: positions are sorted longest first, so a batch's first row is its widest
+    and its size is known at once (a plan of 10^7 chunks loops per batch, not per chunk).
+    """
+    lengths: list[int] = []
+    i, n = 0, len(positions)
+    while i < n:
+        widest, size = positions[i], 1
+        most = min(config.batch_size, n - i)
+        if descending:
+            size = max(1, min(most, config.max_batch_positions // widest))
+        else:
+            while size < most:
+                wider = max(widest, positions[i + size])
+                if (size + 1) * wider > config.max_batch_positions:
+                    break
+                widest, size = wider, size + 1
+        lengths.append(size)
+        i += size
+    return lengths
 
 
 def padding_efficiency(batches: Sequence[Batch]) -> float:
@@ -192,18 +238,32 @@ class PlanSummary:
         if len(examples) < self.max_examples:
             examples.append(error)
 
-    def add_window(
-        self, books: Sequence[PlannedBook], batches: Sequence[Batch], chunking: ChunkingConfig
+    def add_books(
+        self,
+        books: Sequence[BookMeasure],
+        chunking: ChunkingConfig,
+        plan: PlanConfig,
     ) -> None:
+        """Count one window's books and the batches its distinct chunks make (as a run would:
+        identical chunks once, longest first, `batch_lengths`)."""
+        import numpy as np
+
         self.books += len(books)
-        self.chunks += sum(len(b.chunks) for b in books)
-        self.unique_chunks += sum(len(b) for b in batches)
+        self.chunks += sum(b.chunks for b in books)
         chars = sum(b.characters for b in books)
         self.characters += chars
         self.expected_frames += chunking.expected_frames(chars)
-        self.batches += len(batches)
-        self.useful_positions += sum(b.useful_positions for b in batches)
-        self.computed_positions += sum(b.computed_positions for b in batches)
+        positions = np.frombuffer(b"".join(b.positions for b in books), dtype=np.int32)
+        hashes = np.frombuffer(b"".join(b.text_hashes for b in books), dtype=np.uint64)
+        _, first = np.unique(hashes, return_index=True)
+        distinct = np.sort(positions[first])[::-1].astype(np.int64)
+        self.unique_chunks += len(distinct)
+        lengths = batch_lengths(distinct.tolist(), plan, descending=True)
+        self.batches += len(lengths)
+        sizes = np.asarray(lengths, dtype=np.int64)
+        widest = distinct[np.cumsum(sizes) - sizes]  # each batch's first row
+        self.useful_positions += int(distinct.sum())
+        self.computed_positions += int((widest * sizes).sum())
 
     def merge(self, other: PlanSummary) -> None:
         """Add another part of the catalog (summaries of consecutive windows, in order)."""
@@ -246,18 +306,9 @@ class PlanSummary:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class PlanWindow:
-    """One window of the catalog: its books, their batches, and the rows rejected on the way."""
-
-    books: list[PlannedBook]
-    batches: list[Batch]
-    errors: list[RowError]
-
-
 @dataclass(frozen=True)
 class Planner:
-    """Turns windows of manifest rows into planned windows; picklable, so planning can fan
+    """Turns windows of manifest rows into plan summaries; picklable, so planning can fan
     windows out to processes (voices are looked up inside the process)."""
 
     engine: EngineConfig
@@ -265,26 +316,31 @@ class Planner:
     plan: PlanConfig
     voices_dir: str = "voices"
 
-    def window(self, rows: Iterable[Book | RowError]) -> PlanWindow:
-        books: list[PlannedBook] = []
-        errors: list[RowError] = []
-        planned = chunk_books(
-            rows,
-            chunking=self.chunking,
-            engine_fingerprint=self.engine.fingerprint(),
-            voices=voice_lookup(self.engine, self.voices_dir),
-        )
-        for item in planned:
-            (errors if isinstance(item, RowError) else books).append(item)  # type: ignore[arg-type]
-        batches = plan_batches(itertools.chain.from_iterable(b.chunks for b in books), self.plan)
-        return PlanWindow(books, batches, errors)
-
     def summary(self, rows: Iterable[Book | RowError]) -> PlanSummary:
+        """One window, measured: the chunks a run would make, counted in C++ (`measure_book`)."""
+        from narrate.text import measure_book
+
         summary = PlanSummary()
-        window = self.window(rows)
-        for error in window.errors:
-            summary.add_error(error)
-        summary.add_window(window.books, window.batches, self.chunking)
+        measured: list[BookMeasure] = []
+        engine_fingerprint = self.engine.fingerprint()
+        voices = voice_lookup(self.engine, self.voices_dir)
+        for item in book_texts(rows, chunking=self.chunking, voices=voices):
+            if isinstance(item, RowError):
+                summary.add_error(item)
+                continue
+            measure = measure_book(
+                item.text,
+                config=self.chunking,
+                engine_fingerprint=engine_fingerprint,
+                speaker=item.book.speaker,
+                voice_key=item.voice_key,
+                prompt_positions=item.prompt_positions,
+            )
+            if measure.chunks:
+                measured.append(measure)
+            else:
+                summary.add_error(item.empty_error())
+        summary.add_books(measured, self.chunking, self.plan)
         return summary
 
 

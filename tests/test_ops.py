@@ -47,9 +47,11 @@ def parse_narrate(argv: list[str]) -> click.Context:
 # ----------------------------------------------------------------------------- Dockerfile
 
 
-def dockerfile() -> list[tuple[str, str]]:
-    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
-    instructions, current = [], ""
+def dockerfile(final_stage: bool = True) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped; those of
+    the image's own (last) stage, or of every stage."""
+    instructions: list[tuple[str, str]] = []
+    current = ""
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         stripped = line.strip()
         if stripped.startswith("#") or not (stripped or current):
@@ -59,6 +61,9 @@ def dockerfile() -> list[tuple[str, str]]:
             keyword, _, arguments = current.partition(" ")
             instructions.append((keyword.upper(), arguments.strip()))
             current = ""
+    if final_stage:
+        last_from = max(i for i, (kw, _) in enumerate(instructions) if kw == "FROM")
+        instructions = instructions[last_from:]
     return instructions
 
 
@@ -95,14 +100,17 @@ def _glob_regex(pattern: str) -> str:
 def source_files(source: Path) -> Iterator[str]:
     files = [source] if source.is_file() else sorted(source.rglob("*"))
     for file in files:
-        if file.is_file() and "__pycache__" not in file.parts:
+        # byte code and the extension pip built in place for this host are not sources
+        if file.is_file() and "__pycache__" not in file.parts and file.suffix != ".so":
             yield file.relative_to(ROOT).as_posix()
 
 
 def test_every_copy_source_exists_and_is_in_the_build_context() -> None:
-    copies = arguments("COPY")
+    copies = [args for kw, args in dockerfile(final_stage=False) if kw == "COPY"]
     assert copies
     for args in copies:
+        if args.startswith("--from="):  # from an earlier stage, not the build context
+            continue
         sources = [part for part in args.split() if not part.startswith("--")][:-1]
         for source in sources:
             path = ROOT / source
@@ -122,6 +130,7 @@ def test_the_build_context_leaves_out_environments_outputs_and_credentials() -> 
         "service-account.json",
         "tests/test_ops.py",
         "narrate/__pycache__/cli.cpython-311.pyc",
+        "narrate/_textcore.cpython-311-x86_64-linux-gnu.so",  # built for this host, not the image
     ):
         assert dockerignore_excludes(path), path
 
@@ -139,6 +148,18 @@ def test_the_dependency_layer_installs_exactly_the_declared_dependencies() -> No
     assert printed == [d.replace(" ", "") for d in declared]
     copied_first = [args.split()[0] for kw, args in steps[:deps] if kw == "COPY"]
     assert copied_first == ["pyproject.toml"], "source changes must not rebuild the deps layer"
+
+
+def test_the_text_core_is_compiled_in_a_build_stage_and_installed_as_a_wheel() -> None:
+    stages = [args for kw, args in dockerfile(final_stage=False) if kw == "FROM"]
+    assert len(stages) == 2 and stages[0].endswith(" AS build")
+    assert stages[0].split()[0] == stages[1], "the wheel is built for the image's own Python"
+    build = dockerfile(final_stage=False)[: len(dockerfile(final_stage=False)) - len(dockerfile())]
+    runs = " ".join(args for kw, args in build if kw == "RUN")
+    assert "g++" in runs and "pip wheel" in runs
+    runtime = " ".join(args for kw, args in dockerfile() if kw in ("COPY", "RUN"))
+    assert "--from=build" in runtime and "pip install --no-deps /wheels/" in runtime
+    assert "g++" not in runtime, "the compiler stays out of the image"
 
 
 def test_the_image_runs_narrate_as_a_non_root_user() -> None:

@@ -12,10 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 from narrate.cli import cli
-from narrate.config import ChunkingConfig, PlanConfig
+from narrate.config import ChunkingConfig, EngineConfig, PlanConfig
 from narrate.errors import UsageError
 from narrate.plan import (
     PlannedBook,
+    Planner,
     Shard,
     chunk_books,
     padding_efficiency,
@@ -79,6 +80,37 @@ def test_identical_chunks_across_books_are_planned_once() -> None:
     assert [c.chunk_id for c in books[0].chunks] == [c.chunk_id for c in books[1].chunks]
     batches = plan_batches(all_chunks(books), PlanConfig())
     assert sum(len(b) for b in batches) == len(books[0].chunks)
+
+
+def test_plan_summary_counts_what_a_run_would_synthesize() -> None:
+    # `plan` counts chunks in C++ without building them; a run builds Chunk objects and
+    # batches them. Both must agree, repeated chunks (across books, not across speakers),
+    # a text with no words and non-ASCII typography included.
+    rng = random.Random(5)
+    books = catalog(120, seed=3)
+    books += [Book(f"copy{i}", row=200 + i, text=books[i].text) for i in range(20)]
+    books += [Book(f"voice{i}", row=300 + i, text=books[i].text, speaker=1) for i in range(5)]
+    books.append(Book("dashes", row=400, text="\u201cWait\u2026\u201d \u2014 she said. " * 30))
+    books.append(Book("silent", row=401, text=" \u200b\n\n\t "))
+    rng.shuffle(books)
+    plan = PlanConfig(batch_size=6)
+    planner = Planner(EngineConfig(engine="preview"), CHUNKING, plan)
+
+    summary = planner.summary(books)
+
+    items = list(
+        chunk_books(books, chunking=CHUNKING, engine_fingerprint=planner.engine.fingerprint())
+    )
+    built = [i for i in items if isinstance(i, PlannedBook)]
+    batches = plan_batches(all_chunks(built), plan)
+    assert summary.books == len(built) == len(books) - 1
+    assert summary.rejected == {"empty_text": 1}
+    assert summary.chunks == len(all_chunks(built))
+    assert summary.characters == sum(b.characters for b in built)
+    assert summary.unique_chunks == sum(len(b) for b in batches) < summary.chunks
+    assert summary.batches == len(batches)
+    assert summary.useful_positions == sum(b.useful_positions for b in batches)
+    assert summary.computed_positions == sum(b.computed_positions for b in batches)
 
 
 def test_plan_is_deterministic() -> None:
