@@ -23,6 +23,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)  // every x86-64; other targets use the scalar loops
+#include <emmintrin.h>
+#endif
+
 namespace {
 
 // --- character classes (see narrate/text.py for the rules in words) --------------------
@@ -116,6 +120,30 @@ const WordSet& numbered_words() {
     return set;
 }
 
+// --- 16-byte scans of one-byte text -------------------------------------------------------
+// Most of a narrative is letters and single spaces: these skip 16 characters at a time to
+// the few that matter. Each has a scalar tail (and is all scalar without SSE2).
+
+#if defined(__SSE2__)
+inline __m128i load16(const Py_UCS1* p) { return _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)); }
+inline int eq_mask(__m128i x, char c) { return _mm_movemask_epi8(_mm_cmpeq_epi8(x, _mm_set1_epi8(c))); }
+#endif
+
+template <typename CH>
+Py_ssize_t next_stop(const CH* s, Py_ssize_t i, Py_ssize_t n) {  // next ".", "!", "?", "…"
+    if constexpr (sizeof(CH) == 1) {
+#if defined(__SSE2__)
+        for (; i + 16 <= n; i += 16) {
+            const __m128i x = load16(s + i);
+            const int m = eq_mask(x, '.') | eq_mask(x, '!') | eq_mask(x, '?');
+            if (m) return i + __builtin_ctz(static_cast<unsigned>(m));
+        }
+#endif
+    }
+    while (i < n && !is_stop(s[i])) ++i;
+    return i;
+}
+
 // --- sentence ends ------------------------------------------------------------------------
 
 // A sentence ends at ".", "!", "?" or "…" (a run of them, then closing quotes/brackets) when
@@ -126,7 +154,7 @@ template <typename CH>
 void find_sentence_ends(const CH* s, Py_ssize_t n, std::vector<Py_ssize_t>& ends) {
     Py_ssize_t p = 0;
     while (p < n) {
-        while (p < n && !is_stop(s[p])) ++p;
+        p = next_stop(s, p, n);
         if (p == n) break;
         const Py_UCS4 c = s[p];
         Py_ssize_t j = p + 1;
@@ -173,8 +201,17 @@ const ControlTable CONTROL_1BYTE;
 template <typename CH>
 bool has_control(const CH* s, Py_ssize_t n) {
     if constexpr (sizeof(CH) == 1) {
-        uint8_t any = 0;  // no early exit: a branch-free OR over a table is faster
-        for (Py_ssize_t i = 0; i < n; ++i) any |= CONTROL_1BYTE.is[s[i]];
+        uint8_t any = 0;
+        Py_ssize_t i = 0;
+#if defined(__SSE2__)
+        for (; i + 16 <= n && !any; i += 16) {  // blocks without bytes < 0x20 or >= 0x7f pass
+            const __m128i x = load16(s + i);
+            const __m128i low_or_high = _mm_cmplt_epi8(x, _mm_set1_epi8(0x20));  // signed
+            if (_mm_movemask_epi8(_mm_or_si128(low_or_high, _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)))))
+                for (int k = 0; k < 16; ++k) any |= CONTROL_1BYTE.is[s[i + k]];
+        }
+#endif
+        for (; i < n; ++i) any |= CONTROL_1BYTE.is[s[i]];
         return any != 0;
     } else {
         for (Py_ssize_t i = 0; i < n; ++i)
@@ -279,6 +316,25 @@ void split_paragraphs(CH* s, Py_ssize_t n, Spans& spans) {
     };
     Py_ssize_t i = 0;
     while (i < n) {
+#if defined(__SSE2__)
+        if constexpr (sizeof(CH) == 1) {
+            // A block of words and single spaces inside a paragraph stays as it is (moved
+            // left if something before it was dropped); a space at its end waits, as below.
+            if (!pending_space && w > para_start && i + 16 <= n) {
+                const __m128i x = load16(s + i);
+                const int spaces = eq_mask(x, ' ');
+                const int low = _mm_movemask_epi8(_mm_cmplt_epi8(x, _mm_set1_epi8(0x21)));
+                if ((low & ~spaces) == 0 && (spaces & (spaces >> 1)) == 0) {
+                    if (w != i) _mm_storeu_si128(reinterpret_cast<__m128i*>(s + w), x);
+                    const bool trailing = (spaces >> 15) & 1;
+                    w += trailing ? 15 : 16;
+                    i += 16;
+                    pending_space = trailing;
+                    continue;
+                }
+            }
+        }
+#endif
         if (s[i] > ' ') {  // most characters: a tight loop (no copy while nothing moved)
             if (pending_space) s[w++] = ' ';
             pending_space = false;
@@ -530,22 +586,49 @@ bool with_buffer(const Normalized& text, const Spec& spec, Fn&& fn) {
     }
 }
 
-// 64-bit hash of a piece's code points, the same whatever the buffer's width. Only used to
-// count identical chunks within a plan window (~10^5 chunks: collisions ~10^-9).
+// 64-bit hash of a piece's code points, the same whatever the buffer's width (text of
+// characters < 256 is hashed as bytes, 8 at a time). Only used to count identical chunks within
+// a plan window (~10^5 chunks: collisions ~10^-9).
+inline uint64_t mix(uint64_t h, uint64_t v) {
+    h = (h ^ v) * 0xBF58476D1CE4E5B9ULL;
+    return h ^ (h >> 31);
+}
+
+inline uint64_t finish(uint64_t h) {
+    h *= 0x94D049BB133111EBULL;
+    return h ^ (h >> 32);
+}
+
+uint64_t hash_bytes(const Py_UCS1* p, Py_ssize_t len, uint64_t seed) {
+    uint64_t h = mix(seed, static_cast<uint64_t>(len));
+    Py_ssize_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t v;
+        std::memcpy(&v, p + i, 8);
+        h = mix(h, v);
+    }
+    uint64_t tail = 0;
+    for (Py_ssize_t k = 0; i + k < len; ++k) tail |= static_cast<uint64_t>(p[i + k]) << (8 * k);
+    return finish(mix(h, tail));
+}
+
 template <typename CH>
 uint64_t hash_text(const CH* p, Py_ssize_t len, uint64_t seed) {
-    uint64_t h = seed ^ (static_cast<uint64_t>(len) * 0x9E3779B97F4A7C15ULL);
-    Py_ssize_t i = 0;
-    for (; i + 4 <= len; i += 4) {
-        const uint64_t a = (static_cast<uint64_t>(p[i]) << 32) | p[i + 1];
-        const uint64_t b = (static_cast<uint64_t>(p[i + 2]) << 32) | p[i + 3];
-        h = (h ^ a) * 0xBF58476D1CE4E5B9ULL;
-        h = (h ^ b ^ (h >> 31)) * 0x94D049BB133111EBULL;
+    if constexpr (sizeof(CH) == 1) {
+        return hash_bytes(p, len, seed);
+    } else {
+        thread_local std::vector<Py_UCS1> narrow;
+        narrow.resize(static_cast<size_t>(len));
+        for (Py_ssize_t i = 0; i < len; ++i) {
+            if (p[i] > 0xff) {  // wide text: code points, in another domain (seed + 1)
+                uint64_t h = mix(seed + 1, static_cast<uint64_t>(len));
+                for (Py_ssize_t k = 0; k < len; ++k) h = mix(h, p[k]);
+                return finish(h);
+            }
+            narrow[static_cast<size_t>(i)] = static_cast<Py_UCS1>(p[i]);
+        }
+        return hash_bytes(narrow.data(), len, seed);
     }
-    for (; i < len; ++i) h = (h ^ p[i] ^ (h >> 29)) * 0xBF58476D1CE4E5B9ULL;
-    h ^= h >> 32;
-    h *= 0xD6E8FEB86659FD93ULL;
-    return h ^ (h >> 32);
 }
 
 // --- Python entry points ---------------------------------------------------------------------

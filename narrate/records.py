@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, fields
+from operator import attrgetter
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 if TYPE_CHECKING:
     import numpy as np
 
 Pause = Literal["none", "sentence", "paragraph"]
 StopReason = Literal["eos", "cap", "failed"]
+T = TypeVar("T")
 
 
+def pickled_by_fields(cls: type[T]) -> type[T]:
+    """Pickle as (class, field values): 2-3x cheaper than the __getstate__ of slots dataclasses
+    (`narrate plan` ships every manifest row to a worker process)."""
+    values = attrgetter(*(f.name for f in fields(cls)))  # type: ignore[arg-type]
+    cls.__reduce__ = lambda self: (cls, values(self))  # type: ignore[method-assign]
+    return cls
+
+
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class Book:
     """One valid manifest row. `row` is the 1-based line (JSONL) or row (Parquet) number."""
@@ -27,6 +38,7 @@ class Book:
     priority: int = 0
 
 
+@pickled_by_fields
 @dataclass(frozen=True, slots=True)
 class RowError:
     """One rejected manifest row: `reason` is a short category, `message` the detail."""

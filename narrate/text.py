@@ -248,6 +248,17 @@ def measure_book(
     Chunk ids are SHA-256 in Python; the 64-bit text hash here only tells identical chunks
     apart within a plan window, where a collision (~1e-9 for 10^5 chunks) would miscount one.
     """
-    seed = int(fingerprint(speaker, voice_key, engine_fingerprint)[:16], 16)
-    spec = _spec(config, prompt_positions, None)
+    seed = _context_seed(speaker, voice_key, engine_fingerprint)
+    spec = _estimator_spec(config, prompt_positions)
     return BookMeasure(*_textcore.measure(_unicode_forms(text), spec, seed))
+
+
+@lru_cache(maxsize=64)
+def _estimator_spec(config: ChunkingConfig, prompt_positions: int) -> tuple[object, ...]:
+    return _spec(config, prompt_positions, None)
+
+
+@lru_cache(maxsize=1024)
+def _context_seed(speaker: int, voice_key: str, engine_fingerprint: str) -> int:
+    """Hash seed for (speaker, voice, engine): a catalog has few, and fingerprints cost ~10 µs."""
+    return int(fingerprint(speaker, voice_key, engine_fingerprint)[:16], 16)

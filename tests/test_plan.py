@@ -92,6 +92,8 @@ def test_plan_summary_counts_what_a_run_would_synthesize() -> None:
     books += [Book(f"voice{i}", row=300 + i, text=books[i].text, speaker=1) for i in range(5)]
     books.append(Book("dashes", row=400, text="\u201cWait\u2026\u201d \u2014 she said. " * 30))
     books.append(Book("silent", row=401, text=" \u200b\n\n\t "))
+    # the same chunks held in a two-byte string (a non-ASCII paragraph follows) are identical
+    books.append(Book("wide", row=402, text=books[1].text + "\n\nIt cost 5 \u20ac."))
     rng.shuffle(books)
     plan = PlanConfig(batch_size=6)
     planner = Planner(EngineConfig(engine="preview"), CHUNKING, plan)
@@ -104,6 +106,11 @@ def test_plan_summary_counts_what_a_run_would_synthesize() -> None:
     built = [i for i in items if isinstance(i, PlannedBook)]
     batches = plan_batches(all_chunks(built), plan)
     assert summary.books == len(built) == len(books) - 1
+    wide = next(b for b in built if b.book.book_id == "wide")
+    assert (
+        wide.chunks[0].chunk_id
+        == next(b for b in built if b.book.book_id == "b1").chunks[0].chunk_id
+    )
     assert summary.rejected == {"empty_text": 1}
     assert summary.chunks == len(all_chunks(built))
     assert summary.characters == sum(b.characters for b in built)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import unicodedata
@@ -107,6 +108,27 @@ def test_normalize_is_canonical_and_idempotent(raw: str) -> None:
         # words separated by exactly one space, nothing else that counts as whitespace
         assert paragraph and paragraph == " ".join(paragraph.split())
         assert not any(unicodedata.category(char) in ("Cc", "Cs") for char in paragraph)
+
+
+@PROPERTY
+@given(
+    st.lists(
+        st.tuples(
+            st.text("abcdXYZ,'", min_size=1, max_size=12) | st.just("café"),
+            st.sampled_from([" "] * 12 + ["  ", "\t", "\n", " \n", "\n\n", "\n \t\n", "   \n"]),
+        ),
+        min_size=40,
+        max_size=160,
+    ),
+    st.sampled_from(["", " ", "\n\n", "\t "]),
+)
+def test_long_texts_keep_words_and_collapse_whitespace(words: list, lead: str) -> None:
+    # Long runs of words and single spaces are handled 16 characters at a time: whatever the
+    # offsets, the result is the rule in plain words (paragraphs at blank lines, one space
+    # between words, nothing at the ends).
+    raw = lead + "".join(word + gap for word, gap in words)
+    paragraphs = [" ".join(p.split()) for p in re.split(r"\n[ \t]*\n", raw)]
+    assert normalize(raw) == "\n\n".join(p for p in paragraphs if p)
 
 
 # --- chunking ------------------------------------------------------------------------------
