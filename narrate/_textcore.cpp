@@ -377,6 +377,17 @@ struct Normalized {
     std::vector<Py_UCS2> ucs2;
     std::vector<Py_UCS4> ucs4;
     Spans spans;
+
+    const char* data() const {
+        switch (kind) {
+            case PyUnicode_1BYTE_KIND:
+                return reinterpret_cast<const char*>(ucs1.data());
+            case PyUnicode_2BYTE_KIND:
+                return reinterpret_cast<const char*>(ucs2.data());
+            default:
+                return reinterpret_cast<const char*>(ucs4.data());
+        }
+    }
 };
 
 template <typename IN, typename OUT>
@@ -387,7 +398,7 @@ void normalize_into(const IN* s, Py_ssize_t n, std::vector<OUT>& buffer, Spans& 
     split_paragraphs(buffer.data(), len, spans);
 }
 
-bool normalize(PyObject* text, Normalized& out) {
+void normalize(PyObject* text, Normalized& out) {
     const int kind = PyUnicode_KIND(text);
     const void* data = PyUnicode_DATA(text);
     const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
@@ -406,16 +417,16 @@ bool normalize(PyObject* text, Normalized& out) {
                 out.kind = PyUnicode_1BYTE_KIND;
                 normalize_into(s, n, out.ucs1, out.spans);
             }
-            return true;
+            return;
         }
         case PyUnicode_2BYTE_KIND:
             out.kind = kind;
             normalize_into(static_cast<const Py_UCS2*>(data), n, out.ucs2, out.spans);
-            return true;
+            return;
         default:
             out.kind = kind;
             normalize_into(static_cast<const Py_UCS4*>(data), n, out.ucs4, out.spans);
-            return true;
+            return;
     }
 }
 
@@ -682,26 +693,30 @@ struct SpecArgs {
     }
 };
 
+template <typename Make>
+PyObject* new_list(size_t size, Make&& make) {  // make(i): a new reference, or null on error
+    PyObject* list = PyList_New(static_cast<Py_ssize_t>(size));
+    if (!list) return nullptr;
+    for (size_t i = 0; i < size; ++i) {
+        PyObject* item = make(i);
+        if (!item) {
+            Py_DECREF(list);
+            return nullptr;
+        }
+        PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), item);
+    }
+    return list;
+}
+
 PyObject* py_paragraphs(PyObject*, PyObject* text) {
     if (!check_str(text)) return nullptr;
     Normalized norm;
     normalize(text, norm);
-    PyObject* list = PyList_New(static_cast<Py_ssize_t>(norm.spans.size()));
-    if (!list) return nullptr;
-    const void* data = norm.kind == PyUnicode_1BYTE_KIND   ? static_cast<const void*>(norm.ucs1.data())
-                       : norm.kind == PyUnicode_2BYTE_KIND ? static_cast<const void*>(norm.ucs2.data())
-                                                           : static_cast<const void*>(norm.ucs4.data());
-    for (size_t i = 0; i < norm.spans.size(); ++i) {
+    const char* data = norm.data();
+    return new_list(norm.spans.size(), [&](size_t i) {
         const auto [begin, end] = norm.spans[i];
-        PyObject* para = PyUnicode_FromKindAndData(
-            norm.kind, static_cast<const char*>(data) + begin * norm.kind, end - begin);
-        if (!para) {
-            Py_DECREF(list);
-            return nullptr;
-        }
-        PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), para);
-    }
-    return list;
+        return PyUnicode_FromKindAndData(norm.kind, data + begin * norm.kind, end - begin);
+    });
 }
 
 PyObject* py_sentence_ends(PyObject*, PyObject* text) {
@@ -718,17 +733,7 @@ PyObject* py_sentence_ends(PyObject*, PyObject* text) {
         default:
             find_sentence_ends(PyUnicode_4BYTE_DATA(text), n, ends);
     }
-    PyObject* list = PyList_New(static_cast<Py_ssize_t>(ends.size()));
-    if (!list) return nullptr;
-    for (size_t i = 0; i < ends.size(); ++i) {
-        PyObject* value = PyLong_FromSsize_t(ends[i]);
-        if (!value) {
-            Py_DECREF(list);
-            return nullptr;
-        }
-        PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), value);
-    }
-    return list;
+    return new_list(ends.size(), [&](size_t i) { return PyLong_FromSsize_t(ends[i]); });
 }
 
 PyObject* py_chunk(PyObject*, PyObject* args) {
@@ -801,9 +806,15 @@ PyMethodDef METHODS[] = {
      "measure(text, spec, seed) -> (chunks, characters, int32 positions, uint64 hashes)."},
     {nullptr, nullptr, 0, nullptr}};
 
-PyModuleDef MODULE = {PyModuleDef_HEAD_INIT, "narrate._textcore",
-                      "Normalization, sentence splitting and chunking (see narrate.text).", -1,
-                      METHODS};
+PyModuleDef MODULE = {PyModuleDef_HEAD_INIT,
+                      "narrate._textcore",
+                      "Normalization, sentence splitting and chunking (see narrate.text).",
+                      -1,
+                      METHODS,
+                      nullptr,
+                      nullptr,
+                      nullptr,
+                      nullptr};
 
 }  // namespace
 

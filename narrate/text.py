@@ -17,7 +17,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 from itertools import pairwise
 
-from narrate import _textcore
+try:
+    from narrate import _textcore
+except ImportError as exc:  # a checkout used without `make install` / `pip install`
+    raise ImportError(
+        "narrate's C++ text core (narrate/_textcore.cpp) is not built: run `make install` "
+        "(or `pip install -e .`; needs g++ and the Python headers)"
+    ) from exc
 from narrate.config import ChunkingConfig, fingerprint
 from narrate.errors import UsageError
 from narrate.records import Chunk, Pause
