@@ -649,6 +649,9 @@ bool check_str(PyObject* text) {
         PyErr_Format(PyExc_TypeError, "expected str, got %.100s", Py_TYPE(text)->tp_name);
         return false;
     }
+#if PY_VERSION_HEX < 0x030C0000  // before 3.12, a str from legacy C APIs may lack its buffer
+    if (PyUnicode_READY(text) < 0) return false;
+#endif
     return true;
 }
 
@@ -738,7 +741,8 @@ PyObject* py_sentence_ends(PyObject*, PyObject* text) {
 
 PyObject* py_chunk(PyObject*, PyObject* args) {
     PyObject *text, *spec_tuple;
-    if (!PyArg_ParseTuple(args, "UO!", &text, &PyTuple_Type, &spec_tuple)) return nullptr;
+    if (!PyArg_ParseTuple(args, "UO!", &text, &PyTuple_Type, &spec_tuple) || !check_str(text))
+        return nullptr;
     SpecArgs spec(spec_tuple);
     if (!spec.ok) return nullptr;
     Normalized norm;
@@ -767,7 +771,9 @@ PyObject* py_chunk(PyObject*, PyObject* args) {
 PyObject* py_measure(PyObject*, PyObject* args) {
     PyObject *text, *spec_tuple;
     unsigned long long seed;
-    if (!PyArg_ParseTuple(args, "UO!K", &text, &PyTuple_Type, &spec_tuple, &seed)) return nullptr;
+    if (!PyArg_ParseTuple(args, "UO!K", &text, &PyTuple_Type, &spec_tuple, &seed) ||
+        !check_str(text))
+        return nullptr;
     SpecArgs spec(spec_tuple);
     if (!spec.ok) return nullptr;
     Normalized norm;
