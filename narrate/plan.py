@@ -9,8 +9,10 @@ the run goes on and memory stays bounded on a 1M-row manifest.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -387,11 +389,20 @@ def plan_manifest(
         if jobs == 1 or len(head) < 2:  # one window: starting processes would cost more
             parts: Iterable[PlanSummary] = map(planner.summary, row_windows)
         else:
-            pool = ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+            pool = ProcessPoolExecutor(
+                jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_yield_to_reader
+            )
             parts = ordered_map(pool, planner.summary, row_windows, in_flight=2 * jobs)
         for part in parts:
             summary.merge(part)
     return summary
+
+
+def _yield_to_reader() -> None:
+    """Planning workers step back for the process that reads the manifest: it feeds them all,
+    so every core it loses to them delays every worker (on 2 cores: ~20 % longer plans)."""
+    with contextlib.suppress(OSError, AttributeError):  # no nice() on Windows
+        os.nice(5)
 
 
 def ordered_map(
