@@ -252,7 +252,7 @@ def measure_book(
     """`chunk_book`'s chunks as numbers, at C++ speed (no Python object per chunk).
 
     Chunk ids are SHA-256 in Python; the 64-bit text hash here only tells identical chunks
-    apart within a plan window, where a collision (~1e-9 for 10^5 chunks) would miscount one.
+    apart within a plan window, where a collision (~3e-10 for 10^5 chunks) would miscount one.
     """
     seed = _context_seed(speaker, voice_key, engine_fingerprint)
     spec = _estimator_spec(config, prompt_positions)
