@@ -100,12 +100,19 @@ def split_sentences(paragraph: str) -> list[str]:
 # --- chunk ids -----------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1024)
+def _context(speaker: int, voice_key: str, engine_fingerprint: str) -> str:
+    """Fingerprint of what a chunk's audio depends on besides its text: a catalog has few
+    (speaker, voice, engine) triples, and each fingerprint costs ~10 µs of JSON + SHA-256."""
+    return fingerprint(speaker, voice_key, engine_fingerprint)
+
+
 def _id_function(speaker: int, voice_key: str, engine_fingerprint: str) -> Callable[[str], str]:
     """`chunk_id` for one book: the constant parts are fingerprinted once, the text per chunk.
 
     The context fingerprint is fixed-length hex, so (context, text) -> bytes is unambiguous.
     """
-    context = (fingerprint(speaker, voice_key, engine_fingerprint) + "\n").encode()
+    context = (_context(speaker, voice_key, engine_fingerprint) + "\n").encode()
     id_length = len(context) - 1
 
     def chunk_id_of(text: str) -> str:
@@ -254,7 +261,7 @@ def measure_book(
     Chunk ids are SHA-256 in Python; the 64-bit text hash here only tells identical chunks
     apart within a plan window, where a collision (~3e-10 for 10^5 chunks) would miscount one.
     """
-    seed = _context_seed(speaker, voice_key, engine_fingerprint)
+    seed = int(_context(speaker, voice_key, engine_fingerprint)[:16], 16)
     spec = _estimator_spec(config, prompt_positions)
     return BookMeasure(*_textcore.measure(_unicode_forms(text), spec, seed))
 
@@ -262,9 +269,3 @@ def measure_book(
 @lru_cache(maxsize=64)
 def _estimator_spec(config: ChunkingConfig, prompt_positions: int) -> tuple[object, ...]:
     return _spec(config, prompt_positions, None)
-
-
-@lru_cache(maxsize=1024)
-def _context_seed(speaker: int, voice_key: str, engine_fingerprint: str) -> int:
-    """Hash seed for (speaker, voice, engine): a catalog has few, and fingerprints cost ~10 µs."""
-    return int(fingerprint(speaker, voice_key, engine_fingerprint)[:16], 16)
