@@ -110,15 +110,8 @@ class WordSet {
     std::vector<std::string> buckets_[26];
 };
 
-const WordSet& title_words() {
-    static const WordSet set(TITLES);
-    return set;
-}
-
-const WordSet& numbered_words() {
-    static const WordSet set(NUMBERED);
-    return set;
-}
+const WordSet TITLE_WORDS(TITLES);
+const WordSet NUMBERED_WORDS(NUMBERED);
 
 // --- 16-byte scans of one-byte text -------------------------------------------------------
 // Most of a narrative is letters and single spaces: these skip 16 characters at a time to
@@ -171,12 +164,12 @@ void find_sentence_ends(const CH* s, Py_ssize_t n, std::vector<Py_ssize_t>& ends
             const bool initial = p >= 1 && s[p - 1] >= 'A' && s[p - 1] <= 'Z' && s[p - 1] != 'I' &&
                                  (p == 1 || !is_word(s[p - 2]));
             bool numbered = false;
-            if (numbered_words().ends_at(s, p)) {
+            if (NUMBERED_WORDS.ends_at(s, p)) {
                 Py_ssize_t k = p + 1;
                 while (k < n && is_space(s[k])) ++k;
                 numbered = k > p + 1 && k < n && is_digit(s[k]);
             }
-            ends_here = !initial && !numbered && !title_words().ends_at(s, p);
+            ends_here = !initial && !numbered && !TITLE_WORDS.ends_at(s, p);
         }
         if (ends_here) {
             ends.push_back(j);
@@ -189,7 +182,6 @@ void find_sentence_ends(const CH* s, Py_ssize_t n, std::vector<Py_ssize_t>& ends
 
 // --- normalization after NFKC ---------------------------------------------------------------
 
-// Pass 1: line breaks to "\n", control characters dropped (copies into `out`).
 struct ControlTable {  // is_control for the 256 one-byte characters
     uint8_t is[256];
     ControlTable() {
@@ -220,10 +212,11 @@ bool has_control(const CH* s, Py_ssize_t n) {
     }
 }
 
+// Pass 1: line breaks to "\n", control characters dropped (copies into `out`).
 template <typename IN, typename OUT>
 void clean_controls(const IN* s, Py_ssize_t n, std::vector<OUT>& out) {
     out.clear();
-    if (!has_control(s, n)) {  // >= U+200B above is only a maybe: the slow loop decides
+    if (!has_control(s, n)) {  // most texts: a plain copy
         out.assign(s, s + n);
         return;
     }
@@ -407,7 +400,7 @@ void normalize(PyObject* text, Normalized& out) {
             const auto* s = static_cast<const Py_UCS1*>(data);
             // "--" becomes "—", which a 1-byte buffer cannot hold (a control character
             // between two hyphens also makes one "--")
-            bool dash = false;  // "--" (a control character between hyphens makes one too)
+            bool dash = false;
             for (const Py_UCS1* p = s; !dash && (p = find_char(p, s + n, Py_UCS1('-'))); ++p)
                 dash = p + 1 < s + n && (p[1] == '-' || CONTROL_1BYTE.is[p[1]]);
             if (dash) {
@@ -488,7 +481,6 @@ class Chunker {
                     if (!emit(para, n, piece, pause)) return false;
                     continue;
                 }
-                piece.reset();
             }
             ends.clear();
             find_sentence_ends(para, n, ends);
@@ -655,44 +647,40 @@ bool check_str(PyObject* text) {
     return true;
 }
 
-// spec = (room, longest, prompt, tokens: bytes | None, frames: bytes, count, max_frames)
-bool parse_spec(PyObject* tuple, Spec& spec, Py_buffer& tokens, Py_buffer& frames) {
-    PyObject *tokens_obj, *frames_obj;
-    if (!PyArg_ParseTuple(tuple, "nnlOOOO;spec must be (room, longest, prompt, tokens, frames, "
-                                 "count, max_frames)",
-                          &spec.room, &spec.longest, &spec.prompt, &tokens_obj, &frames_obj,
-                          &spec.count, &spec.max_frames))
-        return false;
-    tokens.obj = nullptr;
-    if (tokens_obj != Py_None) {
-        if (PyObject_GetBuffer(tokens_obj, &tokens, PyBUF_SIMPLE) < 0) return false;
-        spec.tokens = static_cast<const int32_t*>(tokens.buf);
-        spec.tokens_len = tokens.len / static_cast<Py_ssize_t>(sizeof(int32_t));
-    }
-    if (PyObject_GetBuffer(frames_obj, &frames, PyBUF_SIMPLE) < 0) {
-        if (tokens.obj) PyBuffer_Release(&tokens);
-        return false;
-    }
-    if (frames.len < static_cast<Py_ssize_t>((spec.longest + 1) * sizeof(int32_t))) {
-        PyErr_SetString(PyExc_ValueError, "frames must hold longest + 1 int32 values");
-        PyBuffer_Release(&frames);
-        if (tokens.obj) PyBuffer_Release(&tokens);
-        return false;
-    }
-    spec.frames = static_cast<const int32_t*>(frames.buf);
-    return true;
-}
-
+// spec = (room, longest, prompt, tokens: bytes | None, frames: bytes, count, max_frames); the
+// buffers it holds are released when it goes out of scope (GetBuffer leaves obj null on error).
 struct SpecArgs {
     Spec spec;
     Py_buffer tokens{};
     Py_buffer frames{};
     bool ok = false;
-    explicit SpecArgs(PyObject* tuple) { ok = parse_spec(tuple, spec, tokens, frames); }
+
+    explicit SpecArgs(PyObject* tuple) { ok = parse(tuple); }
     ~SpecArgs() {
-        if (!ok) return;
         if (tokens.obj) PyBuffer_Release(&tokens);
-        PyBuffer_Release(&frames);
+        if (frames.obj) PyBuffer_Release(&frames);
+    }
+
+   private:
+    bool parse(PyObject* tuple) {
+        PyObject *tokens_obj, *frames_obj;
+        if (!PyArg_ParseTuple(tuple, "nnlOOOO;spec must be (room, longest, prompt, tokens, "
+                                     "frames, count, max_frames)",
+                              &spec.room, &spec.longest, &spec.prompt, &tokens_obj, &frames_obj,
+                              &spec.count, &spec.max_frames))
+            return false;
+        if (tokens_obj != Py_None) {
+            if (PyObject_GetBuffer(tokens_obj, &tokens, PyBUF_SIMPLE) < 0) return false;
+            spec.tokens = static_cast<const int32_t*>(tokens.buf);
+            spec.tokens_len = tokens.len / static_cast<Py_ssize_t>(sizeof(int32_t));
+        }
+        if (PyObject_GetBuffer(frames_obj, &frames, PyBUF_SIMPLE) < 0) return false;
+        if (frames.len < static_cast<Py_ssize_t>((spec.longest + 1) * sizeof(int32_t))) {
+            PyErr_SetString(PyExc_ValueError, "frames must hold longest + 1 int32 values");
+            return false;
+        }
+        spec.frames = static_cast<const int32_t*>(frames.buf);
+        return true;
     }
 };
 
@@ -783,7 +771,6 @@ PyObject* py_measure(PyObject*, PyObject* args) {
     long long characters = 0;
     const bool ok = with_buffer(norm, spec.spec, [&](auto chunker, const auto* buffer) {
         return chunker.run(buffer, norm.spans, [&](const auto* p, Py_ssize_t len, Piece& piece, int) {
-            piece.reset();
             positions.push_back(static_cast<int32_t>(spec.spec.prompt + piece.tokens + piece.cap));
             hashes.push_back(hash_text(p, len, seed));
             characters += len;
