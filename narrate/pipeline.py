@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -428,9 +428,10 @@ class Run:
                     "book_skipped", book_id=book.book.book_id, reason="already published"
                 )
         new_chunks = []
+        pending = missing | known  # the chunks this window still waits for
         for book in todo:
             ids = {c.chunk_id for c in book.chunks}
-            job = BookJob(book, hashes[book.book.book_id], ids & (missing | known))
+            job = BookJob(book, hashes[book.book.book_id], ids & pending)
             self.jobs[job.book_id] = job
             for chunk in unique_chunks(book.chunks):  # a repeated chunk is waited for once
                 if chunk.chunk_id in job.waiting:
@@ -598,7 +599,8 @@ class Run:
             for book_id in unrecorded:
                 result = self.report.books.get(book_id)
                 if result is not None and result.status == "ready":
-                    result.status, result.error = "failed", "database update failed after retries"
+                    error = "database update failed after retries"
+                    self.report.add(replace(result, status="failed", error=error))
             self.report.interrupted = interrupted
             self.report.wall_s = time.monotonic() - self.report.started
             self.log.close()

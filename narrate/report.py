@@ -40,7 +40,17 @@ class RunReport:
     wall_s: float = 0.0
     interrupted: bool = False
 
+    # audio of the ready books, kept as books are added: the progress bar shows it after every
+    # book, and summing all books each time made a 100k-book run quadratic
+    ready_audio_s: float = field(default=0.0, init=False, repr=False)
+
     def add(self, result: BookResult) -> None:
+        """Record a book's result (a later result for the same book replaces the earlier)."""
+        earlier = self.books.get(result.book_id)
+        if earlier is not None and earlier.status == "ready":
+            self.ready_audio_s -= earlier.duration_s
+        if result.status == "ready":
+            self.ready_audio_s += result.duration_s
         self.books[result.book_id] = result
 
     def count(self, status: BookStatus) -> int:
@@ -48,7 +58,7 @@ class RunReport:
 
     @property
     def audio_seconds(self) -> float:
-        return sum(r.duration_s for r in self.books.values() if r.status == "ready")
+        return self.ready_audio_s
 
     @property
     def padding_efficiency(self) -> float:
