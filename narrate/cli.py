@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from narrate import __version__
-from narrate.config import ChunkingConfig, EngineConfig, PlanConfig
+from narrate.config import AUDIO_FORMATS, FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
 from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
 
 
@@ -227,7 +227,7 @@ def voice_add(
 
     added = VoiceLibrary(Path(voices_dir)).add(name, Path(audio), text, speaker, replace=replace)
     click.echo(
-        f"voice {added.name}: {added.frames / 12.5:.1f} s, speaker {added.speaker}, "
+        f"voice {added.name}: {added.frames / FRAME_RATE:.1f} s, speaker {added.speaker}, "
         f"{added.positions} window positions per chunk, in {added.audio_path.parent}"
     )
 
@@ -292,7 +292,7 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "audio_format",
             default="wav",
             show_default=True,
-            type=click.Choice(["wav", "flac", "mp3", "opus"]),
+            type=click.Choice(AUDIO_FORMATS),
         ),
         click.option(
             "--shard",

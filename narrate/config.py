@@ -10,6 +10,7 @@ from narrate.errors import UsageError
 
 SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float32 at this rate
 FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
+SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
 WINDOW = 2048  # CSM positions: context text + context audio + target text + generated frames
 
 

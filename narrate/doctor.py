@@ -25,7 +25,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from narrate.errors import DatabaseError, EngineError, ModelError, NarrateError, StorageError
+from narrate.errors import (
+    DatabaseError,
+    EngineError,
+    ModelError,
+    NarrateError,
+    StorageError,
+    first_line,
+)
 
 Status = Literal["ok", "fail", "skip"]
 
@@ -177,7 +184,7 @@ def check_model(targets: Targets) -> str:
     try:
         config = AutoConfig.from_pretrained(targets.model)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"--model {targets.model}: {_first_line(exc)}", hint) from None
+        raise ModelError(f"--model {targets.model}: {first_line(exc)}", hint) from None
     if config.model_type != "csm":
         raise ModelError(
             f"--model {targets.model} is a {config.model_type!r} model, not CSM",
@@ -187,7 +194,7 @@ def check_model(targets: Targets) -> str:
         AutoProcessor.from_pretrained(targets.model)
     except (OSError, ValueError) as exc:
         raise ModelError(
-            f"--model {targets.model}: no processor: {_first_line(exc)}", hint
+            f"--model {targets.model}: no processor: {first_line(exc)}", hint
         ) from None
     return f"{where}: CSM config and processor load; {weights}"
 
@@ -256,7 +263,7 @@ def _hub_config(repo: str) -> None:
             "for gated models) into the same HF_HOME, or pass --model DIR",
         ) from None
     except HfHubHTTPError as exc:
-        raise ModelError(f"Hugging Face answered: {_first_line(exc)}", "retry later") from None
+        raise ModelError(f"Hugging Face answered: {first_line(exc)}", "retry later") from None
 
 
 def _hub_weights(repo: str) -> str:
@@ -443,12 +450,8 @@ def run_checks(targets: Targets) -> list[Check]:
         except ImportError as exc:
             results.append(Check(name, "fail", f"cannot import: {exc}", _REINSTALL_HINT))
         except Exception as exc:  # a doctor reports every problem; it never stops at one
-            results.append(Check(name, "fail", f"{type(exc).__name__}: {_first_line(exc)}"))
+            results.append(Check(name, "fail", f"{type(exc).__name__}: {first_line(exc)}"))
     return results
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 def healthy(checks: list[Check]) -> bool:

@@ -52,3 +52,8 @@ class DatabaseError(NarrateError):
 
 class AudioError(NarrateError):
     """A book's audio failed a post-processing check (silence, integrity gate)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message in one line (its first), or its type when it has none."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

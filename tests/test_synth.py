@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from narrate.config import ChunkingConfig, EngineConfig
+from narrate.config import SAMPLES_PER_FRAME, ChunkingConfig, EngineConfig
 from narrate.errors import EngineError, ModelError
 from narrate.records import Batch, Chunk
 from narrate.synth import Turn, chunk_seed, load_engine
 from narrate.synth.csm import MAX_ATTEMPTS
-from narrate.synth.guards import SAMPLES_PER_FRAME
 from narrate.synth.voices import VoiceLibrary
 
 # the tiny model is all per-step overhead: extra threads would only spin on a shared CPU

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from narrate.synth.guards import SAMPLES_PER_FRAME, GuardConfig, end_frame, judge, speech_frames
+from narrate.config import SAMPLES_PER_FRAME
+from narrate.synth.guards import GuardConfig, end_frame, judge, speech_frames
 
 GUARD = GuardConfig()
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from narrate.config import EngineConfig
+from narrate.config import SAMPLES_PER_FRAME, EngineConfig
 from narrate.errors import ModelError
 from narrate.records import Batch, Chunk
 from narrate.synth import load_engine
-from narrate.synth.guards import SAMPLES_PER_FRAME
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from narrate.config import SAMPLES_PER_FRAME
 from narrate.errors import UsageError
-from narrate.synth.voices import SAMPLES_PER_FRAME, VoiceLibrary
+from narrate.synth.voices import VoiceLibrary
 
 
 def tone(path: Path, seconds: float, rate: int = 24_000, channels: int = 1) -> Path:

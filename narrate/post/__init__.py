@@ -14,7 +14,7 @@ from narrate.config import SAMPLE_RATE, PostConfig
 from narrate.errors import AudioError
 from narrate.post import gate
 from narrate.post.assemble import assemble, pause_ms
-from narrate.post.encode import CONTENT_TYPES, Tags, decode, encode, probe
+from narrate.post.encode import CONTENT_TYPES, LOSSY, Tags, decode, encode, probe
 from narrate.post.loudness import limit_true_peak, master
 from narrate.post.watermark import Detection, Watermarker, watermark_payload
 from narrate.records import Chunk, EncodedBook
@@ -27,8 +27,6 @@ __all__ = [
     "render_book",
     "watermark_payload",
 ]
-
-LOSSY = ("mp3", "opus")
 
 
 def render_book(

@@ -20,6 +20,7 @@ CONTENT_TYPES = {
 }
 _SOUNDFILE = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
 _FFMPEG = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus")}  # container, encoder
+LOSSY = tuple(_FFMPEG)  # formats whose encoder changes the samples
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from narrate.config import FRAME_RATE, WINDOW, EngineConfig
-from narrate.errors import EngineError, ModelError, UsageError
+from narrate.config import FRAME_RATE, SAMPLES_PER_FRAME, WINDOW, EngineConfig
+from narrate.errors import EngineError, ModelError, UsageError, first_line
 from narrate.records import Batch, Chunk, ChunkAudio
 from narrate.synth import Turn, chunk_seed
-from narrate.synth.guards import SAMPLES_PER_FRAME, GuardConfig, end_frame, judge
-from narrate.synth.mimi import NUM_CODEBOOKS, Codec, load_codec
+from narrate.synth.guards import GuardConfig, end_frame, judge
+from narrate.synth.mimi import CODEBOOK_SIZE, NUM_CODEBOOKS, Codec, load_codec
 from narrate.synth.sampling import RowSampler, attached
 from narrate.synth.voices import Voice, VoiceLibrary
 
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # the first try and two retries with the next seeds
-CODEBOOK_SIZE = 2048  # valid Mimi codes; CSM's audio vocabulary adds 3 specials
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ class CsmEngine:
             model = CsmForConditionalGeneration.from_pretrained(config.model, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise ModelError(
-                f"cannot load the CSM model {config.model!r}: {_first_line(exc)}",
+                f"cannot load the CSM model {config.model!r}: {first_line(exc)}",
                 "sesame/csm-1b is gated: accept its terms on huggingface.co and set HF_TOKEN "
                 "(or `huggingface-cli login`), or pass --model DIR with a local copy "
                 "(huggingface-cli download sesame/csm-1b --local-dir DIR)",
@@ -352,7 +351,3 @@ def _check_device(device: str) -> torch.device:
             )
         return torch.device("cuda", index)
     return torch_device
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

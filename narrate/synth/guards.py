@@ -12,10 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from narrate.config import FRAME_RATE, SAMPLE_RATE, ChunkingConfig
+from narrate.config import FRAME_RATE, SAMPLES_PER_FRAME, ChunkingConfig
 from narrate.records import StopReason
-
-SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 from moshi.models import loaders
 
-from narrate.errors import ModelError
+from narrate.errors import ModelError, first_line
 
 NUM_CODEBOOKS = 32  # CSM speaks Mimi with all 32 codebooks (moshi uses 8)
+CODEBOOK_SIZE = 2048  # Mimi codes per codebook; CSM's audio vocabulary adds 3 specials
 LOCAL_WEIGHTS = "mimi.safetensors"
 LOCAL_CONFIG = "mimi_config.json"
 
@@ -64,7 +65,7 @@ def weights_source(model: str) -> tuple[Path, dict | None]:
     except Exception as exc:  # offline, unreachable, missing: hub errors share no base class
         raise ModelError(
             f"cannot get the Mimi codec weights ({loaders.DEFAULT_REPO}/{loaders.MIMI_NAME}): "
-            f"{_first_line(exc)}",
+            f"{first_line(exc)}",
             f"download them once with network access, or put {loaders.MIMI_NAME} (or "
             f"{LOCAL_WEIGHTS}) in the --model folder",
         ) from None
@@ -75,7 +76,7 @@ def load_codec(model: str, device: torch.device) -> Codec:
     try:
         mimi = loaders.get_mimi(path, config, device=device, num_codebooks=NUM_CODEBOOKS)
     except (OSError, RuntimeError, KeyError) as exc:
-        raise ModelError(f"cannot load the Mimi codec from {path}: {_first_line(exc)}") from None
+        raise ModelError(f"cannot load the Mimi codec from {path}: {first_line(exc)}") from None
     return Codec(mimi.eval(), _content_key(path, config), device)
 
 
@@ -85,7 +86,3 @@ def _content_key(path: Path, config: dict | None) -> str:
         while block := stream.read(1 << 22):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -18,11 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from narrate.config import SAMPLE_RATE, EngineConfig
+from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineConfig
 from narrate.errors import ModelError
 from narrate.records import Batch, Chunk, ChunkAudio
 from narrate.synth import Turn, chunk_seed
-from narrate.synth.guards import SAMPLES_PER_FRAME
 
 VARIANTS = ("m3", "f3", "m1", "f1", "m7", "f4", "m2", "f2")  # speaker id -> voice variant
 INSTALL_HINT = "pip install espeakng-loader (bundles eSpeak NG), or apt-get install espeak-ng"

@@ -24,9 +24,8 @@ from pathlib import Path
 import torch
 
 from narrate.config import FRAME_RATE, SAMPLE_RATE
-from narrate.synth.mimi import LOCAL_CONFIG, LOCAL_WEIGHTS, NUM_CODEBOOKS
+from narrate.synth.mimi import CODEBOOK_SIZE, LOCAL_CONFIG, LOCAL_WEIGHTS, NUM_CODEBOOKS
 
-CODEBOOK_SIZE = 2048  # Mimi codes per codebook; CSM's audio vocabulary adds 3 specials
 SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|AUDIO|>", "<|audio_eos|>", "<|pad|>"]
 CHAT_TEMPLATE = (  # the prompt format of sesame/csm-1b: `<bos>[speaker]text<eos>` + audio
     "{%- for message in messages -%}"

@@ -17,11 +17,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from narrate.config import SAMPLE_RATE, ChunkingConfig
+from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkingConfig
 from narrate.errors import UsageError
 
 MAX_SECONDS = 20.0
-SAMPLES_PER_FRAME = int(SAMPLE_RATE / 12.5)  # Mimi: 80 ms per frame
 AUDIO_FILE = "audio.wav"
 META_FILE = "voice.json"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
