@@ -79,8 +79,14 @@ class Storage(Protocol):
         metadata: Mapping[str, str] | None = None,
         overwrite: bool = True,
         cache_control: str | None = None,
+        generation: int | None = None,
     ) -> StoredObject | None:
-        """Store `data` atomically. With overwrite=False an existing object is kept: None."""
+        """Store `data` atomically. With overwrite=False an existing object is kept: None.
+
+        `generation`: the generation of the object this replaces, as `stat` saw it, so the
+        first write can name it (Cloud Storage; without it a replacement first sends an upload
+        that is refused). A store without generations ignores it.
+        """
         ...
 
     def get(self, name: str) -> bytes | None: ...
@@ -140,6 +146,7 @@ class LocalStorage:
         metadata: Mapping[str, str] | None = None,
         overwrite: bool = True,
         cache_control: str | None = None,
+        generation: int | None = None,
     ) -> StoredObject | None:
         path, sidecar = self._path(name), self._sidecar(name)
         if not overwrite and path.exists():
@@ -283,12 +290,14 @@ class GcsStorage:
         metadata: Mapping[str, str] | None = None,
         overwrite: bool = True,
         cache_control: str | None = None,
+        generation: int | None = None,
     ) -> StoredObject | None:
         from google.api_core.exceptions import PreconditionFailed
 
         key = self._key(name)
         wanted = {k: str(v) for k, v in (metadata or {}).items()}
-        expected = 0  # assume a new object: the common case costs one request
+        # the object we know of, else none: the common cases cost one request
+        expected = generation if generation is not None else 0
         for _ in range(_MAX_RACES):
             blob = self._bucket.blob(key)
             blob.metadata = wanted
@@ -602,6 +611,7 @@ class Uploader:
                     metadata=self._metadata(book, common_meta, existing),
                     cache_control=self.cache_control,
                     overwrite=existing is not None,
+                    generation=existing.generation if existing else None,
                 )
                 if stored is not None:
                     return Upload(book.book_id, name, self._url(stored), uploaded=True)

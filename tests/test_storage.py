@@ -492,6 +492,22 @@ def upload_posts(proxy: FaultyProxy, status: int) -> int:
 
 
 @pytest.mark.slow
+def test_replacing_changed_books_sends_each_file_once(gcs_bucket: str, fake_gcs: FakeGcs) -> None:
+    # a catalog re-render replaces most objects: each one is uploaded once, naming the
+    # generation that stat saw, not first sent as a new object and refused
+    books = [book(f"r{i}", "wav") for i in range(4)]
+    with FaultyProxy(fake_gcs.url) as proxy, pytest.MonkeyPatch.context() as env:
+        env.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        uploader = Uploader(open_storage(f"gs://{gcs_bucket}"), workers=1)
+        assert all(u.uploaded for u in uploader.upload(books, COMMON_META))
+        changed = [book(b.book_id, "wav", version=2) for b in books]
+        assert all(u.uploaded and u.ok for u in uploader.upload(changed, COMMON_META))
+        assert (upload_posts(proxy, 200), upload_posts(proxy, 412)) == (8, 0)
+    for encoded in changed:
+        url = f"{fake_gcs.url}/{gcs_bucket}/narrations/{encoded.book_id}.wav"
+        assert fetch(url) == encoded.data
+
+
 def test_uploads_survive_503s_and_dropped_connections(
     gcs_bucket: str, fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
