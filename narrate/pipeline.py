@@ -30,7 +30,7 @@ from typing import Any
 
 from narrate.cache import ChunkCache
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig, fingerprint
-from narrate.database import Database, StatusWriter, open_database, requested_books
+from narrate.database import STATUS, Database, StatusWriter, open_database, requested_books
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -550,7 +550,6 @@ class Run:
                 if self.options.engine.engine == "csm"
                 else "espeak-ng",
                 "voice": book.voice or "",
-                "watermarked": "true" if self.watermarker else "false",
             }
             url = self.publisher.publish(encoded, metadata)
         except NarrateError as exc:
@@ -648,7 +647,7 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
         if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.post)):
             return "done", len(ids), cached
         record = outputs.status.record(book_id, LIFECYCLE_FIELDS) or {}
-        if record.get("narrativeAudioStatus") == "failed":
+        if record.get(STATUS) == "failed":
             return "failed", len(ids), cached
         state = "cached" if cached == len(ids) else "partly_cached" if cached else "pending"
         return state, len(ids), cached

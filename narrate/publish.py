@@ -9,13 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from narrate.database import StatusWriter
+from narrate.database import CONTENT_HASH, STATUS, StatusWriter
 from narrate.errors import StorageError
 from narrate.records import EncodedBook
-from narrate.storage import Storage, Uploader
+from narrate.storage import CONTENT_HASH_KEY, Storage, Uploader
 
 # what decides whether a book is done, failed or pending; the rest of a record is not read
-LIFECYCLE_FIELDS = ("narrativeAudioStatus", "narrativeContentHash")
+LIFECYCLE_FIELDS = (STATUS, CONTENT_HASH)
 
 
 class Publisher:
@@ -26,14 +26,10 @@ class Publisher:
         *,
         object_template: str,
         url_style: str,
-        workers: int = 8,
     ) -> None:
         self.storage = storage
         self.status = status
-        self.object_template = object_template
-        self.uploader = Uploader(
-            storage, workers=workers, object_template=object_template, url_style=url_style
-        )
+        self.uploader = Uploader(storage, object_template=object_template, url_style=url_style)
 
     def object_path(self, name: str) -> str:
         """The path recorded in the database: the object's full name in its bucket (what a
@@ -44,18 +40,12 @@ class Publisher:
         prefix = urlsplit(root).path.strip("/")
         return f"{prefix}/{name}" if prefix else name
 
-    def object_name(self, book_id: str, fmt: str) -> str:
-        return self.object_template.format(book_id=book_id, ext=fmt)
-
     def is_published(self, book_id: str, fmt: str, content_hash: str) -> bool:
-        stored = self.storage.stat(self.object_name(book_id, fmt))
-        if stored is None or stored.metadata.get("contentHash") != content_hash:
+        stored = self.storage.stat(self.uploader.object_name(book_id, fmt))
+        if stored is None or stored.metadata.get(CONTENT_HASH_KEY) != content_hash:
             return False
         record = self.status.record(book_id, LIFECYCLE_FIELDS) or {}
-        return (
-            record.get("narrativeAudioStatus") == "ready"
-            and record.get("narrativeContentHash") == content_hash
-        )
+        return record.get(STATUS) == "ready" and record.get(CONTENT_HASH) == content_hash
 
     def publish(self, book: EncodedBook, metadata: Mapping[str, str]) -> str:
         """Upload (skipped when the same content is stored) and queue the `ready` patch."""

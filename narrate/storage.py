@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 
 URL_STYLES = ("token", "signed", "public", "gs")
 TOKEN_KEY = "firebaseStorageDownloadTokens"
+CONTENT_HASH_KEY = "contentHash"  # object metadata: what the file was made from (EncodedBook)
 SIGNED_URL_LIFETIME = timedelta(days=7)  # the V4 maximum
 _META_DIR = ".narrate-meta"  # local sidecars: content type, cache control and metadata per file
 _MAX_RACES = 5  # precondition losses tolerated per put before giving up
@@ -583,8 +584,8 @@ class Uploader:
         self.url_style = url_style
         self.cache_control = cache_control
 
-    def object_name(self, book: EncodedBook) -> str:
-        return self.object_template.format(book_id=book.book_id, ext=book.format)
+    def object_name(self, book_id: str, ext: str) -> str:
+        return self.object_template.format(book_id=book_id, ext=ext)
 
     def upload(self, books: Sequence[EncodedBook], common_meta: Mapping[str, str]) -> list[Upload]:
         """One Upload per book, in order. Errors are per book: the others still publish."""
@@ -599,10 +600,10 @@ class Uploader:
     def _publish(self, book: EncodedBook, common_meta: Mapping[str, str]) -> Upload:
         name = book.book_id
         try:
-            name = self.object_name(book)
+            name = self.object_name(book.book_id, book.format)
             existing = self.storage.stat(name)
             for _ in range(_MAX_RACES):
-                if existing and existing.metadata.get("contentHash") == book.content_hash:
+                if existing and existing.metadata.get(CONTENT_HASH_KEY) == book.content_hash:
                     return Upload(book.book_id, name, self._url(existing), uploaded=False)
                 stored = self.storage.put(
                     name,
@@ -638,7 +639,7 @@ class Uploader:
             **{key: str(value) for key, value in common_meta.items()},
             "bookId": book.book_id,
             "generatedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "contentHash": book.content_hash,
+            CONTENT_HASH_KEY: book.content_hash,
             "watermarked": "true" if payload is not None else "false",
             "watermarkPayload": "" if payload is None else str(payload),
             TOKEN_KEY: token or str(uuid.uuid4()),
