@@ -444,13 +444,8 @@ def status(manifest: str, as_json: bool, **options: Any) -> None:
     """
     from narrate.pipeline import catalog_status
 
-    counts = catalog_status(build_run_options(manifest, **options)).to_json()
-    if as_json:
-        click.echo(json.dumps(counts, indent=2))
-    else:
-        click.echo(
-            "\n".join(f"{name.replace('_', ' '):<15}{value:,}" for name, value in counts.items())
-        )
+    counts = catalog_status(build_run_options(manifest, **options))
+    click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())
 
 
 @cli.command()

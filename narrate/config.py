@@ -5,8 +5,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from narrate.errors import UsageError
+
+if TYPE_CHECKING:
+    from narrate.records import Pause
 
 SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float32 at this rate
 FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
@@ -93,6 +97,12 @@ class PostConfig:
     # None: AudioSeal's model cards (audioseal_wm_16bits / audioseal_detector_16bits, weights
     # from the Hugging Face hub); else a local directory or "GENERATOR.pth,DETECTOR.pth"
     watermark_model: str | None = None
+
+    def pause_ms(self, pause: Pause) -> int:
+        """Silence wanted between the speech of two chunks joined with this pause."""
+        return {"none": 0, "sentence": self.sentence_gap_ms, "paragraph": self.paragraph_gap_ms}[
+            pause
+        ]
 
     def __post_init__(self) -> None:
         if self.format not in AUDIO_FORMATS:

@@ -634,6 +634,11 @@ class CatalogStatus:
     def to_json(self) -> dict[str, int]:
         return asdict(self)
 
+    def render(self) -> str:
+        """What `narrate status` prints: one count per line."""
+        counts = asdict(self).items()
+        return "\n".join(f"{name.replace('_', ' '):<15}{value:,}" for name, value in counts)
+
 
 def catalog_status(options: RunOptions) -> CatalogStatus:
     outputs = open_outputs(options, EventLog(tty=False))

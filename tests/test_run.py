@@ -293,6 +293,10 @@ def test_status_counts_done_cached_and_pending_books_without_a_model(tmp_path: P
     after = status()
     assert (after["done"], after["pending"]) == (2, 2)
     assert after["chunks_cached"] > 0 and after["chunks"] > after["chunks_cached"]
+    text_args = [arg for arg in status_args if arg != "--json"]
+    lines = CliRunner().invoke(cli, text_args, catch_exceptions=False).stdout.splitlines()
+    assert "done           2" in lines and "partly cached  0" in lines
+    assert f"chunks cached  {after['chunks_cached']:,}" in lines
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ import numpy as np
 from narrate.config import SAMPLE_RATE, PostConfig
 from narrate.errors import AudioError
 from narrate.post import gate
-from narrate.post.assemble import assemble, pause_ms
+from narrate.post.assemble import assemble
 from narrate.post.encode import CONTENT_TYPES, LOSSY, Tags, decode, encode, probe
 from narrate.post.loudness import limit_true_peak, master
 from narrate.post.watermark import Detection, Watermarker, watermark_payload
@@ -66,7 +66,7 @@ def render_book(
         measured,
         expected_duration_s=duration_s,
         characters=sum(len(chunk.text) for chunk in chunks),
-        pauses_s=sum(pause_ms(chunk.pause_before, config) for chunk in chunks[1:]) / 1000,
+        pauses_s=sum(config.pause_ms(chunk.pause_before) for chunk in chunks[1:]) / 1000,
         config=config,
     )
     return EncodedBook(

@@ -66,13 +66,6 @@ def _faded(audio: np.ndarray, samples: int) -> np.ndarray:
     return out
 
 
-def pause_ms(pause: Pause, config: PostConfig) -> int:
-    """Silence wanted between the speech of two chunks joined with this pause."""
-    return {"none": 0, "sentence": config.sentence_gap_ms, "paragraph": config.paragraph_gap_ms}[
-        pause
-    ]
-
-
 def assemble(
     chunks: Sequence[Chunk],
     audios: Sequence[np.ndarray],
@@ -100,7 +93,7 @@ def assemble(
             continue
         piece = _faded(trimmed.audio, fade)
         if parts:
-            wanted = sample_rate * pause_ms(pause, config) // 1000
+            wanted = sample_rate * config.pause_ms(pause) // 1000
             silence = wanted - previous_tail - trimmed.lead
             if silence >= 0:
                 parts.append(np.zeros(silence, dtype=np.float32))

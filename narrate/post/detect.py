@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from narrate.errors import UsageError
@@ -64,9 +64,9 @@ def detect_files(
             raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
         audio, rate = decode(data)
         found = watermarker.detect(audio, rate)
-        matches = None
+        detection = FileDetection(path, found.probability, found.payload)
         if books is not None:  # an unmarked file's payload is noise: it names no book
-            marked = found.probability >= DETECTED
-            matches = tuple(books.get(found.payload, ())) if marked else ()
-        results.append(FileDetection(path, found.probability, found.payload, matches))
+            named = books.get(found.payload, ()) if detection.watermarked else ()
+            detection = replace(detection, books=tuple(named))
+        results.append(detection)
     return results

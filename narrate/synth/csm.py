@@ -31,6 +31,7 @@ import torch
 
 from narrate.config import FRAME_RATE, SAMPLES_PER_FRAME, WINDOW, EngineConfig
 from narrate.errors import EngineError, ModelError, UsageError, first_line
+from narrate.plan import unique_chunks
 from narrate.records import Batch, Chunk, ChunkAudio
 from narrate.synth import Turn, chunk_seed
 from narrate.synth.guards import GuardConfig, end_frame, judge
@@ -126,7 +127,7 @@ class CsmEngine:
     def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
         """One waveform per chunk, in order. `context`: text turns spoken before every chunk."""
         done: dict[str, ChunkAudio] = {}
-        pending = list({c.chunk_id: c for c in batch.chunks}.values())
+        pending = unique_chunks(batch.chunks)
         for attempt in range(MAX_ATTEMPTS):
             if not pending:
                 break

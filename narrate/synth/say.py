@@ -14,13 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from narrate.config import SAMPLE_RATE, ChunkingConfig, EngineConfig, PlanConfig
+from narrate.config import SAMPLE_RATE, ChunkingConfig, EngineConfig, PlanConfig, PostConfig
 from narrate.errors import EngineError, UsageError
 from narrate.records import ChunkAudio
 from narrate.synth import Turn, load_engine
 from narrate.synth.voices import VoiceLibrary
-
-PAUSE_S = {"none": 0.0, "sentence": 0.25, "paragraph": 0.7}
 
 
 @dataclass(frozen=True)
@@ -93,9 +91,10 @@ def say(
     failed = [a for a in spoken if not a.ok]
     if failed:
         raise EngineError(f"{len(failed)} of {len(spoken)} chunks failed: {failed[0].error}")
-    pieces = []
+    pieces, gaps = [], PostConfig()  # the pauses a published book has
     for chunk, audio in zip(chunks, spoken, strict=True):
-        pieces.append(np.zeros(int(PAUSE_S[chunk.pause_before] * SAMPLE_RATE), np.float32))
+        silence = SAMPLE_RATE * gaps.pause_ms(chunk.pause_before) // 1000
+        pieces.append(np.zeros(silence, np.float32))
         pieces.append(audio.audio)
     return Spoken(np.concatenate(pieces), spoken, loaded - started, time.monotonic() - loaded)
 
