@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from narrate import __version__
-from narrate.config import AUDIO_FORMATS, FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
+from narrate.config import AUDIO_FORMATS, FRAME_RATE, EngineConfig, build_configs
 from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
 
 
@@ -86,27 +86,6 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def build_configs(
-    engine: str,
-    model: str,
-    batch_size: int,
-    window_books: int,
-    max_audio_length_ms: int,
-    max_text_chars: int,
-) -> tuple[EngineConfig, ChunkingConfig, PlanConfig]:
-    chunking = ChunkingConfig(max_audio_ms=max_audio_length_ms, max_text_chars=max_text_chars)
-    plan = PlanConfig(
-        batch_size=batch_size,
-        max_batch_positions=batch_size * chunking.window,
-        window_books=window_books,
-    )
-    return (
-        EngineConfig(engine=engine, model=model, max_audio_ms=max_audio_length_ms),
-        chunking,
-        plan,
-    )
 
 
 @cli.command()

@@ -78,6 +78,29 @@ class PlanConfig:
     window_books: int = 2000  # books planned together (streaming completion)
 
 
+def build_configs(
+    engine: str,
+    model: str,
+    batch_size: int,
+    window_books: int,
+    max_audio_length_ms: int,
+    max_text_chars: int,
+) -> tuple[EngineConfig, ChunkingConfig, PlanConfig]:
+    """The option sets of the catalog options (`narrate plan`, `run`, `status`): a batch may
+    hold `batch_size` rows of a full window."""
+    chunking = ChunkingConfig(max_audio_ms=max_audio_length_ms, max_text_chars=max_text_chars)
+    plan = PlanConfig(
+        batch_size=batch_size,
+        max_batch_positions=batch_size * chunking.window,
+        window_books=window_books,
+    )
+    return (
+        EngineConfig(engine=engine, model=model, max_audio_ms=max_audio_length_ms),
+        chunking,
+        plan,
+    )
+
+
 AUDIO_FORMATS = ("wav", "flac", "mp3", "opus")
 
 
