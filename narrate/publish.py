@@ -7,7 +7,6 @@ so re-running converges: a crash between the two steps re-patches, never re-uplo
 from __future__ import annotations
 
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
 from narrate.database import CONTENT_HASH, STATUS, StatusWriter
 from narrate.errors import StorageError
@@ -34,11 +33,7 @@ class Publisher:
     def object_path(self, name: str) -> str:
         """The path recorded in the database: the object's full name in its bucket (what a
         Firebase Storage `ref()` takes), or the file name relative to a local output folder."""
-        root = self.storage.root
-        if not root.startswith("gs://"):
-            return name
-        prefix = urlsplit(root).path.strip("/")
-        return f"{prefix}/{name}" if prefix else name
+        return self.storage.key(name)
 
     def is_published(self, book_id: str, fmt: str, content_hash: str) -> bool:
         stored = self.storage.stat(self.uploader.object_name(book_id, fmt))

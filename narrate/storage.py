@@ -100,6 +100,11 @@ class Storage(Protocol):
 
     def url(self, obj: StoredObject, style: str = "token") -> str: ...
 
+    def key(self, name: str) -> str:
+        """Where `name` lives in the store: its key in the bucket (prefix included), or the
+        name itself in a local folder (what the database records as the object's path)."""
+        ...
+
 
 def check_name(name: str) -> None:
     """Object names are relative paths; parts starting with "." are reserved (temp, sidecars)."""
@@ -215,6 +220,9 @@ class LocalStorage:
                 if not file.startswith(".") and name.startswith(prefix):
                     yield name
 
+    def key(self, name: str) -> str:
+        return name
+
     def url(self, obj: StoredObject, style: str = "token") -> str:
         """A file:// URL whatever the style: tokens and signatures mean nothing locally."""
         _check_style(style)
@@ -262,7 +270,7 @@ class GcsStorage:
         self._bucket = client.bucket(bucket)
         self._warned_signed = False
 
-    def _key(self, name: str) -> str:
+    def key(self, name: str) -> str:
         check_name(name)
         return f"{self.prefix}/{name}" if self.prefix else name
 
@@ -295,7 +303,7 @@ class GcsStorage:
     ) -> StoredObject | None:
         from google.api_core.exceptions import PreconditionFailed
 
-        key = self._key(name)
+        key = self.key(name)
         wanted = {k: str(v) for k, v in (metadata or {}).items()}
         # the object we know of, else none: the common cases cost one request
         expected = generation if generation is not None else 0
@@ -331,7 +339,7 @@ class GcsStorage:
     def get(self, name: str) -> bytes | None:
         from google.api_core.exceptions import NotFound
 
-        key = self._key(name)
+        key = self.key(name)
         with _gcs_errors(f"download gs://{self.bucket_name}/{key}"):
             try:
                 return self._bucket.blob(key).download_as_bytes(
@@ -341,13 +349,13 @@ class GcsStorage:
                 return None
 
     def stat(self, name: str) -> StoredObject | None:
-        blob = self._get_blob(self._key(name))
+        blob = self._get_blob(self.key(name))
         return None if blob is None else self._stored(blob)
 
     def delete(self, name: str) -> None:
         from google.api_core.exceptions import NotFound
 
-        key = self._key(name)
+        key = self.key(name)
         with _gcs_errors(f"delete gs://{self.bucket_name}/{key}"), suppress(NotFound):
             self._bucket.delete_blob(key, timeout=self.timeout, retry=self.retry)
 
@@ -362,7 +370,7 @@ class GcsStorage:
 
     def url(self, obj: StoredObject, style: str = "token") -> str:
         _check_style(style)
-        key = self._key(obj.name)
+        key = self.key(obj.name)
         if style == "gs":
             return f"gs://{self.bucket_name}/{key}"
         if style == "public":
