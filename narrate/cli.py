@@ -76,6 +76,12 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="frame cap of any one chunk",
         ),
         click.option(
+            "--text-root",
+            type=click.Path(file_okay=False),
+            default=None,
+            help="folder local text_uri files must be in [default: the manifest's folder]",
+        ),
+        click.option(
             "--max-text-chars",
             default=200_000,
             show_default=True,
@@ -98,7 +104,14 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="processes planning windows in parallel [default: one per CPU core]",
 )
-def plan(manifest: str, voices_dir: str, as_json: bool, jobs: int | None, **options: Any) -> None:
+def plan(
+    manifest: str,
+    voices_dir: str,
+    text_root: str | None,
+    as_json: bool,
+    jobs: int | None,
+    **options: Any,
+) -> None:
     """Validate and plan MANIFEST (JSONL or Parquet, local or gs://) without synthesizing.
 
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
@@ -106,9 +119,13 @@ def plan(manifest: str, voices_dir: str, as_json: bool, jobs: int | None, **opti
     """
     import os
 
-    from narrate.plan import Planner, plan_manifest, render_summary
+    from narrate.plan import Planner, default_text_root, plan_manifest, render_summary
 
-    planner = Planner(*build_configs(**options), voices_dir=voices_dir)
+    planner = Planner(
+        *build_configs(**options),
+        voices_dir=voices_dir,
+        text_root=default_text_root(manifest, text_root),
+    )
     summary = plan_manifest(
         manifest, planner, jobs=jobs or os.cpu_count() or 1, progress=sys.stderr.isatty()
     )
@@ -302,6 +319,7 @@ def build_run_options(
     audio_format: str,
     shard: str | None,
     voices_dir: str,
+    text_root: str | None,
     loudness: float,
     no_watermark: bool,
     watermark_model: str | None,
@@ -311,7 +329,7 @@ def build_run_options(
 
     from narrate.config import PostConfig
     from narrate.pipeline import RunOptions
-    from narrate.plan import Shard
+    from narrate.plan import Shard, default_text_root
 
     catalog = {
         k: options.pop(k)
@@ -334,6 +352,7 @@ def build_run_options(
         object_template=object_template,
         shard=Shard.parse(shard, os.environ),
         voices_dir=voices_dir,
+        text_root=default_text_root(manifest, text_root),
         engine=engine,
         chunking=chunking,
         plan=plan_config,

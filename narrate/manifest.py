@@ -410,6 +410,10 @@ def _parse_line(row: int, raw: bytes) -> dict | RowError:
         parsed = json.loads(line)
     except json.JSONDecodeError as exc:
         return RowError(row, "malformed_json", f"malformed JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:  # a hostile line can nest [[[[... deeper than the parser's stack
+        return RowError(row, "malformed_json", "malformed JSON: nested too deeply")
+    except ValueError:  # an integer over Python's 4,300-digit conversion limit
+        return RowError(row, "malformed_json", "malformed JSON: a number has too many digits")
     if not isinstance(parsed, dict):
         message = f"expected a JSON object per line, got {_type_name(parsed)}"
         return RowError(row, "malformed_json", message)

@@ -42,6 +42,7 @@ from narrate.errors import (
 from narrate.plan import (
     PlannedBook,
     Shard,
+    TextFetcher,
     chunk_books,
     plan_batches,
     shard_rows,
@@ -72,6 +73,7 @@ class RunOptions:
     shard: Shard = field(default_factory=Shard)
     force: bool = False
     voices_dir: str = "voices"
+    text_root: str | None = None  # local `text_uri` files are read inside this folder only
     engine: EngineConfig = field(default_factory=EngineConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
@@ -284,6 +286,7 @@ def planned_windows(
             raise UsageError("no manifest given", "pass MANIFEST, or --requests for the queue")
         rows = ManifestReader(options.manifest, max_text_chars=options.chunking.max_text_chars)
     voices = voice_lookup(options.engine, options.voices_dir)
+    texts = TextFetcher(options.text_root, options.chunking.max_text_chars)
     for window in windows(shard_rows(rows, options.shard), options.plan.window_books):
         yield list(
             chunk_books(
@@ -291,6 +294,7 @@ def planned_windows(
                 chunking=options.chunking,
                 engine_fingerprint=options.engine.fingerprint(),
                 voices=voices,
+                text_loader=texts,
             )
         )
 

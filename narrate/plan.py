@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import itertools
 import multiprocessing
 import os
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from narrate.config import FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
 from narrate.records import Batch, Book, Chunk, RowError
@@ -51,15 +53,69 @@ def no_voices(voice: str | None) -> tuple[str, int]:
     return (voice or "", 0)
 
 
-def load_text(book: Book) -> str:
-    """The book's narrative: inline, or read from `text_uri` (local path or gs://)."""
-    if book.text is not None:
-        return book.text
-    assert book.text_uri is not None  # the manifest reader guarantees one of the two
-    from narrate.storage import open_uri
+def default_text_root(manifest: str | None, text_root: str | None) -> str | None:
+    """--text-root, else a local manifest's own folder; None (no local texts) otherwise."""
+    if text_root is None and manifest and "://" not in manifest:
+        return os.path.dirname(os.path.abspath(manifest))
+    return text_root
 
-    with open_uri(book.text_uri) as stream:
-        return stream.read().decode("utf-8")
+
+class TextUriError(Exception):
+    """A `text_uri` narrate will not read (outside the text root, not a regular file)."""
+
+
+@dataclass(frozen=True)
+class TextFetcher:
+    """Reads a book's narrative: inline, or behind `text_uri`.
+
+    A manifest is data from elsewhere, so it must not choose which local files narrate reads
+    (and publishes as audio): gs:// objects are read, local paths only inside `root`, the folder
+    the operator names with --text-root (default: the manifest's own folder; None: no local
+    reads). Paths are resolved before the check, so `..` and symlinks cannot lead out of it;
+    only regular files are opened (no FIFO, device or /proc entry), and at most `max_chars` + 1
+    characters are read, so a huge file costs no more memory than the limit. Picklable: plan
+    workers read texts themselves.
+    """
+
+    root: str | None
+    max_chars: int
+
+    def __call__(self, book: Book) -> str:
+        if book.text is not None:
+            return book.text
+        assert book.text_uri is not None  # the manifest reader guarantees one of the two
+        if book.text_uri.startswith("gs://"):
+            from narrate.storage import open_uri
+
+            with open_uri(book.text_uri) as stream:
+                return self._read(stream)
+        with self._open_local(book.text_uri) as stream:
+            return self._read(stream)
+
+    def _read(self, stream: BinaryIO) -> str:
+        text = io.TextIOWrapper(stream, encoding="utf-8")  # type: ignore[arg-type]
+        return text.read(self.max_chars + 1)
+
+    def _open_local(self, uri: str) -> BinaryIO:
+        if self.root is None:
+            raise TextUriError(
+                f"{uri!r} is a local path, and no --text-root allows local texts for this "
+                "manifest (it is not a local file)"
+            )
+        root = os.path.realpath(self.root)
+        path = os.path.realpath(os.path.join(root, uri))  # an absolute uri replaces the root
+        if os.path.commonpath([root, path]) != root:
+            raise TextUriError(f"{uri!r} is outside the text root {self.root} (--text-root)")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TextUriError(f"{uri!r} is not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,30 +138,37 @@ def book_texts(
     *,
     chunking: ChunkingConfig,
     voices: VoiceLookup = no_voices,
-    text_loader: TextLoader = load_text,
+    text_loader: TextLoader | None = None,
 ) -> Iterator[BookText | RowError]:
     """Each valid book's text and voice; a book whose text or voice cannot be resolved, or whose
-    text (behind `text_uri`) is over the limit, becomes a RowError."""
+    text (behind `text_uri`) is over the limit, becomes a RowError. Without a `text_loader`,
+    texts behind `text_uri` are read from gs:// only."""
     from narrate.errors import NarrateError
 
+    load = text_loader or TextFetcher(None, chunking.max_text_chars)
     for item in items:
         if isinstance(item, RowError):
             yield item
             continue
         try:
             voice_key, prompt_positions = voices(item.voice)
-            text = text_loader(item)
-        except (NarrateError, OSError, UnicodeDecodeError) as exc:
-            field_name = "voice" if isinstance(exc, NarrateError) and item.voice else "text_uri"
-            yield RowError(
-                item.row, f"bad_{field_name}", f"{field_name}: {exc}", item.book_id, field_name
-            )
+        except NarrateError as exc:
+            yield RowError(item.row, "bad_voice", f"voice: {exc}", item.book_id, "voice")
+            continue
+        try:
+            text = load(item)
+        except (TextUriError, NarrateError, OSError, UnicodeDecodeError) as exc:
+            if isinstance(exc, OSError) and exc.strerror:
+                message = f"text_uri: {item.text_uri!r}: {exc.strerror}"
+            else:
+                message = f"text_uri: {exc}"
+            yield RowError(item.row, "bad_text_uri", message, item.book_id, "text_uri")
             continue
         if len(text) > chunking.max_text_chars:
             yield RowError(
                 item.row,
                 "text_too_long",
-                f"text_uri: {len(text)} characters, over the limit of {chunking.max_text_chars}",
+                f"text_uri: more than {chunking.max_text_chars:,} characters (the limit)",
                 item.book_id,
                 "text_uri",
             )
@@ -119,7 +182,7 @@ def chunk_books(
     chunking: ChunkingConfig,
     engine_fingerprint: str,
     voices: VoiceLookup = no_voices,
-    text_loader: TextLoader = load_text,
+    text_loader: TextLoader | None = None,
     count_tokens: Callable[[str], int] | None = None,
 ) -> Iterator[PlannedBook | RowError]:
     """Chunk each valid book; a book whose text or voice cannot be resolved becomes a RowError."""
@@ -317,6 +380,7 @@ class Planner:
     chunking: ChunkingConfig
     plan: PlanConfig
     voices_dir: str = "voices"
+    text_root: str | None = None  # local `text_uri` files are read inside this folder only
 
     def summary(self, rows: Iterable[Book | RowError]) -> PlanSummary:
         """One window, measured: the chunks a run would make, counted in C++ (`measure_book`)."""
@@ -326,7 +390,8 @@ class Planner:
         measured: list[BookMeasure] = []
         engine_fingerprint = self.engine.fingerprint()
         voices = voice_lookup(self.engine, self.voices_dir)
-        for item in book_texts(rows, chunking=self.chunking, voices=voices):
+        texts = TextFetcher(self.text_root, self.chunking.max_text_chars)
+        for item in book_texts(rows, chunking=self.chunking, voices=voices, text_loader=texts):
             if isinstance(item, RowError):
                 summary.add_error(item)
                 continue

@@ -18,6 +18,7 @@ from narrate.plan import (
     PlannedBook,
     Planner,
     Shard,
+    TextFetcher,
     chunk_books,
     padding_efficiency,
     plan_batches,
@@ -167,7 +168,12 @@ def test_text_uri_is_read_and_unknown_voice_rejects_only_that_book(tmp_path: Pat
         Book("c", 3, text="Hello there.", voice="narrator"),
         Book("d", 4, text_uri=str(tmp_path / "missing.txt")),
     ]
-    out = list(chunk_books(rows, chunking=CHUNKING, engine_fingerprint="t", voices=voices))
+    texts = TextFetcher(str(tmp_path), CHUNKING.max_text_chars)
+    out = list(
+        chunk_books(
+            rows, chunking=CHUNKING, engine_fingerprint="t", voices=voices, text_loader=texts
+        )
+    )
     assert isinstance(out[0], PlannedBook) and out[0].chunks[0].text.startswith("Once upon")
     assert isinstance(out[1], RowError) and out[1].row == 2 and out[1].field == "voice"
     assert isinstance(out[2], PlannedBook) and out[2].chunks[0].prompt_positions == 120

@@ -242,7 +242,7 @@ def test_manifests_and_texts_are_read_from_gs(gcs_bucket: str) -> None:
     import pyarrow.parquet as pq
 
     from narrate.manifest import read_manifest
-    from narrate.plan import load_text
+    from narrate.plan import TextFetcher
 
     storage = open_storage(f"gs://{gcs_bucket}")
     storage.put("texts/b2.txt", b"The second book, from a text file.")
@@ -258,6 +258,7 @@ def test_manifests_and_texts_are_read_from_gs(gcs_bucket: str) -> None:
     for name in ("catalog.parquet", "catalog.jsonl"):
         books = list(read_manifest(f"gs://{gcs_bucket}/m/{name}"))
         assert [b.book_id for b in books if isinstance(b, Book)] == ["b1", "b2"], books
+        load_text = TextFetcher(None, 1_000)  # gs:// texts need no local root
         assert [load_text(b) for b in books if isinstance(b, Book)] == [
             "The first book.",
             "The second book, from a text file.",
