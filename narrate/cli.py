@@ -328,8 +328,8 @@ def build_run_options(
     import os
 
     from narrate.config import PostConfig
-    from narrate.pipeline import RunOptions
     from narrate.plan import Shard, default_text_root
+    from narrate.run import RunOptions
 
     catalog = {
         k: options.pop(k)
@@ -418,8 +418,8 @@ def run(manifest: str | None, requests: bool, report_path: str | None, **options
     """
     from pathlib import Path
 
-    from narrate.pipeline import exit_code
-    from narrate.pipeline import run as run_catalog
+    from narrate.run import exit_code
+    from narrate.run import run as run_catalog
 
     if bool(manifest) == requests:
         raise click.UsageError("give a MANIFEST or --requests (not both)")
@@ -440,7 +440,7 @@ def status(manifest: str, as_json: bool, **options: Any) -> None:
 
     Reads the cache and the outputs only; no model is loaded.
     """
-    from narrate.pipeline import catalog_status
+    from narrate.status import catalog_status
 
     counts = catalog_status(build_run_options(manifest, **options))
     click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())

@@ -130,7 +130,7 @@ def check_devices(targets: Targets) -> str:
     """The CUDA devices the run would use (`--devices`, same parsing as `narrate run`)."""
     import torch
 
-    from narrate.pipeline import resolve_devices
+    from narrate.workers import resolve_devices
 
     devices = resolve_devices(targets.devices)
     wanted = [int(d.partition(":")[2] or 0) for d in devices if d.startswith("cuda")]
@@ -398,7 +398,7 @@ def check_cache(targets: Targets) -> str:
 def check_database(targets: Targets) -> str:
     """Write, read back and delete a probe record under /narrate-doctor/."""
     from narrate.database import SERVER_TIMESTAMP, open_database
-    from narrate.pipeline import status_file
+    from narrate.run import status_file
 
     db = open_database(targets.database, status_file=status_file(targets.out), timeout=15.0)
     path = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 from narrate.config import FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
-from narrate.records import Batch, Book, Chunk, RowError
+from narrate.records import Batch, Book, Chunk, RowError, unique_chunks
 
 if TYPE_CHECKING:  # narrate.text loads the C++ core; `plan --help` need not
     from narrate.text import BookMeasure
@@ -219,17 +219,6 @@ def windows(items: Iterable[T], size: int) -> Iterator[list[T]]:
                 window, books = [], 0
     if window:
         yield window
-
-
-def unique_chunks(chunks: Iterable[Chunk]) -> list[Chunk]:
-    """First occurrence of each chunk id: identical chunks across books are synthesized once."""
-    seen: set[str] = set()
-    out = []
-    for chunk in chunks:
-        if chunk.chunk_id not in seen:
-            seen.add(chunk.chunk_id)
-            out.append(chunk)
-    return out
 
 
 def plan_batches(chunks: Iterable[Chunk], config: PlanConfig, *, sort: bool = True) -> list[Batch]:

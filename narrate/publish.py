@@ -8,13 +8,21 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from narrate.config import PostConfig, fingerprint
 from narrate.database import CONTENT_HASH, STATUS, StatusWriter
 from narrate.errors import StorageError
+from narrate.plan import PlannedBook
 from narrate.records import EncodedBook
 from narrate.storage import CONTENT_HASH_KEY, Storage, Uploader
 
 # what decides whether a book is done, failed or pending; the rest of a record is not read
 LIFECYCLE_FIELDS = (STATUS, CONTENT_HASH)
+
+
+def content_hash(planned: PlannedBook, post: PostConfig) -> str:
+    """Everything that shapes a book's file: chunks (text, voice, engine), post settings, title."""
+    chunk_ids = [c.chunk_id for c in planned.chunks]
+    return fingerprint(planned.book.book_id, planned.book.title, chunk_ids, post)
 
 
 class Publisher:

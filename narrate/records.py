@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import TYPE_CHECKING, Literal, TypeVar
@@ -79,6 +80,17 @@ class Chunk:
         return self.prompt_positions + self.text_tokens + self.max_frames
 
 
+def unique_chunks(chunks: Iterable[Chunk]) -> list[Chunk]:
+    """First occurrence of each chunk id: identical chunks across books are synthesized once."""
+    seen: set[str] = set()
+    out = []
+    for chunk in chunks:
+        if chunk.chunk_id not in seen:
+            seen.add(chunk.chunk_id)
+            out.append(chunk)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Batch:
     """Chunks generated together; rows are padded to the longest one."""
@@ -112,6 +124,15 @@ class ChunkAudio:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkOutcome:
+    """How one chunk's synthesis ended, as a worker reports it (its audio is in the cache)."""
+
+    chunk_id: str
+    error: str | None
+    attempts: int
 
 
 @dataclass(slots=True)

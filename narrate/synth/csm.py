@@ -31,8 +31,7 @@ import torch
 
 from narrate.config import FRAME_RATE, SAMPLES_PER_FRAME, WINDOW, EngineConfig
 from narrate.errors import EngineError, ModelError, UsageError, first_line
-from narrate.plan import unique_chunks
-from narrate.records import Batch, Chunk, ChunkAudio
+from narrate.records import Batch, Chunk, ChunkAudio, unique_chunks
 from narrate.synth import Turn, chunk_seed
 from narrate.synth.guards import GuardConfig, end_frame, judge
 from narrate.synth.mimi import CODEBOOK_SIZE, NUM_CODEBOOKS, Codec, load_codec

@@ -1,0 +1,67 @@
+"""`narrate status`: where a catalog stands, from the cache and the outputs alone."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+
+from narrate.database import STATUS
+from narrate.plan import PlannedBook
+from narrate.publish import LIFECYCLE_FIELDS, content_hash
+from narrate.records import RowError
+from narrate.report import EventLog
+from narrate.run import RunOptions, open_outputs, planned_windows
+
+
+@dataclass
+class CatalogStatus:
+    """Where a catalog stands, from the cache and the outputs alone (no model is loaded)."""
+
+    done: int = 0
+    cached: int = 0  # every chunk cached: only assembly and publishing are left
+    partly_cached: int = 0
+    pending: int = 0
+    failed: int = 0
+    rejected_rows: int = 0
+    chunks: int = 0
+    chunks_cached: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+    def render(self) -> str:
+        """What `narrate status` prints: one count per line."""
+        counts = asdict(self).items()
+        return "\n".join(f"{name.replace('_', ' '):<15}{value:,}" for name, value in counts)
+
+
+def catalog_status(options: RunOptions) -> CatalogStatus:
+    outputs = open_outputs(options, EventLog(tty=False))
+    summary = CatalogStatus()
+    fmt = options.post.format
+
+    def book_state(book: PlannedBook, missing: set[str]) -> tuple[str, int, int]:
+        book_id = book.book.book_id
+        ids = {c.chunk_id for c in book.chunks}
+        cached = len(ids - missing)
+        if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.post)):
+            return "done", len(ids), cached
+        record = outputs.status.record(book_id, LIFECYCLE_FIELDS) or {}
+        if record.get(STATUS) == "failed":
+            return "failed", len(ids), cached
+        state = "cached" if cached == len(ids) else "partly_cached" if cached else "pending"
+        return state, len(ids), cached
+
+    with ThreadPoolExecutor(16) as lookups:
+        for window in planned_windows(options, outputs):
+            summary.rejected_rows += sum(isinstance(item, RowError) for item in window)
+            books = [item for item in window if isinstance(item, PlannedBook)]
+            wanted = {c.chunk_id for b in books for c in b.chunks}
+            missing = outputs.cache.missing(wanted, lookups.map)
+            states = lookups.map(book_state, books, [missing] * len(books))
+            for state, chunks, cached in states:
+                setattr(summary, state, getattr(summary, state) + 1)
+                summary.chunks += chunks
+                summary.chunks_cached += cached
+    outputs.status.close()
+    return summary

@@ -1,0 +1,161 @@
+"""Device workers: one spawned process per device loads the engine once and synthesizes batches.
+
+Every finished chunk goes straight into the chunk cache (the checkpoint); the parent gets back
+only each chunk's outcome.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from narrate.cache import ChunkCache
+from narrate.config import EngineConfig
+from narrate.errors import EngineError, NarrateError, UsageError
+from narrate.records import Batch, ChunkOutcome
+from narrate.storage import open_storage
+
+
+def resolve_devices(spec: str) -> list[str]:
+    """`auto` = every CUDA device, else one CPU worker; otherwise a comma-separated list."""
+    if spec != "auto":
+        devices = [d.strip() for d in spec.split(",") if d.strip()]
+        if not devices or any(not (d == "cpu" or d.startswith("cuda")) for d in devices):
+            raise UsageError(f"--devices {spec!r}: expected auto, cpu, cuda:0,cuda:1 or cpu,cpu")
+        return devices
+    import torch
+
+    count = torch.cuda.device_count()
+    return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDone:
+    batch_no: int
+    outcomes: tuple[ChunkOutcome, ...]
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    device: str
+    message: str
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """What every worker needs to load its engine and reach the cache."""
+
+    engine: EngineConfig
+    voices_dir: str
+    cache_uri: str
+    compile: bool = False  # torch.compile + static cache on CUDA workers
+    cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
+
+
+def worker_main(
+    device: str, cpu_threads: int, settings: WorkerSettings, tasks: Any, results: Any
+) -> None:
+    """Load the engine once, then synthesize batches until a None arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a Ctrl-C ends
+    parent = os.getppid()
+    try:
+        import torch
+
+        from narrate.synth import load_engine
+        from narrate.synth.voices import VoiceLibrary
+
+        if device == "cpu":
+            torch.set_num_threads(cpu_threads)  # two CPU workers must not each take every core
+        engine = load_engine(
+            settings.engine,
+            device=device,
+            voices=VoiceLibrary(Path(settings.voices_dir)),
+            compile=settings.compile,
+        )
+        cache = ChunkCache(open_storage(settings.cache_uri))
+    except NarrateError as exc:
+        results.put(WorkerFailed(device, str(exc)))
+        return
+    while (task := next_task(tasks, parent)) is not None:
+        batch_no, batch = task
+        started = time.monotonic()
+        try:
+            audios = engine.synthesize(batch)
+        except NarrateError as exc:
+            outcomes = tuple(ChunkOutcome(c.chunk_id, exc.message, 1) for c in batch.chunks)
+        else:
+            for audio in audios:
+                if audio.ok:
+                    cache.put(audio)
+            outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
+        results.put(BatchDone(batch_no, outcomes, time.monotonic() - started))
+    engine.close()
+
+
+def next_task(tasks: Any, parent: int, poll_s: float = 1.0) -> tuple[int, Batch] | None:
+    """The next batch, or None when told to stop or when the parent has died (a SIGKILLed
+    run must not leave workers holding a GPU, waiting on a queue nobody feeds)."""
+    while True:
+        try:
+            return tasks.get(timeout=poll_s)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+
+
+class WorkerPool:
+    """One spawned process per device, fed from one queue: a free worker takes the next batch."""
+
+    def __init__(self, devices: list[str], settings: WorkerSettings) -> None:
+        context = mp.get_context("spawn")  # CUDA cannot be used in forked children
+        self.tasks = context.Queue()
+        self.results = context.Queue()
+        cpu_workers = max(1, devices.count("cpu"))
+        threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // cpu_workers)
+        self.processes = [
+            context.Process(
+                target=worker_main,
+                args=(device, threads, settings, self.tasks, self.results),
+                name=f"narrate-worker-{device}",
+                daemon=True,
+            )
+            for device in devices
+        ]
+        for process in self.processes:
+            process.start()
+
+    def submit(self, batch_no: int, batch: Batch) -> None:
+        self.tasks.put((batch_no, batch))
+
+    def next_result(self, timeout: float) -> BatchDone | WorkerFailed | None:
+        try:
+            return self.results.get(timeout=timeout)
+        except queue.Empty:
+            if not all(p.is_alive() for p in self.processes):
+                dead = next(p for p in self.processes if not p.is_alive())
+                raise EngineError(
+                    f"{dead.name} exited with code {dead.exitcode}",
+                    "out of host memory? lower --batch-size or use fewer --devices",
+                ) from None
+            return None
+
+    def close(self, *, now: bool = False) -> None:
+        """Finish queued batches (or stop at once: cached chunks are safe, writes are atomic)."""
+        if not now:
+            for _ in self.processes:
+                self.tasks.put(None)
+            for process in self.processes:
+                process.join(timeout=60)
+        for process in self.processes:
+            if process.is_alive():
+                process.terminate()
+                process.join(timeout=5)
+        self.tasks.cancel_join_thread()
+        self.results.cancel_join_thread()
