@@ -31,8 +31,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fake-gcs-server launcher the test
 
 from support.gcs import FakeGcs, FaultyProxy, fake_gcs_server  # noqa: E402
 
+from narrate.publish import Uploader  # noqa: E402
 from narrate.records import EncodedBook  # noqa: E402
-from narrate.storage import Uploader, open_storage  # noqa: E402
+from narrate.storage import open_storage  # noqa: E402
 
 COMMON_META = {"model": "sesame/csm-1b", "voice": "narrator"}
 

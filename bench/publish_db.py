@@ -27,7 +27,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the RTDB-compatible server the tests 
 
 from support.rtdb_server import EMULATOR_ENV, RTDBServer  # noqa: E402
 
-from narrate.database import STATUS, StatusWriter, open_database, requested_books  # noqa: E402
+from narrate.database import STATUS, StatusWriter, open_database  # noqa: E402
+from narrate.sources import requested_books  # noqa: E402
 
 TARGET_BOOKS_PER_REQUEST = 250
 

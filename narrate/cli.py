@@ -119,15 +119,20 @@ def plan(
     """
     import os
 
-    from narrate.plan import Planner, default_text_root, plan_manifest, render_summary
+    from narrate.plan import Planner, plan_rows, render_summary
+    from narrate.sources import TextFetcher, default_text_root, manifest_rows, voice_lookup
 
-    planner = Planner(
-        *build_configs(**options),
-        voices_dir=voices_dir,
-        text_root=default_text_root(manifest, text_root),
-    )
-    summary = plan_manifest(
-        manifest, planner, jobs=jobs or os.cpu_count() or 1, progress=sys.stderr.isatty()
+    engine, chunking, plan_config = build_configs(**options)
+    voices = voice_lookup(engine, voices_dir)
+    texts = TextFetcher(default_text_root(manifest, text_root), chunking.max_text_chars)
+    planner = Planner(engine, chunking, plan_config, voices=voices, text_loader=texts)
+    rows = manifest_rows(manifest, max_text_chars=chunking.max_text_chars)
+    summary = plan_rows(
+        rows,
+        planner,
+        total_rows=rows.total_rows,
+        jobs=jobs or os.cpu_count() or 1,
+        progress=sys.stderr.isatty(),
     )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render_summary(summary))
     sys.exit(EXIT_SOME_FAILED if summary.rows_rejected else EXIT_OK)
@@ -328,8 +333,9 @@ def build_run_options(
     import os
 
     from narrate.config import PostConfig
-    from narrate.plan import Shard, default_text_root
+    from narrate.plan import Shard
     from narrate.run import RunOptions
+    from narrate.sources import default_text_root
 
     catalog = {
         k: options.pop(k)
@@ -416,8 +422,7 @@ def run(manifest: str | None, requests: bool, report_path: str | None, **options
     every book is ready, 1 when some failed, 75 when interrupted, 2 on usage errors, 3 when
     storage, database, model or devices fail.
     """
-    from pathlib import Path
-
+    from narrate.atomic import write_atomic
     from narrate.run import exit_code
     from narrate.run import run as run_catalog
 
@@ -425,7 +430,7 @@ def run(manifest: str | None, requests: bool, report_path: str | None, **options
         raise click.UsageError("give a MANIFEST or --requests (not both)")
     report = run_catalog(build_run_options(manifest, requests=requests, **options))
     if report_path:
-        Path(report_path).write_text(json.dumps(report.to_json(), indent=2))
+        write_atomic(report_path, json.dumps(report.to_json(), indent=2))
     click.echo(json.dumps(report.totals()))
     sys.exit(exit_code(report))
 

@@ -5,7 +5,8 @@ run moves each book through `processing` -> `ready` | `failed`; `StatusWriter` q
 changes and sends many books in one multi-path PATCH (atomic), flushed every couple of seconds
 by a timer so the site updates soon after a book finishes. All values are idempotent: applying
 an update twice leaves the same record (only `narrativeUpdatedAt` moves), so retries and reruns
-converge. `requested_books` reads the site's request queue (`narrativeAudioStatus == "requested"`).
+converge.
+(The site's request queue is read by narrate.sources.requested_books.)
 
 Talking to the database goes through firebase-admin, which honours
 `FIREBASE_DATABASE_EMULATOR_HOST` (emulator: no credentials needed) and otherwise uses
@@ -19,7 +20,6 @@ import functools
 import itertools
 import json
 import logging
-import os
 import random
 import re
 import threading
@@ -30,9 +30,8 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
+from narrate.atomic import write_atomic
 from narrate.errors import DatabaseError, UsageError
-from narrate.manifest import book_id_problem
-from narrate.records import Book, RowError
 
 log = logging.getLogger("narrate.database")
 
@@ -225,7 +224,7 @@ class RealtimeDatabase:
 class LocalStatusFile:
     """The same records in a local JSON file (no `--database`): `{"books": {id: {...}}}`.
 
-    Each update rewrites the file atomically (temp file + os.replace), so a crash leaves the
+    Each update rewrites the file atomically (narrate.atomic), so a crash leaves the
     previous or the new state, never half of one; server timestamps become epoch milliseconds.
     """
 
@@ -288,11 +287,8 @@ class LocalStatusFile:
         return data
 
     def _write(self) -> None:
-        temp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temp.write_text(json.dumps(self._data, ensure_ascii=False, indent=1), encoding="utf-8")
-            os.replace(temp, self.path)
+            write_atomic(self.path, json.dumps(self._data, ensure_ascii=False, indent=1))
         except OSError as exc:
             raise DatabaseError(f"cannot write the status file {self.path}: {exc}") from None
 
@@ -541,57 +537,3 @@ class StatusWriter:
                 self._fatal = self._fatal or exc
         with self._lock:
             self._failed.extend(books)
-
-
-# ---- the request queue -------------------------------------------------------
-
-
-def requested_books(
-    db: Database,
-    *,
-    path: str = "books",
-    text_field: str = "narrative",
-    page_size: int = 500,
-    max_text_chars: int = 200_000,
-    retries: int = 5,
-    backoff: float = 0.5,
-) -> Iterator[Book | RowError]:
-    """Books whose status is `requested` (the site's "Generate narrative" button), in key order,
-    read a page at a time with an indexed query. `row` counts them from 1. Invalid records come
-    out as RowErrors for the runner to mark failed.
-    """
-    row, after = 0, None
-    while True:
-        query = functools.partial(
-            db.query_equal, path, STATUS, REQUESTED, limit=page_size, start_after_key=after
-        )
-        page = with_retries(query, retries=retries, backoff=backoff, what=f"request queue /{path}")
-        for book_id, record in page.items():
-            row += 1
-            yield _requested_book(row, book_id, record, text_field, max_text_chars)
-        if len(page) < page_size:
-            return
-        after = next(reversed(page))
-
-
-def _requested_book(
-    row: int, book_id: str, record: object, text_field: str, max_text_chars: int
-) -> Book | RowError:
-    problem = book_id_problem(book_id)
-    if problem:
-        return RowError(row, "invalid_id", problem, book_id=book_id, field="book_id")
-    text = record.get(text_field) if isinstance(record, dict) else None
-    reason = message = None
-    if text is None:
-        reason, message = "missing_text", f"the record has no {text_field!r} field"
-    elif not isinstance(text, str):
-        reason, message = "wrong_type", f"{text_field} must be a string, got {type(text).__name__}"
-    elif not text.strip():
-        reason, message = "empty_text", f"{text_field} is empty or only whitespace"
-    elif len(text) > max_text_chars:
-        reason = "text_too_long"
-        message = f"{text_field} has {len(text):,} characters, over the limit of {max_text_chars:,}"
-    if reason:
-        return RowError(row, reason, message, book_id=book_id, field=text_field)
-    title = record.get("title")
-    return Book(book_id, row=row, text=text, title=title if isinstance(title, str) else None)

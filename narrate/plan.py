@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import itertools
 import multiprocessing
 import os
-import stat
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from narrate.config import FRAME_RATE, ChunkingConfig, EngineConfig, PlanConfig
+from narrate.errors import UsageError
 from narrate.records import Batch, Book, Chunk, RowError, unique_chunks
 
 if TYPE_CHECKING:  # narrate.text loads the C++ core; `plan --help` need not
@@ -53,69 +51,12 @@ def no_voices(voice: str | None) -> tuple[str, int]:
     return (voice or "", 0)
 
 
-def default_text_root(manifest: str | None, text_root: str | None) -> str | None:
-    """--text-root, else a local manifest's own folder; None (no local texts) otherwise."""
-    if text_root is None and manifest and "://" not in manifest:
-        return os.path.dirname(os.path.abspath(manifest))
-    return text_root
-
-
-class TextUriError(Exception):
-    """A `text_uri` narrate will not read (outside the text root, not a regular file)."""
-
-
-@dataclass(frozen=True)
-class TextFetcher:
-    """Reads a book's narrative: inline, or behind `text_uri`.
-
-    A manifest is data from elsewhere, so it must not choose which local files narrate reads
-    (and publishes as audio): gs:// objects are read, local paths only inside `root`, the folder
-    the operator names with --text-root (default: the manifest's own folder; None: no local
-    reads). Paths are resolved before the check, so `..` and symlinks cannot lead out of it;
-    only regular files are opened (no FIFO, device or /proc entry), and at most `max_chars` + 1
-    characters are read, so a huge file costs no more memory than the limit. Picklable: plan
-    workers read texts themselves.
-    """
-
-    root: str | None
-    max_chars: int
-
-    def __call__(self, book: Book) -> str:
-        if book.text is not None:
-            return book.text
-        assert book.text_uri is not None  # the manifest reader guarantees one of the two
-        if book.text_uri.startswith("gs://"):
-            from narrate.storage import open_uri
-
-            with open_uri(book.text_uri) as stream:
-                return self._read(stream)
-        with self._open_local(book.text_uri) as stream:
-            return self._read(stream)
-
-    def _read(self, stream: BinaryIO) -> str:
-        text = io.TextIOWrapper(stream, encoding="utf-8")  # type: ignore[arg-type]
-        return text.read(self.max_chars + 1)
-
-    def _open_local(self, uri: str) -> BinaryIO:
-        if self.root is None:
-            raise TextUriError(
-                f"{uri!r} is a local path, and no --text-root allows local texts for this "
-                "manifest (it is not a local file)"
-            )
-        root = os.path.realpath(self.root)
-        path = os.path.realpath(os.path.join(root, uri))  # an absolute uri replaces the root
-        if os.path.commonpath([root, path]) != root:
-            raise TextUriError(f"{uri!r} is outside the text root {self.root} (--text-root)")
-        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise TextUriError(f"{uri!r} is not a regular file")
-            os.set_blocking(fd, True)
-            return os.fdopen(fd, "rb")
-        except BaseException:
-            os.close(fd)
-            raise
+def inline_text(book: Book) -> str:
+    """The default text loader: the manifest's own text (a `text_uri` needs a loader that reads,
+    e.g. narrate.sources.TextFetcher)."""
+    if book.text is None:
+        raise UsageError(f"no text loader for text_uri {book.text_uri!r}")
+    return book.text
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +79,13 @@ def book_texts(
     *,
     chunking: ChunkingConfig,
     voices: VoiceLookup = no_voices,
-    text_loader: TextLoader | None = None,
+    text_loader: TextLoader = inline_text,
 ) -> Iterator[BookText | RowError]:
     """Each valid book's text and voice; a book whose text or voice cannot be resolved, or whose
     text (behind `text_uri`) is over the limit, becomes a RowError. Without a `text_loader`,
-    texts behind `text_uri` are read from gs:// only."""
+    only inline texts are read (narrate.sources.TextFetcher reads `text_uri`)."""
     from narrate.errors import NarrateError
 
-    load = text_loader or TextFetcher(None, chunking.max_text_chars)
     for item in items:
         if isinstance(item, RowError):
             yield item
@@ -156,8 +96,8 @@ def book_texts(
             yield RowError(item.row, "bad_voice", f"voice: {exc}", item.book_id, "voice")
             continue
         try:
-            text = load(item)
-        except (TextUriError, NarrateError, OSError, UnicodeDecodeError) as exc:
+            text = text_loader(item)
+        except (NarrateError, OSError, UnicodeDecodeError) as exc:
             if isinstance(exc, OSError) and exc.strerror:
                 message = f"text_uri: {item.text_uri!r}: {exc.strerror}"
             else:
@@ -182,7 +122,7 @@ def chunk_books(
     chunking: ChunkingConfig,
     engine_fingerprint: str,
     voices: VoiceLookup = no_voices,
-    text_loader: TextLoader | None = None,
+    text_loader: TextLoader = inline_text,
     count_tokens: Callable[[str], int] | None = None,
 ) -> Iterator[PlannedBook | RowError]:
     """Chunk each valid book; a book whose text or voice cannot be resolved becomes a RowError."""
@@ -368,8 +308,8 @@ class Planner:
     engine: EngineConfig
     chunking: ChunkingConfig
     plan: PlanConfig
-    voices_dir: str = "voices"
-    text_root: str | None = None  # local `text_uri` files are read inside this folder only
+    voices: VoiceLookup = no_voices  # picklable (see narrate.sources.LibraryVoices)
+    text_loader: TextLoader = inline_text  # a module-level function
 
     def summary(self, rows: Iterable[Book | RowError]) -> PlanSummary:
         """One window, measured: the chunks a run would make, counted in C++ (`measure_book`)."""
@@ -378,9 +318,9 @@ class Planner:
         summary = PlanSummary()
         measured: list[BookMeasure] = []
         engine_fingerprint = self.engine.fingerprint()
-        voices = voice_lookup(self.engine, self.voices_dir)
-        texts = TextFetcher(self.text_root, self.chunking.max_text_chars)
-        for item in book_texts(rows, chunking=self.chunking, voices=voices, text_loader=texts):
+        for item in book_texts(
+            rows, chunking=self.chunking, voices=self.voices, text_loader=self.text_loader
+        ):
             if isinstance(item, RowError):
                 summary.add_error(item)
                 continue
@@ -400,43 +340,23 @@ class Planner:
         return summary
 
 
-def voice_lookup(engine: EngineConfig, root: str) -> VoiceLookup:
-    """CSM chunks are keyed by the voice prompt's content; the preview engine has no prompts."""
-    return voice_library_lookup(root) if engine.engine == "csm" else no_voices
-
-
-def voice_library_lookup(root: str) -> VoiceLookup:
-    """Voice lookup backed by the voice library (`voices/NAME/`): key = content fingerprint."""
-    cache: dict[str | None, tuple[str, int]] = {None: ("", 0)}
-
-    def lookup(name: str | None) -> tuple[str, int]:
-        if name not in cache:
-            from narrate.synth.voices import VoiceLibrary
-
-            voice = VoiceLibrary(Path(root)).get(name)
-            cache[name] = (voice.fingerprint, voice.positions)
-        return cache[name]
-
-    return lookup
-
-
-def plan_manifest(
-    source: str, planner: Planner, *, jobs: int = 1, progress: bool = False
+def plan_rows(
+    rows: Iterable[Book | RowError],
+    planner: Planner,
+    *,
+    total_rows: int | None = None,
+    jobs: int = 1,
+    progress: bool = False,
 ) -> PlanSummary:
-    """Validate, chunk and batch a whole manifest without synthesizing anything.
+    """Validate, chunk and batch a whole manifest's rows without synthesizing anything.
 
     Windows are independent (each is sorted and batched on its own, as in a run), so `jobs`
     processes plan them in parallel while this one reads the manifest.
     """
     from tqdm import tqdm
 
-    from narrate.manifest import ManifestReader
-
-    rows = ManifestReader(source, max_text_chars=planner.chunking.max_text_chars)
     summary = PlanSummary()
-    with tqdm(
-        rows, total=rows.total_rows, unit=" rows", disable=not progress, desc="planning"
-    ) as bar:
+    with tqdm(rows, total=total_rows, unit=" rows", disable=not progress, desc="planning") as bar:
         row_windows = windows(bar, planner.plan.window_books)
         head = list(itertools.islice(row_windows, 2))
         row_windows = itertools.chain(head, row_windows)
@@ -502,8 +422,6 @@ class Shard:
     @classmethod
     def parse(cls, text: str | None, env: Mapping[str, str]) -> Shard:
         """`I/N`; without it, JOB_COMPLETION_INDEX and NARRATE_SHARDS; else the whole catalog."""
-        from narrate.errors import UsageError
-
         if text is None:
             if "JOB_COMPLETION_INDEX" not in env:
                 return cls()

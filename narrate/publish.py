@@ -6,15 +6,29 @@ so re-running converges: a crash between the two steps re-patches, never re-uplo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from narrate.config import PostConfig, fingerprint
 from narrate.database import CONTENT_HASH, STATUS, StatusWriter
-from narrate.errors import StorageError
+from narrate.errors import NarrateError, StorageError, UsageError
 from narrate.plan import PlannedBook
 from narrate.records import EncodedBook
-from narrate.storage import CONTENT_HASH_KEY, Storage, Uploader
+from narrate.storage import (
+    CONTENT_HASH_KEY,
+    MAX_RACES,
+    TOKEN_KEY,
+    Storage,
+    StoredObject,
+    check_url_style,
+)
 
+log = logging.getLogger(__name__)
 # what decides whether a book is done, failed or pending; the rest of a record is not read
 LIFECYCLE_FIELDS = (STATUS, CONTENT_HASH)
 
@@ -23,6 +37,109 @@ def content_hash(planned: PlannedBook, post: PostConfig) -> str:
     """Everything that shapes a book's file: chunks (text, voice, engine), post settings, title."""
     chunk_ids = [c.chunk_id for c in planned.chunks]
     return fingerprint(planned.book.book_id, planned.book.title, chunk_ids, post)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """What happened to one book: its object, the URL for the database, or the error."""
+
+    book_id: str
+    name: str
+    url: str | None
+    uploaded: bool  # False when an object with the same content hash was already there
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class Uploader:
+    """Publishes encoded books concurrently; idempotent per book through the content hash."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        workers: int = 16,
+        object_template: str = "narrations/{book_id}.{ext}",
+        url_style: str = "token",
+        cache_control: str = "public, max-age=3600",
+    ) -> None:
+        check_url_style(url_style)
+        try:
+            object_template.format(book_id="id", ext="wav")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise UsageError(
+                f"invalid object template {object_template!r}: {exc}",
+                hint="use the fields {book_id} and {ext}, e.g. narrations/{book_id}.{ext}",
+            ) from None
+        self.storage = storage
+        self.workers = max(1, workers)
+        self.object_template = object_template
+        self.url_style = url_style
+        self.cache_control = cache_control
+
+    def object_name(self, book_id: str, ext: str) -> str:
+        return self.object_template.format(book_id=book_id, ext=ext)
+
+    def upload(self, books: Sequence[EncodedBook], common_meta: Mapping[str, str]) -> list[Upload]:
+        """One Upload per book, in order. Errors are per book: the others still publish."""
+        publish: Callable[[EncodedBook], Upload] = functools.partial(
+            self._publish, common_meta=common_meta
+        )
+        if len(books) <= 1 or self.workers == 1:
+            return [publish(book) for book in books]
+        with ThreadPoolExecutor(min(self.workers, len(books)), "upload") as pool:
+            return list(pool.map(publish, books))
+
+    def _publish(self, book: EncodedBook, common_meta: Mapping[str, str]) -> Upload:
+        name = book.book_id
+        try:
+            name = self.object_name(book.book_id, book.format)
+            existing = self.storage.stat(name)
+            for _ in range(MAX_RACES):
+                if existing and existing.metadata.get(CONTENT_HASH_KEY) == book.content_hash:
+                    return Upload(book.book_id, name, self._url(existing), uploaded=False)
+                stored = self.storage.put(
+                    name,
+                    book.data,
+                    content_type=book.content_type,
+                    metadata=self._metadata(book, common_meta, existing),
+                    cache_control=self.cache_control,
+                    overwrite=existing is not None,
+                    generation=existing.generation if existing else None,
+                )
+                if stored is not None:
+                    return Upload(book.book_id, name, self._url(stored), uploaded=True)
+                existing = self.storage.stat(name)  # another writer created it meanwhile
+            raise StorageError(f"{self.storage.root}/{name} kept changing while narrate wrote it")
+        except Exception as exc:  # one bad book must not lose the others
+            message = exc.message if isinstance(exc, NarrateError) else repr(exc)
+            log.warning("upload of %s failed: %s", book.book_id, message)
+            return Upload(book.book_id, name, None, uploaded=False, error=message[:500])
+
+    def _url(self, obj: StoredObject) -> str:
+        return self.storage.url(obj, self.url_style)
+
+    @staticmethod
+    def _metadata(
+        book: EncodedBook, common_meta: Mapping[str, str], existing: StoredObject | None
+    ) -> dict[str, str]:
+        # keep the token of the object being replaced, so URLs already published keep working
+        token = existing.metadata.get(TOKEN_KEY) if existing else None
+        payload = book.watermark_payload
+        return {
+            "model": "",
+            "voice": "",
+            **{key: str(value) for key, value in common_meta.items()},
+            "bookId": book.book_id,
+            "generatedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            CONTENT_HASH_KEY: book.content_hash,
+            "watermarked": "true" if payload is not None else "false",
+            "watermarkPayload": "" if payload is None else str(payload),
+            TOKEN_KEY: token or str(uuid.uuid4()),
+        }
 
 
 class Publisher:

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -27,29 +27,21 @@ from typing import Any
 
 from narrate.cache import ChunkCache
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig
-from narrate.database import Database, StatusWriter, open_database, requested_books
+from narrate.database import Database, StatusWriter, open_database
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
     EngineError,
     NarrateError,
-    UsageError,
 )
 from narrate.ledger import BookJob, Ledger
-from narrate.plan import (
-    PlannedBook,
-    Shard,
-    TextFetcher,
-    chunk_books,
-    plan_batches,
-    shard_rows,
-    voice_lookup,
-)
+from narrate.plan import PlannedBook, Shard, chunk_books, plan_batches, shard_rows
 from narrate.plan import windows as book_windows
 from narrate.publish import Publisher, content_hash
-from narrate.records import Batch, Book, RowError
+from narrate.records import Batch, RowError
 from narrate.report import BookResult, EventLog, RunReport
+from narrate.sources import TextFetcher, catalog_rows, voice_lookup
 from narrate.storage import open_storage
 from narrate.workers import WorkerFailed, WorkerPool, WorkerSettings, resolve_devices
 
@@ -119,16 +111,13 @@ def planned_windows(
     options: RunOptions, outputs: Outputs
 ) -> Iterator[list[PlannedBook | RowError]]:
     """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
-    rows: Iterable[Book | RowError]
-    if options.requests:
-        collection = options.path_template.split("/{book_id}")[0]
-        rows = requested_books(outputs.db, path=collection, text_field=options.text_field)
-    else:
-        from narrate.manifest import ManifestReader
-
-        if options.manifest is None:
-            raise UsageError("no manifest given", "pass MANIFEST, or --requests for the queue")
-        rows = ManifestReader(options.manifest, max_text_chars=options.chunking.max_text_chars)
+    rows = catalog_rows(
+        options.manifest,
+        max_text_chars=options.chunking.max_text_chars,
+        requests_from=outputs.db if options.requests else None,
+        collection=options.path_template.split("/{book_id}")[0],
+        text_field=options.text_field,
+    )
     voices = voice_lookup(options.engine, options.voices_dir)
     texts = TextFetcher(options.text_root, options.chunking.max_text_chars)
     for window in book_windows(shard_rows(rows, options.shard), options.plan.window_books):

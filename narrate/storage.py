@@ -1,11 +1,11 @@
 """Where finished books and cached chunks live: a local folder or Cloud Storage, one protocol.
 
-Every write is atomic and guarded: locally a temp file in the same folder is renamed into place
-(`os.link` when an existing file must not be replaced); on Cloud Storage each write is one upload
-with an `if_generation_match` precondition, so the library may retry it safely and concurrent
-writers never clobber each other blindly. A precondition failure caused by our own retried
-upload (the first reply was lost) is recognised by content and metadata, so an object is never
-written twice.
+Every write is atomic and guarded: locally through narrate.atomic (a temp file in the same
+folder renamed into place, or linked when an existing file must not be replaced); on Cloud
+Storage each write is one upload with an `if_generation_match` precondition, so the library may
+retry it safely and concurrent writers never clobber each other blindly. A precondition failure
+caused by our own retried upload (the first reply was lost) is recognised by content and
+metadata, so an object is never written twice.
 
 Credentials come from Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud,
 Workload Identity); with STORAGE_EMULATOR_HOST set, anonymous credentials are used instead.
@@ -21,19 +21,16 @@ import logging
 import mimetypes
 import os
 import re
-import tempfile
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import quote
 
-from narrate.errors import NarrateError, StorageError, UsageError
-from narrate.records import EncodedBook
+from narrate.atomic import write_atomic
+from narrate.errors import StorageError, UsageError
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -45,7 +42,7 @@ TOKEN_KEY = "firebaseStorageDownloadTokens"
 CONTENT_HASH_KEY = "contentHash"  # object metadata: what the file was made from (EncodedBook)
 SIGNED_URL_LIFETIME = timedelta(days=7)  # the V4 maximum
 _META_DIR = ".narrate-meta"  # local sidecars: content type, cache control and metadata per file
-_MAX_RACES = 5  # precondition losses tolerated per put before giving up
+MAX_RACES = 5  # precondition losses tolerated per put before giving up
 _POOL_SIZE = 32  # HTTP connections per client: at least the uploader's worker count
 _FIREBASE_HOST = "https://firebasestorage.googleapis.com"
 _PUBLIC_HOST = "https://storage.googleapis.com"
@@ -160,23 +157,14 @@ class LocalStorage:
         record = {"contentType": content_type, "cacheControl": cache_control}
         record["metadata"] = {k: str(v) for k, v in (metadata or {}).items()}
         with _local_errors(f"write {path}"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temp = _write_temp(path.parent, data)
-            try:
-                if overwrite:
-                    # drop the old sidecar first: a crash before the new one lands leaves a
-                    # file without a content hash (republished next run), never a stale hash
-                    sidecar.unlink(missing_ok=True)
-                    os.replace(temp, path)
-                else:
-                    try:
-                        os.link(temp, path)  # atomic create-if-absent
-                    except FileExistsError:
-                        return None
-            finally:
-                temp.unlink(missing_ok=True)
-            sidecar.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(_write_temp(sidecar.parent, json.dumps(record).encode()), sidecar)
+            if overwrite:
+                # drop the old sidecar first: a crash before the new one lands leaves a
+                # file without a content hash (republished next run), never a stale hash
+                sidecar.unlink(missing_ok=True)
+                write_atomic(path, data)
+            elif not write_atomic(path, data, overwrite=False):
+                return None
+            write_atomic(sidecar, json.dumps(record))
         return StoredObject(name, len(data), content_type, record["metadata"])
 
     def get(self, name: str) -> bytes | None:
@@ -225,16 +213,8 @@ class LocalStorage:
 
     def url(self, obj: StoredObject, style: str = "token") -> str:
         """A file:// URL whatever the style: tokens and signatures mean nothing locally."""
-        _check_style(style)
+        check_url_style(style)
         return self._path(obj.name).as_uri()
-
-
-def _write_temp(folder: Path, data: bytes) -> Path:
-    # no fsync: renames after a crash of the process (not the machine) are safe without it,
-    # and the chunk cache writes thousands of small files
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".", suffix=".tmp", delete=False) as f:
-        f.write(data)
-    return Path(f.name)
 
 
 @contextmanager
@@ -307,7 +287,7 @@ class GcsStorage:
         wanted = {k: str(v) for k, v in (metadata or {}).items()}
         # the object we know of, else none: the common cases cost one request
         expected = generation if generation is not None else 0
-        for _ in range(_MAX_RACES):
+        for _ in range(MAX_RACES):
             blob = self._bucket.blob(key)
             blob.metadata = wanted
             blob.cache_control = cache_control
@@ -369,7 +349,7 @@ class GcsStorage:
                 yield self._name(blob.name)
 
     def url(self, obj: StoredObject, style: str = "token") -> str:
-        _check_style(style)
+        check_url_style(style)
         key = self.key(obj.name)
         if style == "gs":
             return f"gs://{self.bucket_name}/{key}"
@@ -421,7 +401,7 @@ def _same_object(blob: gcs.Blob, data: bytes, metadata: Mapping[str, str]) -> bo
     return blob.md5_hash == md5 and dict(blob.metadata or {}) == dict(metadata)
 
 
-def _check_style(style: str) -> None:
+def check_url_style(style: str) -> None:
     if style not in URL_STYLES:
         raise UsageError(f"unknown URL style {style!r}", hint=f"use one of {', '.join(URL_STYLES)}")
 
@@ -546,109 +526,3 @@ def open_uri(uri: str, *, timeout: float = 60.0) -> BinaryIO:
         return blob.open(
             "rb", if_generation_match=blob.generation, timeout=timeout, retry=storage.retry
         )
-
-
-# --- bulk publishing ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Upload:
-    """What happened to one book: its object, the URL for the database, or the error."""
-
-    book_id: str
-    name: str
-    url: str | None
-    uploaded: bool  # False when an object with the same content hash was already there
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class Uploader:
-    """Publishes encoded books concurrently; idempotent per book through the content hash."""
-
-    def __init__(
-        self,
-        storage: Storage,
-        *,
-        workers: int = 16,
-        object_template: str = "narrations/{book_id}.{ext}",
-        url_style: str = "token",
-        cache_control: str = "public, max-age=3600",
-    ) -> None:
-        _check_style(url_style)
-        try:
-            object_template.format(book_id="id", ext="wav")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise UsageError(
-                f"invalid object template {object_template!r}: {exc}",
-                hint="use the fields {book_id} and {ext}, e.g. narrations/{book_id}.{ext}",
-            ) from None
-        self.storage = storage
-        self.workers = max(1, workers)
-        self.object_template = object_template
-        self.url_style = url_style
-        self.cache_control = cache_control
-
-    def object_name(self, book_id: str, ext: str) -> str:
-        return self.object_template.format(book_id=book_id, ext=ext)
-
-    def upload(self, books: Sequence[EncodedBook], common_meta: Mapping[str, str]) -> list[Upload]:
-        """One Upload per book, in order. Errors are per book: the others still publish."""
-        publish: Callable[[EncodedBook], Upload] = functools.partial(
-            self._publish, common_meta=common_meta
-        )
-        if len(books) <= 1 or self.workers == 1:
-            return [publish(book) for book in books]
-        with ThreadPoolExecutor(min(self.workers, len(books)), "upload") as pool:
-            return list(pool.map(publish, books))
-
-    def _publish(self, book: EncodedBook, common_meta: Mapping[str, str]) -> Upload:
-        name = book.book_id
-        try:
-            name = self.object_name(book.book_id, book.format)
-            existing = self.storage.stat(name)
-            for _ in range(_MAX_RACES):
-                if existing and existing.metadata.get(CONTENT_HASH_KEY) == book.content_hash:
-                    return Upload(book.book_id, name, self._url(existing), uploaded=False)
-                stored = self.storage.put(
-                    name,
-                    book.data,
-                    content_type=book.content_type,
-                    metadata=self._metadata(book, common_meta, existing),
-                    cache_control=self.cache_control,
-                    overwrite=existing is not None,
-                    generation=existing.generation if existing else None,
-                )
-                if stored is not None:
-                    return Upload(book.book_id, name, self._url(stored), uploaded=True)
-                existing = self.storage.stat(name)  # another writer created it meanwhile
-            raise StorageError(f"{self.storage.root}/{name} kept changing while narrate wrote it")
-        except Exception as exc:  # one bad book must not lose the others
-            message = exc.message if isinstance(exc, NarrateError) else repr(exc)
-            log.warning("upload of %s failed: %s", book.book_id, message)
-            return Upload(book.book_id, name, None, uploaded=False, error=message[:500])
-
-    def _url(self, obj: StoredObject) -> str:
-        return self.storage.url(obj, self.url_style)
-
-    @staticmethod
-    def _metadata(
-        book: EncodedBook, common_meta: Mapping[str, str], existing: StoredObject | None
-    ) -> dict[str, str]:
-        # keep the token of the object being replaced, so URLs already published keep working
-        token = existing.metadata.get(TOKEN_KEY) if existing else None
-        payload = book.watermark_payload
-        return {
-            "model": "",
-            "voice": "",
-            **{key: str(value) for key, value in common_meta.items()},
-            "bookId": book.book_id,
-            "generatedAt": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            CONTENT_HASH_KEY: book.content_hash,
-            "watermarked": "true" if payload is not None else "false",
-            "watermarkPayload": "" if payload is None else str(payload),
-            TOKEN_KEY: token or str(uuid.uuid4()),
-        }

@@ -26,11 +26,11 @@ from narrate.database import (
     LocalStatusFile,
     StatusWriter,
     open_database,
-    requested_books,
     short_error,
 )
 from narrate.errors import DatabaseError, UsageError
 from narrate.records import Book, RowError
+from narrate.sources import requested_books
 
 READY_FIELDS = {
     "narrativeAudioStatus",

@@ -18,13 +18,13 @@ from narrate.plan import (
     PlannedBook,
     Planner,
     Shard,
-    TextFetcher,
     chunk_books,
     padding_efficiency,
     plan_batches,
     shard_rows,
 )
 from narrate.records import Book, RowError
+from narrate.sources import TextFetcher
 
 CHUNKING = ChunkingConfig()
 WORDS = "the river ran past old houses while a captain wrote letters home at evening".split()

@@ -15,12 +15,12 @@ import pytest
 from support.gcs import FakeGcs, FaultyProxy
 
 from narrate.errors import StorageError, UsageError
+from narrate.publish import Uploader
 from narrate.records import Book, EncodedBook
 from narrate.storage import (
     TOKEN_KEY,
     Storage,
     StoredObject,
-    Uploader,
     open_storage,
     open_uri,
 )
@@ -242,7 +242,7 @@ def test_manifests_and_texts_are_read_from_gs(gcs_bucket: str) -> None:
     import pyarrow.parquet as pq
 
     from narrate.manifest import read_manifest
-    from narrate.plan import TextFetcher
+    from narrate.sources import TextFetcher
 
     storage = open_storage(f"gs://{gcs_bucket}")
     storage.put("texts/b2.txt", b"The second book, from a text file.")

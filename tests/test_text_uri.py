@@ -16,8 +16,9 @@ from click.testing import CliRunner
 
 from narrate.cli import cli
 from narrate.config import ChunkingConfig
-from narrate.plan import PlannedBook, TextFetcher, chunk_books
+from narrate.plan import PlannedBook, chunk_books
 from narrate.records import Book, RowError
+from narrate.sources import TextFetcher
 
 STORY = "Once upon a time there was a river. It ran to the sea."
 

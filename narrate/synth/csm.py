@@ -21,7 +21,6 @@ Model facts and choices (see DESIGN.md "CSM-1B facts"):
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -316,9 +315,7 @@ class CsmEngine:
 
             audio, _ = sf.read(str(voice.audio_path), dtype="float32")
             codes = self.codec.encode(torch.from_numpy(audio)).cpu()
-            temporary = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-            np.save(temporary, codes.numpy().astype(np.int16))
-            temporary.replace(path)  # atomic: workers sharing the library never read half a file
+            voice.save_codes(self.codec.key, codes.numpy().astype(np.int16))
         self._voice_codes[voice.fingerprint] = codes
         return codes
 

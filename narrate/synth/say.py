@@ -7,6 +7,7 @@ loudness) in post-processing; this is a quick listen.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from narrate.atomic import write_atomic
 from narrate.config import SAMPLE_RATE, ChunkingConfig, EngineConfig, PlanConfig, PostConfig
 from narrate.errors import EngineError, UsageError
 from narrate.records import ChunkAudio
@@ -102,5 +104,6 @@ def say(
 def write_wav(path: Path, audio: np.ndarray) -> None:
     import soundfile as sf
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.clip(audio, -1.0, 1.0), SAMPLE_RATE, subtype="PCM_16")
+    wav = io.BytesIO()
+    sf.write(wav, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    write_atomic(path, wav.getvalue())

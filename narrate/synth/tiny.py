@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from narrate.atomic import write_atomic
 from narrate.config import FRAME_RATE, SAMPLE_RATE
 from narrate.synth.mimi import CODEBOOK_SIZE, LOCAL_CONFIG, LOCAL_WEIGHTS, NUM_CODEBOOKS
 
@@ -242,5 +243,5 @@ def build_tiny_model(folder: Path, seed: int = 0, sizes: Sizes = Sizes()) -> Pat
     config = tiny_mimi_config()
     state = {k: v.contiguous() for k, v in build_mimi(config, seed).state_dict().items()}
     save_file(state, str(folder / LOCAL_WEIGHTS))
-    (folder / LOCAL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    write_atomic(folder / LOCAL_CONFIG, json.dumps(config, indent=2) + "\n")
     return folder

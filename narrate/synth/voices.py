@@ -11,14 +11,20 @@ No torch at import: the planner uses this module to size prompts without loading
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from narrate.atomic import write_atomic
 from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkingConfig
 from narrate.errors import UsageError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 MAX_SECONDS = 20.0
 AUDIO_FILE = "audio.wav"
@@ -46,6 +52,14 @@ class Voice:
     def codes_path(self, codec_key: str) -> Path:
         """Where this audio's codes under the codec `codec_key` are cached."""
         return self.audio_path.parent / f"codes-{codec_key}-{self.fingerprint}.npy"
+
+    def save_codes(self, codec_key: str, codes: np.ndarray) -> None:
+        """Cache the codes (atomic: workers sharing the library never read half a file)."""
+        import numpy as np
+
+        buffer = io.BytesIO()
+        np.save(buffer, codes)
+        write_atomic(self.codes_path(codec_key), buffer.getvalue())
 
 
 class VoiceLibrary:
@@ -119,9 +133,11 @@ class VoiceLibrary:
         folder.mkdir(parents=True, exist_ok=True)
         for stale in folder.glob("codes-*.npy"):  # codes of the audio being replaced
             stale.unlink()
-        sf.write(str(folder / AUDIO_FILE), audio, SAMPLE_RATE, subtype="PCM_16")
+        wav = io.BytesIO()
+        sf.write(wav, audio, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        write_atomic(folder / AUDIO_FILE, wav.getvalue())
         meta = {"name": name, "transcript": transcript, "speaker": int(speaker)}
-        (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        write_atomic(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
         return self.get(name)
 
 

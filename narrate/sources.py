@@ -1,0 +1,182 @@
+"""Where rows come from: manifest files, the site's request queue, and the texts behind `text_uri`.
+
+Everything here reads (files, Cloud Storage, the database) and hands the pure planner
+(narrate.plan) rows, text loaders and voice lookups.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from narrate.config import EngineConfig
+from narrate.database import REQUESTED, STATUS, Database, with_retries
+from narrate.errors import UsageError
+from narrate.manifest import ManifestReader, book_id_problem
+from narrate.plan import VoiceLookup, no_voices
+from narrate.records import Book, RowError
+from narrate.storage import open_uri
+from narrate.synth.voices import VoiceLibrary
+
+
+def manifest_rows(manifest: str, *, max_text_chars: int) -> ManifestReader:
+    """A manifest's rows (JSONL or Parquet, local or gs://); `total_rows` when known up front."""
+    return ManifestReader(manifest, max_text_chars=max_text_chars)
+
+
+def catalog_rows(
+    manifest: str | None,
+    *,
+    max_text_chars: int,
+    requests_from: Database | None = None,
+    collection: str = "books",
+    text_field: str = "narrative",
+) -> Iterable[Book | RowError]:
+    """A run's rows: the site's request queue when `requests_from` is given, else MANIFEST."""
+    if requests_from is not None:
+        return requested_books(
+            requests_from, path=collection, text_field=text_field, max_text_chars=max_text_chars
+        )
+    if manifest is None:
+        raise UsageError("no manifest given", "pass MANIFEST, or --requests for the queue")
+    return manifest_rows(manifest, max_text_chars=max_text_chars)
+
+
+def default_text_root(manifest: str | None, text_root: str | None) -> str | None:
+    """--text-root, else a local manifest's own folder; None (no local texts) otherwise."""
+    if text_root is None and manifest and "://" not in manifest:
+        return os.path.dirname(os.path.abspath(manifest))
+    return text_root
+
+
+class TextUriError(UsageError):
+    """A `text_uri` narrate will not read (outside the text root, not a regular file)."""
+
+
+@dataclass(frozen=True)
+class TextFetcher:
+    """Reads a book's narrative: inline, or behind `text_uri`.
+
+    A manifest is data from elsewhere, so it must not choose which local files narrate reads
+    (and publishes as audio): gs:// objects are read, local paths only inside `root`, the folder
+    the operator names with --text-root (default: the manifest's own folder; None: no local
+    reads). Paths are resolved before the check, so `..` and symlinks cannot lead out of it;
+    only regular files are opened (no FIFO, device or /proc entry), and at most `max_chars` + 1
+    characters are read, so a huge file costs no more memory than the limit. Picklable: plan
+    workers read texts themselves.
+    """
+
+    root: str | None
+    max_chars: int
+
+    def __call__(self, book: Book) -> str:
+        if book.text is not None:
+            return book.text
+        assert book.text_uri is not None  # the manifest reader guarantees one of the two
+        if book.text_uri.startswith("gs://"):
+            with open_uri(book.text_uri) as stream:
+                return self._read(stream)
+        with self._open_local(book.text_uri) as stream:
+            return self._read(stream)
+
+    def _read(self, stream: BinaryIO) -> str:
+        text = io.TextIOWrapper(stream, encoding="utf-8")  # type: ignore[arg-type]
+        return text.read(self.max_chars + 1)
+
+    def _open_local(self, uri: str) -> BinaryIO:
+        if self.root is None:
+            raise TextUriError(
+                f"{uri!r} is a local path, and no --text-root allows local texts for this "
+                "manifest (it is not a local file)"
+            )
+        root = os.path.realpath(self.root)
+        path = os.path.realpath(os.path.join(root, uri))  # an absolute uri replaces the root
+        if os.path.commonpath([root, path]) != root:
+            raise TextUriError(f"{uri!r} is outside the text root {self.root} (--text-root)")
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TextUriError(f"{uri!r} is not a regular file")
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+
+def voice_lookup(engine: EngineConfig, root: str) -> VoiceLookup:
+    """CSM chunks are keyed by the voice prompt's content; the preview engine has no prompts."""
+    return LibraryVoices(root) if engine.engine == "csm" else no_voices
+
+
+class LibraryVoices:
+    """Voice lookup backed by the voice library (`voices/NAME/`): key = content fingerprint.
+    Picklable (planning hands it to worker processes); each voice is read once per process."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._known: dict[str | None, tuple[str, int]] = {None: ("", 0)}
+
+    def __call__(self, name: str | None) -> tuple[str, int]:
+        if name not in self._known:
+            voice = VoiceLibrary(Path(self.root)).get(name)
+            self._known[name] = (voice.fingerprint, voice.positions)
+        return self._known[name]
+
+
+def requested_books(
+    db: Database,
+    *,
+    path: str = "books",
+    text_field: str = "narrative",
+    page_size: int = 500,
+    max_text_chars: int = 200_000,
+    retries: int = 5,
+    backoff: float = 0.5,
+) -> Iterator[Book | RowError]:
+    """Books whose status is `requested` (the site's "Generate narrative" button), in key order,
+    read a page at a time with an indexed query. `row` counts them from 1. Invalid records come
+    out as RowErrors for the runner to mark failed.
+    """
+    row, after = 0, None
+    while True:
+        query = functools.partial(
+            db.query_equal, path, STATUS, REQUESTED, limit=page_size, start_after_key=after
+        )
+        page = with_retries(query, retries=retries, backoff=backoff, what=f"request queue /{path}")
+        for book_id, record in page.items():
+            row += 1
+            yield _requested_book(row, book_id, record, text_field, max_text_chars)
+        if len(page) < page_size:
+            return
+        after = next(reversed(page))
+
+
+def _requested_book(
+    row: int, book_id: str, record: object, text_field: str, max_text_chars: int
+) -> Book | RowError:
+    problem = book_id_problem(book_id)
+    if problem:
+        return RowError(row, "invalid_id", problem, book_id=book_id, field="book_id")
+    text = record.get(text_field) if isinstance(record, dict) else None
+    reason = message = None
+    if text is None:
+        reason, message = "missing_text", f"the record has no {text_field!r} field"
+    elif not isinstance(text, str):
+        reason, message = "wrong_type", f"{text_field} must be a string, got {type(text).__name__}"
+    elif not text.strip():
+        reason, message = "empty_text", f"{text_field} is empty or only whitespace"
+    elif len(text) > max_text_chars:
+        reason = "text_too_long"
+        message = f"{text_field} has {len(text):,} characters, over the limit of {max_text_chars:,}"
+    if reason:
+        return RowError(row, reason, message, book_id=book_id, field=text_field)
+    title = record.get("title")
+    return Book(book_id, row=row, text=text, title=title if isinstance(title, str) else None)
