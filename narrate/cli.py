@@ -6,6 +6,7 @@ imported inside the commands that need them.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -16,6 +17,15 @@ import click
 from narrate import __version__
 from narrate.config import AUDIO_FORMATS, FRAME_RATE, EngineConfig, build_configs
 from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
+from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOptions
+
+
+def add_options(
+    command: Callable[..., Any], options: list[Callable[[Callable[..., Any]], Any]]
+) -> Callable[..., Any]:
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 class NarrateGroup(click.Group):
@@ -36,7 +46,28 @@ def cli() -> None:
 
 
 def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Options shared by every command that plans a catalog (plan, run, status)."""
+    """Options shared by every command that plans a catalog (plan, run, status, doctor): the
+    command gets them as `catalog: CatalogOptions`."""
+
+    @functools.wraps(command)
+    def with_catalog(
+        *args: Any,
+        engine: str,
+        model: str,
+        voices_dir: str,
+        batch_size: int,
+        window_books: int,
+        max_audio_length_ms: int,
+        text_root: str | None,
+        max_text_chars: int,
+        **kwargs: Any,
+    ) -> Any:
+        configs = build_configs(
+            engine, model, batch_size, window_books, max_audio_length_ms, max_text_chars
+        )
+        catalog = CatalogOptions(*configs, voices_dir=voices_dir, text_root=text_root)
+        return command(*args, catalog=catalog, **kwargs)
+
     options = [
         click.option(
             "--engine",
@@ -89,9 +120,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="longest narrative accepted",
         ),
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return add_options(with_catalog, options)
 
 
 @cli.command()
@@ -104,14 +133,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     default=None,
     help="processes planning windows in parallel [default: one per CPU core]",
 )
-def plan(
-    manifest: str,
-    voices_dir: str,
-    text_root: str | None,
-    as_json: bool,
-    jobs: int | None,
-    **options: Any,
-) -> None:
+def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None) -> None:
     """Validate and plan MANIFEST (JSONL or Parquet, local or gs://) without synthesizing.
 
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
@@ -122,11 +144,14 @@ def plan(
     from narrate.plan import Planner, plan_rows, render_summary
     from narrate.sources import TextFetcher, default_text_root, manifest_rows, voice_lookup
 
-    engine, chunking, plan_config = build_configs(**options)
-    voices = voice_lookup(engine, voices_dir)
-    texts = TextFetcher(default_text_root(manifest, text_root), chunking.max_text_chars)
-    planner = Planner(engine, chunking, plan_config, voices=voices, text_loader=texts)
-    rows = manifest_rows(manifest, max_text_chars=chunking.max_text_chars)
+    voices = voice_lookup(catalog.engine, catalog.voices_dir)
+    texts = TextFetcher(
+        default_text_root(manifest, catalog.text_root), catalog.chunking.max_text_chars
+    )
+    planner = Planner(
+        catalog.engine, catalog.chunking, catalog.plan, voices=voices, text_loader=texts
+    )
+    rows = manifest_rows(manifest, max_text_chars=catalog.chunking.max_text_chars)
     summary = plan_rows(
         rows,
         planner,
@@ -258,7 +283,46 @@ watermark_model_option = click.option(
 
 
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Options naming where a run's results live (run, status)."""
+    """Options naming where a run's results live (run, status, doctor): the command gets them as
+    `outputs: OutputOptions`."""
+
+    @functools.wraps(command)
+    def with_outputs(
+        *args: Any,
+        out: str,
+        cache: str,
+        database: str | None,
+        path_template: str,
+        object_template: str | None,
+        audio_format: str,
+        shard: str | None,
+        loudness: float,
+        no_watermark: bool,
+        watermark_model: str | None,
+        **kwargs: Any,
+    ) -> Any:
+        import os
+
+        from narrate.config import PostConfig
+        from narrate.plan import Shard
+
+        post = PostConfig(
+            format=audio_format,
+            loudness_lufs=loudness,
+            watermark=not no_watermark,
+            watermark_model=watermark_model,
+        )
+        outputs = OutputOptions(
+            out=out,
+            cache=cache,
+            database=database,
+            path_template=path_template,
+            object_template=object_template,
+            shard=Shard.parse(shard, os.environ),
+            post=post,
+        )
+        return command(*args, outputs=outputs, **kwargs)
+
     options = [
         click.option(
             "--out", default="out", show_default=True, help="output folder, or gs://BUCKET/PREFIX"
@@ -308,68 +372,37 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         ),
         watermark_model_option,
     ]
-    for option in reversed(options):
-        command = option(command)
-    return command
+    return add_options(with_outputs, options)
 
 
-def build_run_options(
-    manifest: str | None,
-    *,
-    out: str,
-    cache: str,
-    database: str | None,
-    path_template: str,
-    object_template: str | None,
-    audio_format: str,
-    shard: str | None,
-    voices_dir: str,
-    text_root: str | None,
-    loudness: float,
-    no_watermark: bool,
-    watermark_model: str | None,
-    **options: Any,
-) -> Any:
-    import os
+def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The synthesis workers (run, doctor): the command gets them as `workers: DeviceOptions`."""
 
-    from narrate.config import PostConfig
-    from narrate.plan import Shard
-    from narrate.run import RunOptions
-    from narrate.sources import default_text_root
+    @functools.wraps(command)
+    def with_devices(
+        *args: Any, devices: str, compile: bool, cpu_threads: int | None, **kwargs: Any
+    ) -> Any:
+        workers = DeviceOptions(devices=devices, compile=compile, cpu_threads=cpu_threads)
+        return command(*args, workers=workers, **kwargs)
 
-    catalog = {
-        k: options.pop(k)
-        for k in (
-            "engine",
-            "model",
-            "batch_size",
-            "window_books",
-            "max_audio_length_ms",
-            "max_text_chars",
-        )
-    }
-    engine, chunking, plan_config = build_configs(**catalog)
-    return RunOptions(
-        manifest=manifest,
-        out=out,
-        cache=cache,
-        database=database,
-        path_template=path_template,
-        object_template=object_template,
-        shard=Shard.parse(shard, os.environ),
-        voices_dir=voices_dir,
-        text_root=default_text_root(manifest, text_root),
-        engine=engine,
-        chunking=chunking,
-        plan=plan_config,
-        post=PostConfig(
-            format=audio_format,
-            loudness_lufs=loudness,
-            watermark=not no_watermark,
-            watermark_model=watermark_model,
+    options = [
+        click.option(
+            "--devices",
+            default="auto",
+            show_default=True,
+            help="auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker process per entry",
         ),
-        **options,
-    )
+        click.option(
+            "--compile", is_flag=True, help="torch.compile + static cache on CUDA workers"
+        ),
+        click.option(
+            "--cpu-threads",
+            type=click.IntRange(1),
+            default=None,
+            help="torch threads per CPU worker [default: cores / CPU workers]",
+        ),
+    ]
+    return add_options(with_devices, options)
 
 
 @cli.command()
@@ -394,20 +427,8 @@ def build_run_options(
     type=click.Choice(["token", "signed", "public", "gs"]),
     help="URL written to the database (token: Firebase download URL, never expires)",
 )
-@click.option(
-    "--devices",
-    default="auto",
-    show_default=True,
-    help="auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker process per entry",
-)
+@device_options
 @click.option("--force", is_flag=True, help="re-render books even when already published")
-@click.option("--compile", is_flag=True, help="torch.compile + static cache on CUDA workers")
-@click.option(
-    "--cpu-threads",
-    type=click.IntRange(1),
-    default=None,
-    help="torch threads per CPU worker [default: cores / CPU workers]",
-)
 @click.option(
     "--report",
     "report_path",
@@ -415,7 +436,17 @@ def build_run_options(
     default=None,
     help="write the run report (JSON) here",
 )
-def run(manifest: str | None, requests: bool, report_path: str | None, **options: Any) -> None:
+def run(
+    manifest: str | None,
+    catalog: CatalogOptions,
+    outputs: OutputOptions,
+    workers: DeviceOptions,
+    requests: bool,
+    text_field: str,
+    url_style: str,
+    force: bool,
+    report_path: str | None,
+) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
 
     Resumable: chunks already cached and books already published are skipped. Exit 0 when
@@ -428,7 +459,17 @@ def run(manifest: str | None, requests: bool, report_path: str | None, **options
 
     if bool(manifest) == requests:
         raise click.UsageError("give a MANIFEST or --requests (not both)")
-    report = run_catalog(build_run_options(manifest, requests=requests, **options))
+    options = RunOptions(
+        manifest,
+        catalog,
+        outputs,
+        workers,
+        requests=requests,
+        text_field=text_field,
+        url_style=url_style,
+        force=force,
+    )
+    report = run_catalog(options)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
     click.echo(json.dumps(report.totals()))
@@ -440,45 +481,36 @@ def run(manifest: str | None, requests: bool, report_path: str | None, **options
 @catalog_options
 @output_options
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
-def status(manifest: str, as_json: bool, **options: Any) -> None:
+def status(manifest: str, catalog: CatalogOptions, outputs: OutputOptions, as_json: bool) -> None:
     """Where MANIFEST stands: books done, cached, partly cached, pending, failed.
 
     Reads the cache and the outputs only; no model is loaded.
     """
     from narrate.status import catalog_status
 
-    counts = catalog_status(build_run_options(manifest, **options))
+    counts = catalog_status(RunOptions(manifest, catalog, outputs))
     click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())
 
 
 @cli.command()
+@catalog_options
+@output_options
+@device_options
 @click.option("--json", "as_json", is_flag=True, help="print the checks as JSON")
-def doctor(as_json: bool, no_watermark: bool, **targets: Any) -> None:
+def doctor(
+    catalog: CatalogOptions, outputs: OutputOptions, workers: DeviceOptions, as_json: bool
+) -> None:
     """Check this machine against a run's targets: packages, GPUs, model, AudioSeal, eSpeak,
     and a write/read/delete probe on --out, --cache and --database.
 
-    Pass the options the run will use. Exit 0 when nothing failed, 1 otherwise.
+    Pass the options the run will use (it declares the same option groups as `run`; those no
+    check depends on are accepted and ignored). Exit 0 when nothing failed, 1 otherwise.
     """
     from narrate.doctor import Targets, healthy, render, run_checks, to_json
 
-    checks = run_checks(Targets(watermark=not no_watermark, **targets))
+    checks = run_checks(Targets.of(catalog, outputs, workers))
     click.echo(to_json(checks) if as_json else render(checks))
     sys.exit(EXIT_OK if healthy(checks) else EXIT_SOME_FAILED)
-
-
-# `narrate run`'s own option objects, so doctor checks exactly what a run with the same
-# options would use and the two cannot drift apart
-DOCTOR_OPTIONS = (
-    "engine",
-    "model",
-    "devices",
-    "out",
-    "cache",
-    "database",
-    "no_watermark",
-    "watermark_model",
-)
-doctor.params[:0] = [param for param in run.params if param.name in DOCTOR_OPTIONS]
 
 
 @cli.command()

@@ -33,6 +33,7 @@ from narrate.errors import (
     StorageError,
     first_line,
 )
+from narrate.options import CatalogOptions, DeviceOptions, OutputOptions
 
 Status = Literal["ok", "fail", "skip"]
 
@@ -58,6 +59,20 @@ class Targets:
     database: str | None = None
     watermark: bool = True
     watermark_model: str | None = None
+
+    @classmethod
+    def of(cls, catalog: CatalogOptions, outputs: OutputOptions, workers: DeviceOptions) -> Targets:
+        """The targets of a run given these options."""
+        return cls(
+            engine=catalog.engine.engine,
+            model=catalog.engine.model,
+            devices=workers.devices,
+            out=outputs.out,
+            cache=outputs.cache,
+            database=outputs.database,
+            watermark=outputs.post.watermark,
+            watermark_model=outputs.post.watermark_model,
+        )
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,11 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from narrate.cache import ChunkCache
-from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig
 from narrate.database import Database, StatusWriter, open_database
 from narrate.errors import (
     EXIT_INTERRUPTED,
@@ -36,45 +35,15 @@ from narrate.errors import (
     NarrateError,
 )
 from narrate.ledger import BookJob, Ledger
-from narrate.plan import PlannedBook, Shard, chunk_books, plan_batches, shard_rows
+from narrate.options import RunOptions
+from narrate.plan import PlannedBook, chunk_books, plan_batches, shard_rows
 from narrate.plan import windows as book_windows
 from narrate.publish import Publisher, content_hash
 from narrate.records import Batch, RowError
 from narrate.report import BookResult, EventLog, RunReport
-from narrate.sources import TextFetcher, catalog_rows, voice_lookup
+from narrate.sources import TextFetcher, catalog_rows, default_text_root, voice_lookup
 from narrate.storage import open_storage
 from narrate.workers import WorkerFailed, WorkerPool, WorkerSettings, resolve_devices
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    manifest: str | None = None
-    requests: bool = False  # read the site's request queue instead of a manifest
-    text_field: str = "narrative"
-    out: str = "out"
-    cache: str = ".narrate/cache"
-    database: str | None = None  # None: a local status.json records the same fields
-    path_template: str = "books/{book_id}"
-    object_template: str | None = None  # None: "{book_id}.{ext}" locally, "narrations/..." on GCS
-    url_style: str = "token"
-    devices: str = "auto"
-    compile: bool = False  # torch.compile + static cache on CUDA workers
-    cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
-    shard: Shard = field(default_factory=Shard)
-    force: bool = False
-    voices_dir: str = "voices"
-    text_root: str | None = None  # local `text_uri` files are read inside this folder only
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
-    plan: PlanConfig = field(default_factory=PlanConfig)
-    post: PostConfig = field(default_factory=PostConfig)
-    post_workers: int = 2
-    stop_grace_s: float = 10.0  # finishing books after SIGTERM; GKE spot gives pods ~15 s
-
-    def worker_settings(self) -> WorkerSettings:
-        return WorkerSettings(
-            self.engine, self.voices_dir, self.cache, self.compile, self.cpu_threads
-        )
 
 
 @dataclass
@@ -93,18 +62,23 @@ def status_file(out: str) -> Path:
 
 
 def open_outputs(options: RunOptions, log: EventLog) -> Outputs:
-    local_out = not options.out.startswith("gs://")
-    if options.database is None and not local_out:
-        log.event("warning", message=f"no --database: statuses go to {status_file(options.out)}")
-    db = open_database(options.database, status_file=status_file(options.out))
-    status = StatusWriter(db, path_template=options.path_template)
-    template = options.object_template or (
+    local_out = not options.outputs.out.startswith("gs://")
+    if options.outputs.database is None and not local_out:
+        log.event(
+            "warning", message=f"no --database: statuses go to {status_file(options.outputs.out)}"
+        )
+    db = open_database(options.outputs.database, status_file=status_file(options.outputs.out))
+    status = StatusWriter(db, path_template=options.outputs.path_template)
+    template = options.outputs.object_template or (
         "{book_id}.{ext}" if local_out else "narrations/{book_id}.{ext}"
     )
     publisher = Publisher(
-        open_storage(options.out), status, object_template=template, url_style=options.url_style
+        open_storage(options.outputs.out),
+        status,
+        object_template=template,
+        url_style=options.url_style,
     )
-    return Outputs(ChunkCache(open_storage(options.cache)), publisher, status, db)
+    return Outputs(ChunkCache(open_storage(options.outputs.cache)), publisher, status, db)
 
 
 def planned_windows(
@@ -113,19 +87,22 @@ def planned_windows(
     """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
     rows = catalog_rows(
         options.manifest,
-        max_text_chars=options.chunking.max_text_chars,
+        max_text_chars=options.catalog.chunking.max_text_chars,
         requests_from=outputs.db if options.requests else None,
-        collection=options.path_template.split("/{book_id}")[0],
+        collection=options.outputs.path_template.split("/{book_id}")[0],
         text_field=options.text_field,
     )
-    voices = voice_lookup(options.engine, options.voices_dir)
-    texts = TextFetcher(options.text_root, options.chunking.max_text_chars)
-    for window in book_windows(shard_rows(rows, options.shard), options.plan.window_books):
+    voices = voice_lookup(options.catalog.engine, options.catalog.voices_dir)
+    text_root = default_text_root(options.manifest, options.catalog.text_root)
+    texts = TextFetcher(text_root, options.catalog.chunking.max_text_chars)
+    for window in book_windows(
+        shard_rows(rows, options.outputs.shard), options.catalog.plan.window_books
+    ):
         yield list(
             chunk_books(
                 window,
-                chunking=options.chunking,
-                engine_fingerprint=options.engine.fingerprint(),
+                chunking=options.catalog.chunking,
+                engine_fingerprint=options.catalog.engine.fingerprint(),
                 voices=voices,
                 text_loader=texts,
             )
@@ -148,20 +125,20 @@ class Run:
         self.pool: WorkerPool | None = None  # started on the first batch: see _dispatch
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
-        if options.post.watermark:
+        if options.outputs.post.watermark:
             from narrate.post import Watermarker
 
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
-            self.watermarker = Watermarker.load(options.post.watermark_model, device=device)
+            self.watermarker = Watermarker.load(options.outputs.post.watermark_model, device=device)
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
         self.post_pool = ThreadPoolExecutor(options.post_workers, thread_name_prefix="narrate-post")
 
     def _devices(self) -> list[str]:
         if self.devices is None:
-            self.devices = resolve_devices(self.options.devices)
+            self.devices = resolve_devices(self.options.workers.devices)
         return self.devices
 
     def execute(self) -> RunReport:
@@ -205,8 +182,8 @@ class Run:
         for item in window:
             if isinstance(item, RowError):
                 self._reject(item)
-        hashes = {b.book.book_id: content_hash(b, self.options.post) for b in books}
-        fmt = self.options.post.format
+        hashes = {b.book.book_id: content_hash(b, self.options.outputs.post) for b in books}
+        fmt = self.options.outputs.post.format
 
         def is_published(book: PlannedBook) -> bool:
             book_id = book.book.book_id
@@ -236,7 +213,7 @@ class Run:
                 self.outputs.status.processing(job.book_id)
             else:
                 self._finish(job)
-        batches = plan_batches(new_chunks, self.options.plan)
+        batches = plan_batches(new_chunks, self.options.catalog.plan)
         self.queued.extend(batches)
         to_synthesize = sum(len(b) for b in batches)
         self.log.event(
@@ -265,7 +242,14 @@ class Run:
         if not self.queued or self.stop.is_set():
             return
         if self.pool is None:  # a run with nothing to synthesize loads no model
-            self.pool = WorkerPool(self._devices(), self.options.worker_settings())
+            settings = WorkerSettings(
+                self.options.catalog.engine,
+                self.options.catalog.voices_dir,
+                self.options.outputs.cache,
+                self.options.workers.compile,
+                self.options.workers.cpu_threads,
+            )
+            self.pool = WorkerPool(self._devices(), settings)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
             batch = self.queued.popleft()
             self.batch_counter += 1
@@ -318,14 +302,14 @@ class Run:
         from narrate.post import render_book
 
         book = job.planned.book
-        engine = self.options.engine
+        engine = self.options.catalog.engine
         try:
             audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
             encoded = render_book(
                 book.book_id,
                 job.planned.chunks,
                 audios,
-                self.options.post,
+                self.options.outputs.post,
                 self.watermarker,
                 content_hash=job.content_hash,
                 title=book.title,

@@ -6,11 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from narrate.database import STATUS
+from narrate.options import RunOptions
 from narrate.plan import PlannedBook
 from narrate.publish import LIFECYCLE_FIELDS, content_hash
 from narrate.records import RowError
 from narrate.report import EventLog
-from narrate.run import RunOptions, open_outputs, planned_windows
+from narrate.run import open_outputs, planned_windows
 
 
 @dataclass
@@ -38,13 +39,13 @@ class CatalogStatus:
 def catalog_status(options: RunOptions) -> CatalogStatus:
     outputs = open_outputs(options, EventLog(tty=False))
     summary = CatalogStatus()
-    fmt = options.post.format
+    fmt = options.outputs.post.format
 
     def book_state(book: PlannedBook, missing: set[str]) -> tuple[str, int, int]:
         book_id = book.book.book_id
         ids = {c.chunk_id for c in book.chunks}
         cached = len(ids - missing)
-        if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.post)):
+        if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.outputs.post)):
             return "done", len(ids), cached
         record = outputs.status.record(book_id, LIFECYCLE_FIELDS) or {}
         if record.get(STATUS) == "failed":

@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.config", "narrate.atomic"),
     ("narrate.text", "narrate.report"),  # text rules and run reporting, no I/O of their own
     ("narrate.plan",),  # pure planning: rows, text loaders and voice lookups are passed in
+    ("narrate.options",),  # what a command was asked to do, as typed objects
     # adapters: engines, post-processing, where bytes and records live
     ("narrate.synth", "narrate.post", "narrate.cache", "narrate.storage", "narrate.database"),
     ("narrate.manifest",),  # reads manifest files through narrate.storage (gs://)

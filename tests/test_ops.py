@@ -357,7 +357,7 @@ def test_failure_policies_act_on_narrate_exit_codes() -> None:
 
 
 def test_pods_get_more_grace_than_narrate_needs_to_stop() -> None:
-    from narrate.run import RunOptions
+    from narrate.options import RunOptions
 
     needed = RunOptions().stop_grace_s + 5  # + stopping workers and flushing the database
     for name, resource in workloads():

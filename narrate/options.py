@@ -1,0 +1,57 @@
+"""What a command was asked to do, as typed objects: the CLI builds them from its options (each
+shared group of options yields one object), the library takes them. Defaults match the CLI's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig
+from narrate.plan import Shard
+
+
+@dataclass(frozen=True)
+class CatalogOptions:
+    """How a catalog is chunked and batched, and by which engine (plan, run, status, doctor)."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    voices_dir: str = "voices"
+    text_root: str | None = None  # --text-root; None: a local manifest's own folder
+
+
+@dataclass(frozen=True)
+class OutputOptions:
+    """Where a run's results live and how books are finished (run, status, doctor): the post
+    settings are part of each book's content hash, so status needs them too."""
+
+    out: str = "out"
+    cache: str = ".narrate/cache"
+    database: str | None = None  # None: a local status.json records the same fields
+    path_template: str = "books/{book_id}"
+    object_template: str | None = None  # None: "{book_id}.{ext}" locally, "narrations/..." on GCS
+    shard: Shard = field(default_factory=Shard)
+    post: PostConfig = field(default_factory=PostConfig)
+
+
+@dataclass(frozen=True)
+class DeviceOptions:
+    """The synthesis workers (run, doctor)."""
+
+    devices: str = "auto"  # auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker per entry
+    compile: bool = False  # torch.compile + static cache on CUDA workers
+    cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    manifest: str | None = None
+    catalog: CatalogOptions = field(default_factory=CatalogOptions)
+    outputs: OutputOptions = field(default_factory=OutputOptions)
+    workers: DeviceOptions = field(default_factory=DeviceOptions)
+    requests: bool = False  # read the site's request queue instead of a manifest
+    text_field: str = "narrative"
+    url_style: str = "token"
+    force: bool = False
+    post_workers: int = 2
+    stop_grace_s: float = 10.0  # finishing books after SIGTERM; GKE spot gives pods ~15 s
