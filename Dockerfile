@@ -8,6 +8,9 @@
 # container toolkit) or GKE's device plugin mounts it into the container.
 # Build stage: narrate's wheel, with its C++ text core compiled (the runtime image has no g++).
 FROM python:3.11-slim-bookworm AS build
+# Unpinned on purpose: the compiler lives only in this throwaway stage, and bookworm's security
+# updates replace old package versions (a pinned version stops resolving within weeks).
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++ \
     && rm -rf /var/lib/apt/lists/*

@@ -13,16 +13,20 @@ import numpy as np
 import pytest
 import torch
 from support.audioseal_models import build_checkpoints
-from support.signals import band_energy, speechlike
+from support.signals import band_energy, speechlike, tone
 
 from narrate.config import SAMPLE_RATE, PostConfig
 from narrate.errors import ModelError
 from narrate.post import Watermarker, decode, render_book, watermark, watermark_payload
+from narrate.post.detect import books_by_payload, detect_files
 from narrate.post.watermark import (
+    CONTEXT_S,
     DETECTOR_CARD,
     DETECTOR_FILE,
     GENERATOR_CARD,
     GENERATOR_FILE,
+    SEGMENT_S,
+    WATERMARK_RATE,
     bits_payload,
     payload_bits,
 )
@@ -32,6 +36,16 @@ from narrate.records import Chunk
 @pytest.fixture(scope="module")
 def watermarker(audioseal_dir: Path) -> Watermarker:
     return Watermarker.load(str(audioseal_dir))
+
+
+def checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=False)["model"]
+
+
+def holds_weights(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> bool:
+    """The model's parameters are the checkpoint's (which predates the loader's renaming)."""
+    loaded = {k.replace(".inner_conv.", "."): v for k, v in model.state_dict().items()}
+    return loaded.keys() == saved.keys() and all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 def test_payload_is_stable_across_processes() -> None:
@@ -95,13 +109,9 @@ def test_payload_changes_the_watermark(watermarker: Watermarker) -> None:
 def test_loads_once_per_process_through_the_real_loader(audioseal_dir: Path) -> None:
     first = Watermarker.load(str(audioseal_dir))
     assert Watermarker.load(str(audioseal_dir)) is first
-    saved = torch.load(audioseal_dir / GENERATOR_FILE, weights_only=False)["model"]
-    loaded = first.generator.state_dict()
-    assert torch.equal(
-        loaded["msg_processor.msg_processor.weight"], saved["msg_processor.msg_processor.weight"]
-    )
-    pair = f"{audioseal_dir / GENERATOR_FILE},{audioseal_dir / DETECTOR_FILE}"
-    assert Watermarker.load(pair).detect(speechlike(1), SAMPLE_RATE).payload in range(1 << 16)
+    assert holds_weights(first.generator, checkpoint_weights(audioseal_dir / GENERATOR_FILE))
+    pair = Watermarker.load(f"{audioseal_dir / GENERATOR_FILE},{audioseal_dir / DETECTOR_FILE}")
+    assert holds_weights(pair.detector, checkpoint_weights(audioseal_dir / DETECTOR_FILE))
 
 
 @pytest.mark.parametrize(
@@ -145,13 +155,84 @@ def test_model_cards_load_from_the_download_cache_while_offline(
     monkeypatch.setenv("AUDIOSEAL_CACHE_DIR", str(tmp_path / "cache"))
     # full-size random weights, placed where audioseal's own download would have put them
     built = build_checkpoints(tmp_path / "built", n_filters=32, dimension=128, lstm=2)
+    saved = {file: checkpoint_weights(built / file) for file in (GENERATOR_FILE, DETECTOR_FILE)}
     cache = tmp_path / "cache" / "audioseal"
     cache.mkdir(parents=True)
     for card, file in ((GENERATOR_CARD, GENERATOR_FILE), (DETECTOR_CARD, DETECTOR_FILE)):
         url_path = urlparse(load_local_model_config(card).checkpoint).path
         (built / file).rename(cache / hashlib.sha1(url_path.encode()).hexdigest()[:24])
     watermarker = Watermarker.load(None)
-    assert watermarker.detect(speechlike(1), SAMPLE_RATE).payload in range(1 << 16)
+    assert holds_weights(watermarker.generator, saved[GENERATOR_FILE])
+    assert holds_weights(watermarker.detector, saved[DETECTOR_FILE])
+
+
+MARK_HZ, MARK_LEVEL = 440.0, 0.01
+CONTEXT = int(CONTEXT_S * WATERMARK_RATE)
+
+
+class RecordingGenerator:
+    """AudioSeal's generator protocol (`get_watermark(x [B, 1, T], message [B, 16])`), recording
+    what it is given and answering a known mark: a 440 Hz sine on each segment's time axis."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def get_watermark(self, x: torch.Tensor, message: torch.Tensor) -> torch.Tensor:
+        self.calls.append((x.clone(), message.clone()))
+        t = torch.arange(x.shape[-1]) / WATERMARK_RATE
+        return (MARK_LEVEL * torch.sin(2 * torch.pi * MARK_HZ * t)).expand_as(x).clone()
+
+
+def test_the_generator_gets_the_books_16_payload_bits_and_its_audio_at_16_khz() -> None:
+    from scipy.signal import resample_poly
+
+    generator = RecordingGenerator()
+    audio = tone(3, 440, ramp_ms=0) + tone(3, 2500, amplitude=0.1, ramp_ms=0)
+    Watermarker(generator, "unused", "cpu").apply(audio, watermark_payload("book-1"))
+    ((segments, message),) = generator.calls
+    assert message.tolist() == [payload_bits(watermark_payload("book-1"))]
+    assert segments.shape == (1, 1, SEGMENT_S * WATERMARK_RATE + 2 * CONTEXT)
+    at_16k = resample_poly(audio.astype(np.float64), 2, 3)  # resampled independently
+    given = segments[0, 0].double().numpy()
+    assert not given[:CONTEXT].any() and not given[CONTEXT + len(at_16k) :].any()
+    middle = slice(1600, len(at_16k) - 1600)  # away from the resampling filters' edges
+    error = given[CONTEXT:][middle] - at_16k[middle]
+    assert np.sqrt(np.mean(error**2)) < 1e-3 * np.sqrt(np.mean(at_16k[middle] ** 2))
+
+
+@pytest.mark.parametrize("samples", [3 * SAMPLE_RATE, 3 * SAMPLE_RATE + 1, 3 * SAMPLE_RATE + 2])
+def test_the_residual_is_upsampled_to_24_khz_and_added_over_the_whole_book(samples: int) -> None:
+    audio = speechlike(4)[:samples]
+    marked = Watermarker(RecordingGenerator(), "unused", "cpu").apply(audio, 1)
+    assert marked.shape == audio.shape and marked.dtype == np.float32
+    # the generator's mark starts CONTEXT samples (at 16 kHz) before the book
+    t = np.arange(samples) / SAMPLE_RATE + CONTEXT / WATERMARK_RATE
+    expected = MARK_LEVEL * np.sin(2 * np.pi * MARK_HZ * t)
+    added = marked.astype(np.float64) - audio
+    inside = slice(SAMPLE_RATE // 10, samples - SAMPLE_RATE // 100)  # up to 10 ms from the end
+    assert np.max(np.abs(added[inside] - expected[inside])) < 0.02 * MARK_LEVEL
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_detect_names_the_book_whose_payload_the_detector_reports(
+    tmp_path: Path, marked: bool
+) -> None:
+    import soundfile
+
+    ids = [f"book-{i}" for i in range(8)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(f'{{"book_id": "{i}", "text": "Hello."}}\n' for i in ids))
+    # the detector's output layer answers book-3's payload, watermarked or not
+    answer = watermark_payload("book-3")
+    folder = build_checkpoints(tmp_path / "det", detector_answer=answer, answer_marked=marked)
+    recording = tmp_path / "found.wav"
+    soundfile.write(recording, speechlike(2), SAMPLE_RATE)
+    (found,) = detect_files(
+        [str(recording)], Watermarker.load(str(folder)), books_by_payload(str(manifest))
+    )
+    assert found.payload == answer
+    assert found.watermarked is marked
+    assert found.books == (("book-3",) if marked else ())
 
 
 @pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "opus"])

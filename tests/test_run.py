@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from support.runs import preview_args
 
 from narrate.cli import cli
-from narrate.errors import EXIT_INTERRUPTED
+from narrate.errors import EXIT_INTERRUPTED, EXIT_OK
 
 SENTENCES = [
     "The river ran past the old mill at dawn.",
@@ -50,10 +50,17 @@ def catalog(n: int, sentences: int = 3) -> dict[str, str]:
     return {f"book-{i:03d}": narrative(i, sentences + i % 3) for i in range(n)}
 
 
-def run_cli(tmp_path: Path, manifest: Path, *extra: str, report: str = "report.json") -> dict:
+def run_cli(
+    tmp_path: Path,
+    manifest: Path,
+    *extra: str,
+    report: str = "report.json",
+    exit_code: int = EXIT_OK,
+) -> dict:
+    """`narrate run` on the preview engine, which must exit with `exit_code`; its report."""
     args = ["run", str(manifest), *preview_args(tmp_path, f"--report={tmp_path / report}", *extra)]
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code in (0, 1), result.output
+    assert result.exit_code == exit_code, result.output
     return json.loads((tmp_path / report).read_text())
 
 

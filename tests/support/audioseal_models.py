@@ -9,7 +9,8 @@ pre-TorchScript parameter names), so `AudioSeal.load_generator(path)` /
 Random weights detect nothing. Like a trained generator, the random one is scaled to add a
 quiet residual (about -30 dB under the signal) instead of random noise at full level. For
 testing what surrounds detection (segments, payload bits, book lookup), `detector_answer`
-builds a detector whose output layer ignores its input and always reports that payload.
+builds a detector whose output layer ignores its input and always reports that payload (as
+watermarked, or with `answer_marked=False` as not watermarked).
 """
 
 from __future__ import annotations
@@ -59,7 +60,12 @@ def _released_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def build_checkpoints(
-    folder: Path, *, seed: int = 0, detector_answer: int | None = None, **seanet: Any
+    folder: Path,
+    *,
+    seed: int = 0,
+    detector_answer: int | None = None,
+    answer_marked: bool = True,
+    **seanet: Any,
 ) -> Path:
     """Write generator_base.pth and detector_base.pth with random weights into `folder`."""
     seanet = seanet or SMALL_SEANET
@@ -74,7 +80,7 @@ def build_checkpoints(
     detector_config = card_config(DETECTOR_CARD, **seanet)
     detector = create_detector(AudioSeal.parse_config(detector_config, AudioSealDetectorConfig))
     if detector_answer is not None:
-        _always_answer(detector.detector[-1], detector_answer)
+        _always_answer(detector.detector[-1], detector_answer, marked=answer_marked)
     for model, config, name in (
         (generator, generator_config, GENERATOR_FILE),
         (detector, detector_config, DETECTOR_FILE),
@@ -84,12 +90,13 @@ def build_checkpoints(
     return folder
 
 
-def _always_answer(output_layer: torch.nn.Conv1d, payload: int) -> None:
+def _always_answer(output_layer: torch.nn.Conv1d, payload: int, *, marked: bool) -> None:
     # channels: [not watermarked, watermarked, bit 0 ... bit 15] logits, per sample
     bits = torch.tensor(payload_bits(payload), dtype=torch.float32)
+    verdict = torch.tensor([-8.0, 8.0] if marked else [8.0, -8.0])
     with torch.no_grad():
         output_layer.weight.zero_()
-        output_layer.bias.copy_(torch.cat([torch.tensor([-8.0, 8.0]), (bits * 2 - 1) * 8]))
+        output_layer.bias.copy_(torch.cat([verdict, (bits * 2 - 1) * 8]))
 
 
 @pytest.fixture(scope="session")
