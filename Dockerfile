@@ -51,12 +51,15 @@ RUN pip install --no-deps /wheels/*.whl && rm -rf /wheels /src
 # 10001 (Kubernetes: fsGroup 10001), or read-only with HF_HUB_OFFLINE=1 when pre-filled.
 #
 # Compilation (CUDA only): TORCHINDUCTOR_CACHE_DIR keeps compiled kernels on the volume, so only
-# the first pod pays the compile time. NO_TORCH_COMPILE=1 stops moshi compiling Mimi;
-# TORCH_COMPILE_DISABLE=1 turns torch.compile off everywhere (use it if compiling fails on a
-# driver/GPU combination; generation is then slower but unchanged).
+# the first pod pays the compile time. NO_TORCH_COMPILE=1 stops moshi compiling Mimi with
+# torch.compile, which on CUDA needs a C compiler at run time (this image has none: without it
+# the first decode on a GPU fails; `narrate doctor` checks it). TORCH_COMPILE_DISABLE=1 turns
+# torch.compile off everywhere (use it if compiling fails on a driver/GPU combination;
+# generation is then slower but unchanged).
 ENV HF_HOME=/models/hf \
     AUDIOSEAL_CACHE_DIR=/models/audioseal \
-    TORCHINDUCTOR_CACHE_DIR=/models/torchinductor
+    TORCHINDUCTOR_CACHE_DIR=/models/torchinductor \
+    NO_TORCH_COMPILE=1
 
 # Non-root, with a numeric uid so Kubernetes' runAsNonRoot can verify it.
 RUN useradd --uid 10001 --user-group --create-home --home-dir /home/narrate \

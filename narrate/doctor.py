@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -358,6 +360,36 @@ def check_codec(targets: Targets) -> str:
     return f"Mimi {path}: {_readable_weights([path])}"
 
 
+def check_compiler(targets: Targets) -> str:
+    """moshi compiles Mimi with torch.compile (lazily, on first use); on CUDA that builds
+    kernels with a C compiler at run time, so a GPU run needs one, or NO_TORCH_COMPILE set
+    before moshi is imported (the Docker image sets it: it has no compiler)."""
+    from narrate.workers import resolve_devices
+
+    if targets.engine != "csm" or not any(
+        d.startswith("cuda") for d in resolve_devices(targets.devices)
+    ):
+        raise Skipped("no CUDA worker: Mimi runs without torch.compile's kernels")
+    for switch in ("NO_TORCH_COMPILE", "TORCH_COMPILE_DISABLE"):
+        if os.environ.get(switch):  # moshi only tests that the variable is non-empty
+            return f"{switch} is set: Mimi runs without torch.compile"
+    compiler = next(
+        (
+            found
+            for name in (os.environ.get("CC"), "cc", "gcc", "clang")
+            if name and (found := shutil.which(name))
+        ),
+        None,
+    )
+    if compiler is None:
+        raise EngineError(
+            "no C compiler on PATH and NO_TORCH_COMPILE is unset: moshi's torch.compile of "
+            "Mimi would fail at the first decode on the GPU",
+            "set NO_TORCH_COMPILE=1 (as the narrate image does), or install gcc",
+        )
+    return f"C compiler {compiler} for moshi's torch.compile of Mimi"
+
+
 def check_espeak(targets: Targets) -> str:
     """The preview engine (eSpeak NG) speaks; only `--engine preview` needs it."""
     from narrate.config import SAMPLE_RATE, EngineConfig
@@ -441,6 +473,7 @@ CHECKS: tuple[tuple[str, Callable[[Targets], str]], ...] = (
     ("model", check_model),
     ("codec", check_codec),
     ("model-cache", check_model_cache),
+    ("compiler", check_compiler),
     ("watermark", check_watermark),
     ("espeak", check_espeak),
     ("storage", check_storage),

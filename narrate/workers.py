@@ -6,6 +6,7 @@ only each chunk's outcome.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import queue
@@ -17,9 +18,11 @@ from typing import Any
 
 from narrate.cache import ChunkCache
 from narrate.config import EngineConfig
-from narrate.errors import EngineError, NarrateError, UsageError
+from narrate.errors import EngineError, NarrateError, UsageError, first_line
 from narrate.records import Batch, ChunkOutcome
 from narrate.storage import open_storage
+
+log = logging.getLogger(__name__)
 
 
 def resolve_devices(spec: str) -> list[str]:
@@ -83,6 +86,10 @@ def worker_main(
     except NarrateError as exc:
         results.put(WorkerFailed(device, str(exc)))
         return
+    except Exception as exc:  # a bug or a library failure: report it rather than die silently
+        log.exception("the engine could not start on %s", device)
+        results.put(WorkerFailed(device, unexpected(exc)))
+        return
     while (task := next_task(tasks, parent)) is not None:
         batch_no, batch = task
         started = time.monotonic()
@@ -90,6 +97,10 @@ def worker_main(
             audios = engine.synthesize(batch)
         except NarrateError as exc:
             outcomes = tuple(ChunkOutcome(c.chunk_id, exc.message, 1) for c in batch.chunks)
+        except Exception as exc:  # fails this batch's chunks; the worker and the run go on
+            log.exception("batch %d failed on %s", batch_no, device)
+            error = unexpected(exc)
+            outcomes = tuple(ChunkOutcome(c.chunk_id, error, 1) for c in batch.chunks)
         else:
             for audio in audios:
                 if audio.ok:
@@ -97,6 +108,11 @@ def worker_main(
             outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
         results.put(BatchDone(batch_no, outcomes, time.monotonic() - started))
     engine.close()
+
+
+def unexpected(exc: BaseException) -> str:
+    """A chunk's error for an exception narrate did not expect (the traceback goes to the log)."""
+    return f"unexpected {type(exc).__name__} in the engine: {first_line(exc)}"
 
 
 def next_task(tasks: Any, parent: int, poll_s: float = 1.0) -> tuple[int, Batch] | None:

@@ -14,7 +14,8 @@ from support.gcs import FakeGcs
 from support.rtdb_server import RTDBTarget
 
 from narrate.cli import cli
-from narrate.doctor import CHECKS, PROBE_PREFIX
+from narrate.doctor import CHECKS, PROBE_PREFIX, Skipped, Targets, check_compiler
+from narrate.errors import EngineError
 
 PREVIEW_ON_CPU = ["--engine", "preview", "--devices", "cpu"]
 
@@ -216,3 +217,44 @@ def test_a_database_url_that_is_not_one_fails(tmp_path: Path) -> None:
     _, checks = doctor(*PREVIEW_ON_CPU, *local_targets(tmp_path), "--database", "ftp://x")
     assert checks["database"]["status"] == "fail"
     assert "https://PROJECT.firebaseio.com" in checks["database"]["hint"]
+
+
+@pytest.mark.parametrize(
+    ("env", "compiler", "passes"),
+    [
+        ({}, False, False),
+        ({"NO_TORCH_COMPILE": "1"}, False, True),
+        ({"TORCH_COMPILE_DISABLE": "1"}, False, True),
+        ({}, True, True),
+    ],
+)
+def test_a_gpu_run_needs_a_c_compiler_or_no_torch_compile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: dict, compiler: bool, passes: bool
+) -> None:
+    for name in ("NO_TORCH_COMPILE", "TORCH_COMPILE_DISABLE", "CC"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if compiler:
+        (bin_dir / "gcc").write_text("#!/bin/sh\n")
+        (bin_dir / "gcc").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    if passes:
+        detail = check_compiler(Targets(devices="cuda:0"))
+        assert ("gcc" if compiler else "is set") in detail
+    else:
+        with pytest.raises(EngineError) as failed:
+            check_compiler(Targets(devices="cuda:0"))
+        assert "NO_TORCH_COMPILE=1" in (failed.value.hint or "")
+
+
+def test_the_compiler_check_is_skipped_without_a_cuda_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("NO_TORCH_COMPILE", raising=False)
+    for targets in (Targets(devices="cpu"), Targets(engine="preview", devices="cuda:0")):
+        with pytest.raises(Skipped):
+            check_compiler(targets)

@@ -193,6 +193,11 @@ def test_python_version_and_model_volume() -> None:
         assert any(env[cache].startswith(f"{volume}/") for volume in volumes), cache
 
 
+def test_the_image_stops_moshi_compiling_mimi_as_it_has_no_c_compiler() -> None:
+    # moshi's torch.compile of Mimi needs a C compiler at run time on CUDA; the image has none
+    assert env_settings().get("NO_TORCH_COMPILE") == "1"
+
+
 def test_no_credentials_in_the_image() -> None:
     secretive = re.compile(r"TOKEN|SECRET|PASSWORD|CREDENTIAL|_KEY\b", re.IGNORECASE)
     names = list(env_settings()) + [a.split("=")[0] for a in arguments("ARG")]

@@ -1,0 +1,87 @@
+"""Device workers: an engine failing unexpectedly fails its batch's chunks, not the run."""
+
+from __future__ import annotations
+
+import queue
+import signal
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import pytest
+
+import narrate.synth
+from narrate.config import EngineConfig
+from narrate.records import Batch, Chunk, ChunkAudio
+from narrate.synth import Engine, Turn
+from narrate.workers import BatchDone, WorkerFailed, WorkerSettings, worker_main
+
+PREVIEW = EngineConfig(engine="preview")
+
+
+class RaisingEngine:
+    """The preview engine, except that a batch holding the text "boom" raises a RuntimeError
+    (a bug, or a library failing in a way narrate does not know)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.config = engine.config
+
+    def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
+        if any(c.text == "boom" for c in batch.chunks):
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return self.engine.synthesize(batch, context=context)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@pytest.fixture
+def sigint_restored() -> Iterator[None]:
+    previous = signal.getsignal(signal.SIGINT)  # worker_main ignores SIGINT in its process
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def batch(*texts: str) -> Batch:
+    return Batch(tuple(Chunk(f"{i:08x}{t}", "b", i, t) for i, t in enumerate(texts)))
+
+
+def run_worker(tmp_path: Path, batches: list[Batch]) -> list[object]:
+    """worker_main in this process, fed these batches; what it reported."""
+    tasks: queue.Queue = queue.Queue()
+    results: queue.Queue = queue.Queue()
+    for number, task in enumerate(batches, 1):
+        tasks.put((number, task))
+    tasks.put(None)
+    settings = WorkerSettings(PREVIEW, str(tmp_path / "voices"), str(tmp_path / "cache"))
+    worker_main("cpu", 1, settings, tasks, results)
+    return [results.get_nowait() for _ in range(results.qsize())]
+
+
+def test_an_unexpected_engine_error_fails_that_batch_and_the_worker_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_restored: None
+) -> None:
+    real_load = narrate.synth.load_engine
+    monkeypatch.setattr(
+        narrate.synth, "load_engine", lambda *a, **kw: RaisingEngine(real_load(*a, **kw))
+    )
+    first, second = run_worker(tmp_path, [batch("boom", "Hello."), batch("Good evening.")])
+    assert isinstance(first, BatchDone) and isinstance(second, BatchDone)
+    assert [o.error for o in first.outcomes] == [
+        "unexpected RuntimeError in the engine: "
+        "CUDA error: an illegal memory access was encountered"
+    ] * 2
+    assert [o.error for o in second.outcomes] == [None]
+
+
+def test_an_engine_that_cannot_start_for_an_unexpected_reason_is_reported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_restored: None
+) -> None:
+    def broken_load(*args: object, **kwargs: object) -> Engine:
+        raise ImportError("libcudnn.so.9: cannot open shared object file")
+
+    monkeypatch.setattr(narrate.synth, "load_engine", broken_load)
+    (failed,) = run_worker(tmp_path, [batch("Hello.")])
+    assert failed == WorkerFailed(
+        "cpu", "unexpected ImportError in the engine: libcudnn.so.9: cannot open shared object file"
+    )
