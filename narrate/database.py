@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 SERVER_TIMESTAMP = {".sv": "timestamp"}  # replaced by the database's clock (epoch ms)
 
-# Record fields under /books/{book_id} (DESIGN.md "Record fields").
+# Record fields under /books/{book_id} (ARCHITECTURE.md: "Checkpoint and idempotence").
 STATUS = "narrativeAudioStatus"  # requested | processing | ready | failed
 URL = "narrativeAudioUrl"
 UPDATED_AT = "narrativeUpdatedAt"

@@ -1,4 +1,4 @@
-"""The small dataclasses that stages hand each other (see DESIGN.md: data flow)."""
+"""Dataclasses the stages hand each other (ARCHITECTURE.md: "Contracts between stages")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The CSM-1B engine: one batched `generate` per batch, one batched Mimi decode, stop guards.
 
-Model facts and choices (see DESIGN.md "CSM-1B facts"):
+Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
 - Loading: `CsmForConditionalGeneration.from_pretrained` + `AutoProcessor.from_pretrained` (a hub
   id or a local folder), bf16 on CUDA and fp32 on CPU; Mimi from moshi (see mimi.py).
 - Prompt per row, in CSM's own format: the voice prompt turn `<bos>[speaker]transcript<eos>`
