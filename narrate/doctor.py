@@ -445,7 +445,7 @@ def check_cache(targets: Targets) -> str:
 def check_database(targets: Targets) -> str:
     """Write, read back and delete a probe record under /narrate-doctor/."""
     from narrate.database import SERVER_TIMESTAMP, open_database
-    from narrate.run import status_file
+    from narrate.publish import status_file
 
     db = open_database(targets.database, status_file=status_file(targets.out), timeout=15.0)
     path = f"{PROBE_PREFIX}/{uuid.uuid4().hex}"

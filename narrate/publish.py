@@ -13,12 +13,16 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 
+from narrate.cache import ChunkCache
 from narrate.config import PostConfig, fingerprint
-from narrate.database import CONTENT_HASH, STATUS, StatusWriter
+from narrate.database import CONTENT_HASH, STATUS, Database, StatusWriter, open_database
 from narrate.errors import NarrateError, StorageError, UsageError
+from narrate.options import RunOptions
 from narrate.plan import PlannedBook
 from narrate.records import EncodedBook
+from narrate.report import EventLog
 from narrate.storage import (
     CONTENT_HASH_KEY,
     MAX_RACES,
@@ -26,6 +30,7 @@ from narrate.storage import (
     Storage,
     StoredObject,
     check_url_style,
+    open_storage,
 )
 
 log = logging.getLogger(__name__)
@@ -182,3 +187,38 @@ class Publisher:
             content_hash=book.content_hash,
         )
         return upload.url
+
+
+@dataclass
+class Outputs:
+    """Where a run's results go: the chunk cache, the published files, the database records."""
+
+    cache: ChunkCache
+    publisher: Publisher
+    status: StatusWriter
+    db: Database
+
+
+def status_file(out: str) -> Path:
+    """The local status file used without --database: beside a local output, else .narrate/."""
+    return (Path(".narrate") if out.startswith("gs://") else Path(out)) / "status.json"
+
+
+def open_outputs(options: RunOptions, log: EventLog) -> Outputs:
+    local_out = not options.outputs.out.startswith("gs://")
+    if options.outputs.database is None and not local_out:
+        log.event(
+            "warning", message=f"no --database: statuses go to {status_file(options.outputs.out)}"
+        )
+    db = open_database(options.outputs.database, status_file=status_file(options.outputs.out))
+    status = StatusWriter(db, path_template=options.outputs.path_template)
+    template = options.outputs.object_template or (
+        "{book_id}.{ext}" if local_out else "narrations/{book_id}.{ext}"
+    )
+    publisher = Publisher(
+        open_storage(options.outputs.out),
+        status,
+        object_template=template,
+        url_style=options.url_style,
+    )
+    return Outputs(ChunkCache(open_storage(options.outputs.cache)), publisher, status, db)

@@ -21,12 +21,9 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
+from dataclasses import asdict, replace
 from typing import Any
 
-from narrate.cache import ChunkCache
-from narrate.database import Database, StatusWriter, open_database
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -36,77 +33,12 @@ from narrate.errors import (
 )
 from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
-from narrate.plan import PlannedBook, chunk_books, plan_batches, shard_rows
-from narrate.plan import windows as book_windows
-from narrate.publish import Publisher, content_hash
+from narrate.plan import PlannedBook, plan_batches
+from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, RowError
 from narrate.report import BookResult, EventLog, RunReport
-from narrate.sources import TextFetcher, catalog_rows, default_text_root, voice_lookup
-from narrate.storage import open_storage
+from narrate.sources import planned_windows
 from narrate.workers import WorkerFailed, WorkerPool, WorkerSettings, resolve_devices
-
-
-@dataclass
-class Outputs:
-    """Where a run's results go: the chunk cache, the published files, the database records."""
-
-    cache: ChunkCache
-    publisher: Publisher
-    status: StatusWriter
-    db: Database
-
-
-def status_file(out: str) -> Path:
-    """The local status file used without --database: beside a local output, else .narrate/."""
-    return (Path(".narrate") if out.startswith("gs://") else Path(out)) / "status.json"
-
-
-def open_outputs(options: RunOptions, log: EventLog) -> Outputs:
-    local_out = not options.outputs.out.startswith("gs://")
-    if options.outputs.database is None and not local_out:
-        log.event(
-            "warning", message=f"no --database: statuses go to {status_file(options.outputs.out)}"
-        )
-    db = open_database(options.outputs.database, status_file=status_file(options.outputs.out))
-    status = StatusWriter(db, path_template=options.outputs.path_template)
-    template = options.outputs.object_template or (
-        "{book_id}.{ext}" if local_out else "narrations/{book_id}.{ext}"
-    )
-    publisher = Publisher(
-        open_storage(options.outputs.out),
-        status,
-        object_template=template,
-        url_style=options.url_style,
-    )
-    return Outputs(ChunkCache(open_storage(options.outputs.cache)), publisher, status, db)
-
-
-def planned_windows(
-    options: RunOptions, outputs: Outputs
-) -> Iterator[list[PlannedBook | RowError]]:
-    """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
-    rows = catalog_rows(
-        options.manifest,
-        max_text_chars=options.catalog.chunking.max_text_chars,
-        requests_from=outputs.db if options.requests else None,
-        collection=options.outputs.path_template.split("/{book_id}")[0],
-        text_field=options.text_field,
-    )
-    voices = voice_lookup(options.catalog.engine, options.catalog.voices_dir)
-    text_root = default_text_root(options.manifest, options.catalog.text_root)
-    texts = TextFetcher(text_root, options.catalog.chunking.max_text_chars)
-    for window in book_windows(
-        shard_rows(rows, options.outputs.shard), options.catalog.plan.window_books
-    ):
-        yield list(
-            chunk_books(
-                window,
-                chunking=options.catalog.chunking,
-                engine_fingerprint=options.catalog.engine.fingerprint(),
-                voices=voices,
-                text_loader=texts,
-            )
-        )
 
 
 class Run:
@@ -143,7 +75,7 @@ class Run:
 
     def execute(self) -> RunReport:
         window_iter: Iterator[list[PlannedBook | RowError]] | None = planned_windows(
-            self.options, self.outputs
+            self.options, self.outputs.db
         )
         previous = self._install_signal_handlers()
         aborted = True

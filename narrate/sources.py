@@ -1,7 +1,8 @@
 """Where rows come from: manifest files, the site's request queue, and the texts behind `text_uri`.
 
 Everything here reads (files, Cloud Storage, the database) and hands the pure planner
-(narrate.plan) rows, text loaders and voice lookups.
+(narrate.plan) rows, text loaders and voice lookups; `planned_windows` is a run's rows planned
+window by window, as `narrate run` and `narrate status` walk them.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from narrate.config import EngineConfig
 from narrate.database import REQUESTED, STATUS, Database, with_retries
 from narrate.errors import UsageError
 from narrate.manifest import ManifestReader, book_id_problem
-from narrate.plan import VoiceLookup, no_voices
+from narrate.options import RunOptions
+from narrate.plan import PlannedBook, VoiceLookup, chunk_books, no_voices, shard_rows
+from narrate.plan import windows as book_windows
 from narrate.records import Book, RowError
 from narrate.storage import open_uri
 from narrate.synth.voices import VoiceLibrary
@@ -109,6 +112,32 @@ class TextFetcher:
         except BaseException:
             os.close(fd)
             raise
+
+
+def planned_windows(options: RunOptions, db: Database) -> Iterator[list[PlannedBook | RowError]]:
+    """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
+    rows = catalog_rows(
+        options.manifest,
+        max_text_chars=options.catalog.chunking.max_text_chars,
+        requests_from=db if options.requests else None,
+        collection=options.outputs.path_template.split("/{book_id}")[0],
+        text_field=options.text_field,
+    )
+    voices = voice_lookup(options.catalog.engine, options.catalog.voices_dir)
+    text_root = default_text_root(options.manifest, options.catalog.text_root)
+    texts = TextFetcher(text_root, options.catalog.chunking.max_text_chars)
+    for window in book_windows(
+        shard_rows(rows, options.outputs.shard), options.catalog.plan.window_books
+    ):
+        yield list(
+            chunk_books(
+                window,
+                chunking=options.catalog.chunking,
+                engine_fingerprint=options.catalog.engine.fingerprint(),
+                voices=voices,
+                text_loader=texts,
+            )
+        )
 
 
 def voice_lookup(engine: EngineConfig, root: str) -> VoiceLookup:

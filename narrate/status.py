@@ -8,10 +8,10 @@ from dataclasses import asdict, dataclass
 from narrate.database import STATUS
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook
-from narrate.publish import LIFECYCLE_FIELDS, content_hash
+from narrate.publish import LIFECYCLE_FIELDS, content_hash, open_outputs
 from narrate.records import RowError
 from narrate.report import EventLog
-from narrate.run import open_outputs, planned_windows
+from narrate.sources import planned_windows
 
 
 @dataclass
@@ -54,7 +54,7 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
         return state, len(ids), cached
 
     with ThreadPoolExecutor(16) as lookups:
-        for window in planned_windows(options, outputs):
+        for window in planned_windows(options, outputs.db):
             summary.rejected_rows += sum(isinstance(item, RowError) for item in window)
             books = [item for item in window if isinstance(item, PlannedBook)]
             wanted = {c.chunk_id for b in books for c in b.chunks}
