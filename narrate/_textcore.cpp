@@ -10,6 +10,8 @@
 //   chunk(text, spec)       [(piece, tokens, frame cap, pause)] for every chunk of a book
 //   measure(text, spec, seed)  (chunks, characters, int32 positions, uint64 text hashes):
 //                           the same chunks without creating a Python object per chunk
+//   words(strings), spoken_marks(text, abbreviations, contexts, lexicon)
+//                           offsets where narrate.spoken's rules may apply (see there)
 //
 // Every function takes str of any kind (1, 2 or 4 bytes per character) and works on its
 // buffer directly; offsets are code points, as in Python.
@@ -60,7 +62,11 @@ inline bool is_lower_start(Py_UCS4 c) { return (c >= 'a' && c <= 'z') || (c >= 0
 
 // Python's re: \s, \w and \d of str patterns
 inline bool is_space(Py_UCS4 c) { return Py_UNICODE_ISSPACE(c); }
-inline bool is_word(Py_UCS4 c) { return Py_UNICODE_ISALNUM(c) || c == '_'; }
+inline bool is_word(Py_UCS4 c) {
+    if (c < 128)
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_';
+    return Py_UNICODE_ISALNUM(c);
+}
 inline bool is_digit(Py_UCS4 c) { return Py_UNICODE_ISDECIMAL(c); }
 
 // Abbreviations after which "." never ends a sentence, and those that do not when a number
@@ -634,6 +640,119 @@ uint64_t hash_text(const CH* p, Py_ssize_t len, uint64_t seed) {
     }
 }
 
+// --- spoken-text marks ------------------------------------------------------------------------
+
+// Strings looked for where they end, compared by the simple lowercase mapping, bucketed by
+// their last character (narrate/spoken.py passes them lowercased). A string that starts with a
+// word character must start a word.
+class Words {
+   public:
+    explicit Words(std::vector<std::u32string> words) {
+        for (std::u32string& word : words)
+            if (!word.empty()) buckets_[word.back() % BUCKETS].push_back(std::move(word));
+    }
+
+    // start of the longest string ending at `end`, or -1
+    template <typename CH>
+    Py_ssize_t start_ending_at(const CH* s, Py_ssize_t end) const {
+        if (end == 0) return -1;
+        const Py_UCS4 last = to_lower(s[end - 1]);
+        Py_ssize_t best = -1;
+        for (const std::u32string& word : buckets_[last % BUCKETS]) {
+            const Py_ssize_t len = static_cast<Py_ssize_t>(word.size());
+            if (len > end || word.back() != last) continue;
+            const Py_ssize_t start = end - len;
+            Py_ssize_t i = len - 2;
+            while (i >= 0 && to_lower(s[start + i]) == word[static_cast<size_t>(i)]) --i;
+            const bool bounded = start == 0 || !is_word(word[0]) || !is_word(s[start - 1]);
+            if (i < 0 && bounded && (best < 0 || start < best)) best = start;
+        }
+        return best;
+    }
+
+   private:
+    static constexpr size_t BUCKETS = 64;
+    std::vector<std::u32string> buckets_[BUCKETS];
+};
+
+constexpr const char* WORDS_CAPSULE = "narrate._textcore.Words";
+
+inline bool is_ascii_digit(Py_UCS4 c) { return c >= '0' && c <= '9'; }
+
+inline bool is_roman(Py_UCS4 c) {
+    return c == 'I' || c == 'V' || c == 'X' || c == 'L' || c == 'C' || c == 'D' || c == 'M';
+}
+
+// Next digit, "." or Roman-numeral capital (I V X L C D M): the characters a spoken rule
+// starts from; in one-byte text 16 at a time.
+template <typename CH>
+Py_ssize_t next_spoken(const CH* s, Py_ssize_t i, Py_ssize_t n) {
+    if constexpr (sizeof(CH) == 1) {
+#if defined(__SSE2__)
+        for (; i + 16 <= n; i += 16) {
+            const __m128i x = load16(s + i);
+            const __m128i digit = _mm_and_si128(_mm_cmpgt_epi8(x, _mm_set1_epi8('0' - 1)),
+                                                _mm_cmplt_epi8(x, _mm_set1_epi8('9' + 1)));
+            const int m = _mm_movemask_epi8(digit) | eq_mask(x, '.') | eq_mask(x, 'I') |
+                          eq_mask(x, 'V') | eq_mask(x, 'X') | eq_mask(x, 'L') | eq_mask(x, 'C') |
+                          eq_mask(x, 'D') | eq_mask(x, 'M');
+            if (m) return i + __builtin_ctz(static_cast<unsigned>(m));
+        }
+#endif
+    }
+    while (i < n && !is_ascii_digit(s[i]) && s[i] != '.' && !is_roman(s[i])) ++i;
+    return i;
+}
+
+// Offsets where the spoken rules (or the lexicon) may change the text, in order: the start of
+// each whitespace-delimited token holding a digit, of each abbreviation ending before a ".", of
+// each word of Roman-numeral capitals (the lone "I" only after a context word such as
+// "Chapter"), and of each lexicon string. narrate/spoken.py decides what each one becomes.
+template <typename CH>
+void find_spoken_marks(const CH* s, Py_ssize_t n, const Words& abbreviations,
+                       const Words& contexts, const Words* lexicon,
+                       std::vector<Py_ssize_t>& marks) {
+    Py_ssize_t i = 0;
+    while ((i = next_spoken(s, i, n)) < n) {
+        const Py_UCS4 c = s[i];
+        if (is_ascii_digit(c)) {
+            Py_ssize_t start = i;
+            while (start > 0 && !is_space(s[start - 1])) --start;
+            marks.push_back(start);
+            while (i < n && !is_space(s[i])) ++i;
+        } else if (c == '.') {
+            const Py_ssize_t start = abbreviations.start_ending_at(s, i);
+            if (start >= 0) marks.push_back(start);
+            ++i;
+        } else if (i > 0 && is_word(s[i - 1])) {
+            ++i;
+        } else {
+            Py_ssize_t end = i;
+            while (end < n && is_roman(s[end])) ++end;
+            if (end == n || !is_word(s[end])) {
+                bool numeral = end - i > 1 || c != 'I';
+                if (!numeral) {  // "I" is the pronoun unless a context word comes before it
+                    Py_ssize_t k = i;
+                    while (k > 0 && is_space(s[k - 1])) --k;
+                    if (k > 0 && s[k - 1] == '.') --k;
+                    numeral = k < i && contexts.start_ending_at(s, k) >= 0;
+                }
+                if (numeral) marks.push_back(i);
+            }
+            i = std::max(end, i + 1);
+        }
+    }
+    if (lexicon) {
+        for (Py_ssize_t end = 1; end <= n; ++end) {
+            if (is_space(s[end - 1]) || (end < n && is_word(s[end]))) continue;
+            const Py_ssize_t start = lexicon->start_ending_at(s, end);
+            if (start >= 0) marks.push_back(start);
+        }
+    }
+    std::sort(marks.begin(), marks.end());
+    marks.erase(std::unique(marks.begin(), marks.end()), marks.end());
+}
+
 // --- Python entry points ---------------------------------------------------------------------
 
 bool check_str(PyObject* text) {
@@ -787,6 +906,62 @@ PyObject* py_measure(PyObject*, PyObject* args) {
         static_cast<Py_ssize_t>(hashes.size() * sizeof(uint64_t)));
 }
 
+void delete_words(PyObject* capsule) {
+    delete static_cast<Words*>(PyCapsule_GetPointer(capsule, WORDS_CAPSULE));
+}
+
+PyObject* py_words(PyObject*, PyObject* sequence) {
+    PyObject* items = PySequence_Fast(sequence, "words() takes a sequence of str");
+    if (!items) return nullptr;
+    std::vector<std::u32string> words;
+    const Py_ssize_t size = PySequence_Fast_GET_SIZE(items);
+    for (Py_ssize_t i = 0; i < size; ++i) {
+        PyObject* word = PySequence_Fast_GET_ITEM(items, i);
+        if (!check_str(word)) {
+            Py_DECREF(items);
+            return nullptr;
+        }
+        const int kind = PyUnicode_KIND(word);
+        const void* data = PyUnicode_DATA(word);
+        std::u32string chars(static_cast<size_t>(PyUnicode_GET_LENGTH(word)), U'\0');
+        for (size_t k = 0; k < chars.size(); ++k)
+            chars[k] = to_lower(PyUnicode_READ(kind, data, static_cast<Py_ssize_t>(k)));
+        words.push_back(std::move(chars));
+    }
+    Py_DECREF(items);
+    PyObject* capsule = PyCapsule_New(new Words(std::move(words)), WORDS_CAPSULE, delete_words);
+    return capsule;
+}
+
+const Words* words_of(PyObject* capsule) {
+    return static_cast<const Words*>(PyCapsule_GetPointer(capsule, WORDS_CAPSULE));
+}
+
+PyObject* py_spoken_marks(PyObject*, PyObject* args) {
+    PyObject *text, *abbreviations_obj, *contexts_obj, *lexicon_obj;
+    if (!PyArg_ParseTuple(args, "UOOO", &text, &abbreviations_obj, &contexts_obj, &lexicon_obj) ||
+        !check_str(text))
+        return nullptr;
+    const Words* abbreviations = words_of(abbreviations_obj);
+    const Words* contexts = abbreviations ? words_of(contexts_obj) : nullptr;
+    if (!contexts) return nullptr;
+    const Words* lexicon = nullptr;
+    if (lexicon_obj != Py_None && !(lexicon = words_of(lexicon_obj))) return nullptr;
+    std::vector<Py_ssize_t> marks;
+    const Py_ssize_t n = PyUnicode_GET_LENGTH(text);
+    switch (PyUnicode_KIND(text)) {
+        case PyUnicode_1BYTE_KIND:
+            find_spoken_marks(PyUnicode_1BYTE_DATA(text), n, *abbreviations, *contexts, lexicon, marks);
+            break;
+        case PyUnicode_2BYTE_KIND:
+            find_spoken_marks(PyUnicode_2BYTE_DATA(text), n, *abbreviations, *contexts, lexicon, marks);
+            break;
+        default:
+            find_spoken_marks(PyUnicode_4BYTE_DATA(text), n, *abbreviations, *contexts, lexicon, marks);
+    }
+    return new_list(marks.size(), [&](size_t i) { return PyLong_FromSsize_t(marks[i]); });
+}
+
 PyMethodDef METHODS[] = {
     {"paragraphs", py_paragraphs, METH_O,
      "paragraphs(text) -> list[str]: the normalized, non-empty paragraphs of an NFKC'd text."},
@@ -797,6 +972,11 @@ PyMethodDef METHODS[] = {
      "2 paragraph)."},
     {"measure", py_measure, METH_VARARGS,
      "measure(text, spec, seed) -> (chunks, characters, int32 positions, uint64 hashes)."},
+    {"words", py_words, METH_O,
+     "words(strings) -> capsule: strings for spoken_marks, compared case-insensitively."},
+    {"spoken_marks", py_spoken_marks, METH_VARARGS,
+     "spoken_marks(text, abbreviations, contexts, lexicon | None) -> list[int]: offsets where "
+     "narrate.spoken's rules may change the text."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef MODULE = {PyModuleDef_HEAD_INIT,

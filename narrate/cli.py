@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from narrate import __version__
 from narrate.config import AUDIO_FORMATS, FRAME_RATE, EngineConfig, build_configs
 from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
 from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOptions
+
+if TYPE_CHECKING:
+    from narrate.spoken import Lexicon
 
 
 def add_options(
@@ -45,6 +48,23 @@ def cli() -> None:
     """Render book narratives to narrated audio with Sesame CSM-1B."""
 
 
+def _read_lexicon(ctx: click.Context, param: click.Parameter, path: str | None) -> Any:
+    from narrate.spoken import load_lexicon
+
+    return load_lexicon(path) if path else None
+
+
+# the catalog's pronunciation lexicon: it changes the text of, and re-renders, only the chunks
+# holding one of its words (README: "Spoken text and the lexicon")
+lexicon_option = click.option(
+    "--lexicon",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    callback=_read_lexicon,
+    help="pronunciation lexicon: TSV (written<TAB>spoken per line) or a .json object",
+)
+
+
 def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that plans a catalog (plan, run, status, doctor): the
     command gets them as `catalog: CatalogOptions`."""
@@ -60,15 +80,17 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
         max_audio_length_ms: int,
         text_root: str | None,
         max_text_chars: int,
+        lexicon: Lexicon | None,
         **kwargs: Any,
     ) -> Any:
         configs = build_configs(
-            engine, model, batch_size, window_books, max_audio_length_ms, max_text_chars
+            engine, model, batch_size, window_books, max_audio_length_ms, max_text_chars, lexicon
         )
         catalog = CatalogOptions(*configs, voices_dir=voices_dir, text_root=text_root)
         return command(*args, catalog=catalog, **kwargs)
 
     options = [
+        lexicon_option,
         click.option(
             "--engine",
             type=click.Choice(["csm", "preview"]),
@@ -192,6 +214,7 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
 @click.option(
     "-o", "--output", default="out.wav", show_default=True, type=click.Path(dir_okay=False)
 )
+@lexicon_option
 def say(
     text: str,
     context: tuple[str, ...],
@@ -227,6 +250,26 @@ def say(
         f"(real-time factor {spoken.real_time_factor:.2f}; model loaded in "
         f"{spoken.load_seconds:.1f} s)"
     )
+
+
+@cli.command()
+@click.argument("text", required=False)
+@click.option("--manifest", default=None, help="read the text of --book from this manifest")
+@click.option("--book", "book_id", default=None, help="book id, with --manifest")
+@lexicon_option
+def spoken(text: str | None, manifest: str | None, book_id: str | None, lexicon: Any) -> None:
+    """Print TEXT (or --book of --manifest) as it will be spoken: normalized, with numbers,
+    currency, times, units, abbreviations and Roman numerals as words, the lexicon applied."""
+    from narrate.text import spoken_text
+
+    if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
+        raise click.UsageError("give TEXT, or --manifest and --book")
+    if manifest and book_id:
+        from narrate.sources import manifest_book_text
+
+        text = manifest_book_text(manifest, book_id)
+    assert text is not None
+    click.echo(spoken_text(text, lexicon))
 
 
 @cli.group()

@@ -11,6 +11,7 @@ from narrate.errors import UsageError
 
 if TYPE_CHECKING:
     from narrate.records import Pause
+    from narrate.spoken import Lexicon
 
 SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float32 at this rate
 FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
@@ -52,6 +53,9 @@ class ChunkingConfig:
     chars_per_second: float = 14.0
     chars_per_token: float = 3.6  # Llama-3 tokenizer on English prose, used without a tokenizer
     max_text_chars: int = 200_000  # per book; longer narratives are rejected at validation
+    # the catalog's pronunciation lexicon (narrate.spoken), applied before chunking: it changes
+    # chunk texts, and so the ids of the chunks it changes, and no other
+    lexicon: Lexicon | None = None
 
     def expected_frames(self, chars: int) -> float:
         return chars / self.chars_per_second * FRAME_RATE
@@ -85,10 +89,13 @@ def build_configs(
     window_books: int,
     max_audio_length_ms: int,
     max_text_chars: int,
+    lexicon: Lexicon | None = None,
 ) -> tuple[EngineConfig, ChunkingConfig, PlanConfig]:
     """The option sets of the catalog options (`narrate plan`, `run`, `status`): a batch may
     hold `batch_size` rows of a full window."""
-    chunking = ChunkingConfig(max_audio_ms=max_audio_length_ms, max_text_chars=max_text_chars)
+    chunking = ChunkingConfig(
+        max_audio_ms=max_audio_length_ms, max_text_chars=max_text_chars, lexicon=lexicon
+    )
     plan = PlanConfig(
         batch_size=batch_size,
         max_batch_positions=batch_size * chunking.window,

@@ -114,6 +114,25 @@ class TextFetcher:
             raise
 
 
+def manifest_book_text(
+    manifest: str, book_id: str, text_root: str | None = None, *, max_text_chars: int = 200_000
+) -> str:
+    """The narrative of one book of a manifest (`narrate spoken --book`), read as a run reads
+    it (TextFetcher, local texts inside --text-root); UsageError when the book is missing, its
+    row invalid or its text unreadable."""
+    fetch = TextFetcher(default_text_root(manifest, text_root), max_text_chars)
+    for row in manifest_rows(manifest, max_text_chars=max_text_chars):
+        if row.book_id != book_id:
+            continue
+        if isinstance(row, RowError):
+            raise UsageError(f"book {book_id!r} is rejected: {row}")
+        try:
+            return fetch(row)
+        except (TextUriError, OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"book {book_id!r}: text_uri cannot be read ({exc})") from None
+    raise UsageError(f"book {book_id!r} is not in {manifest}")
+
+
 def planned_windows(options: RunOptions, db: Database) -> Iterator[list[PlannedBook | RowError]]:
     """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
     rows = catalog_rows(

@@ -1,4 +1,5 @@
-"""Text normalization, sentence splitting and chunking of a book into CSM-sized chunks.
+"""Text normalization, spoken forms, sentence splitting and chunking of a book into CSM-sized
+chunks.
 
 Everything here is pure and built for throughput (a 1M-book catalog, ~5 G characters, is planned
 in about a minute on two cores): NFKC and typography run as str methods over whole texts, and
@@ -27,6 +28,7 @@ except ImportError as exc:  # a checkout used without `make install` / `pip inst
 from narrate.config import ChunkingConfig, fingerprint
 from narrate.errors import UsageError
 from narrate.records import Chunk, Pause
+from narrate.spoken import Lexicon, speak
 
 # --- normalization -------------------------------------------------------------------------
 
@@ -55,13 +57,20 @@ def _unicode_forms(text: str) -> str:
     return text
 
 
+def _spoken_forms(text: str, lexicon: Lexicon | None) -> str:
+    """What the rest of the pipeline works on: Unicode forms, then the text as spoken
+    (narrate.spoken: numbers, abbreviations and Roman numerals as words, the lexicon)."""
+    return speak(_unicode_forms(text), lexicon)
+
+
 def _paragraphs(text: str) -> list[str]:
     """The normalized, non-empty paragraphs of `text` (see `normalize`)."""
     return _textcore.paragraphs(_unicode_forms(text))
 
 
 def normalize(text: str) -> str:
-    """Canonical text: what chunk ids hash and what the model reads.
+    """Canonical text: what chunk ids hash and what the model reads, once the text is written
+    as spoken (see `spoken_text`).
 
     NFKC; curly quotes and guillemets become straight quotes, "…" and ". . ." become "...",
     "--" and dash-like characters become "—", hyphen-like ones "-"; control and invisible
@@ -69,6 +78,12 @@ def normalize(text: str) -> str:
     paragraphs (separated by blank lines) are joined by exactly "\\n\\n".
     """
     return "\n\n".join(_paragraphs(text))
+
+
+def spoken_text(text: str, lexicon: Lexicon | None = None) -> str:
+    """The text as the model will read it: `normalize` of the spoken forms (what `chunk_book`
+    packs into chunks; `narrate spoken` prints it)."""
+    return "\n\n".join(_textcore.paragraphs(_spoken_forms(text, lexicon)))
 
 
 # --- sentence splitting --------------------------------------------------------------------
@@ -206,7 +221,8 @@ def chunk_book(
     prompt_positions: int = 0,
     count_tokens: Callable[[str], int] | None = None,
 ) -> list[Chunk]:
-    """Normalize a book's text and pack its sentences into chunks that fit CSM's window.
+    """Normalize a book's text, write it as spoken (`config.lexicon` included), and pack its
+    sentences into chunks that fit CSM's window.
 
     Sentences are packed greedily; a paragraph always starts a new chunk (`pause_before`
     "paragraph"; "sentence" inside a paragraph; "none" for the first chunk). A sentence over
@@ -216,7 +232,8 @@ def chunk_book(
     `count_tokens` is the model tokenizer when the caller has one (tokens the chunk text
     takes, specials included); without it `config.estimate_tokens` is used.
     """
-    pieces = _textcore.chunk(_unicode_forms(text), _spec(config, prompt_positions, count_tokens))
+    spec = _spec(config, prompt_positions, count_tokens)
+    pieces = _textcore.chunk(_spoken_forms(text, config.lexicon), spec)
     make_id = _id_function(speaker, voice_key, engine_fingerprint)
     return [
         Chunk(
@@ -263,7 +280,7 @@ def measure_book(
     """
     seed = int(_context(speaker, voice_key, engine_fingerprint)[:16], 16)
     spec = _estimator_spec(config, prompt_positions)
-    return BookMeasure(*_textcore.measure(_unicode_forms(text), spec, seed))
+    return BookMeasure(*_textcore.measure(_spoken_forms(text, config.lexicon), spec, seed))
 
 
 @lru_cache(maxsize=64)

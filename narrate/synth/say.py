@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from narrate.errors import EngineError, UsageError
 from narrate.records import ChunkAudio
 from narrate.synth import Turn, load_engine
 from narrate.synth.voices import VoiceLibrary
+
+if TYPE_CHECKING:
+    from narrate.spoken import Lexicon
 
 
 @dataclass(frozen=True)
@@ -60,13 +64,14 @@ def say(
     voices_dir: Path = Path("voices"),
     device: str = "auto",
     compile: bool = False,
+    lexicon: Lexicon | None = None,
 ) -> Spoken:
     from narrate.plan import plan_batches
     from narrate.text import chunk_book
 
     library = VoiceLibrary(voices_dir)
     prompt = library.get(voice) if voice else None
-    chunking = ChunkingConfig(max_audio_ms=engine.max_audio_ms)
+    chunking = ChunkingConfig(max_audio_ms=engine.max_audio_ms, lexicon=lexicon)
     chunks = chunk_book(
         "say",
         text,
