@@ -8,7 +8,7 @@ the audio, of exactly the chunks that contain it.
 The rules, each applied only to what it recognises whole (anything else is left as written):
 
 - numbers: "42" -> "forty-two", "1,000" -> "one thousand", "3.14" -> "three point one four",
-  "-5" -> "minus five"; four-digit numbers from 1100 to 2099 are read as years ("1984" ->
+  "-5" -> "minus five"; four-digit numbers from 1000 to 2099 are read as years ("1984" ->
   "nineteen eighty-four"); decades: "1800s" -> "eighteen hundreds", "'60s" -> "sixties";
   ordinals: "3rd" -> "third"; percentages: "50%" -> "fifty percent"
 - currency: "$12.50" -> "twelve dollars and fifty cents", "£5" -> "five pounds", "€3 million"
@@ -192,7 +192,7 @@ def _number_words(m: re.Match[str]) -> str | None:
             return None
         return f"{_cardinal(int(whole))} {_meridiem(m['meridiem'])}"
     number = int(whole.replace(",", ""))
-    is_year = len(whole) == 4 and 1100 <= number <= 2099 and not (fraction or m["unit"])
+    is_year = len(whole) == 4 and 1000 <= number <= 2099 and not (fraction or m["unit"])
     words = _year(number) if is_year and not m["percent"] else _decimal(whole, fraction)
     if m["minus"]:
         words = "minus " + words

@@ -1,0 +1,354 @@
+"""The spoken step: numbers, currency, times, units, abbreviations and Roman numerals read as
+words; what it does not recognise left alone; the pronunciation lexicon and `narrate spoken`."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
+from support.runs import preview_args
+
+from narrate.cli import cli
+from narrate.config import ChunkingConfig
+from narrate.errors import UsageError
+from narrate.spoken import Lexicon, load_lexicon, speak
+from narrate.text import chunk_book, measure_book, split_sentences, spoken_text
+
+SPOKEN = [
+    # cardinals, decimals, negatives
+    ("He counted 42 sheep.", "He counted forty-two sheep."),
+    ("There were 7 of them.", "There were seven of them."),
+    ("About 1,000 people came.", "About one thousand people came."),
+    ("It cost 12,345 crowns.", "It cost twelve thousand three hundred and forty-five crowns."),
+    (
+        "A crowd of 250,000 filled the square.",
+        "A crowd of two hundred and fifty thousand filled the square.",
+    ),
+    ("Pi is about 3.14 here.", "Pi is about three point one four here."),
+    ("Add 0.5 of it.", "Add zero point five of it."),
+    ("It fell to -5 overnight.", "It fell to minus five overnight."),
+    ("Page 100 was torn.", "Page one hundred was torn."),
+    ("Room (12) was empty.", "Room (twelve) was empty."),
+    ("He had 3, she had 4.", "He had three, she had four."),
+    # years and decades
+    ("It was 1984 again.", "It was nineteen eighty-four again."),
+    ("Born in 1905, he", "Born in nineteen oh-five, he"),
+    ("By 2010 it was over.", "By twenty ten it was over."),
+    ("In 2005 we met.", "In two thousand and five we met."),
+    ("The year 1066 changed it.", "The year ten sixty-six changed it."),
+    ("Life in the 1800s was hard.", "Life in the eighteen hundreds was hard."),
+    ("Music of the 1960s.", "Music of the nineteen sixties."),
+    ("Back in the '60s we sang.", "Back in the sixties we sang."),
+    ("The 2000s began.", "The two thousands began."),
+    ("In the 1990's, yes.", "In the nineteen nineties, yes."),
+    # ordinals
+    ("She came 3rd in the race.", "She came third in the race."),
+    ("The 1st of May.", "The first of May."),
+    ("His 21st birthday.", "His twenty-first birthday."),
+    ("The 12th man.", "The twelfth man."),
+    ("On the 102nd floor.", "On the one hundred and second floor."),
+    # currency
+    ("It cost $12.50 then.", "It cost twelve dollars and fifty cents then."),
+    ("Just $1 each.", "Just one dollar each."),
+    ("Only $0.50 left.", "Only fifty cents left."),
+    ("A $1,000 prize.", "A one thousand dollars prize."),
+    ("He owed £5 to her.", "He owed five pounds to her."),
+    ("A fee of £1.01 was due.", "A fee of one pound and one penny was due."),
+    ("It was €3.20 a cup.", "It was three euros and twenty cents a cup."),
+    ("They raised $3.5 million today.", "They raised three point five million dollars today."),
+    ("Worth $5 million now.", "Worth five million dollars now."),
+    # percentages
+    ("Nearly 50% agreed.", "Nearly fifty percent agreed."),
+    ("A 3.5% rise.", "A three point five percent rise."),
+    # clock times
+    ("We met at 10:30 p.m. on Friday.", "We met at ten thirty PM on Friday."),
+    ("At 10 p.m. Then we left.", "At ten PM. Then we left."),
+    ("Wake at 9am sharp.", "Wake at nine AM sharp."),
+    ("The train left at 10:05 exactly.", "The train left at ten oh five exactly."),
+    ("Lunch at 12:00 today.", "Lunch at twelve o'clock today."),
+    ("At 14:00 the guns fired.", "At fourteen hundred the guns fired."),
+    ("At 7:45 AM sharp.", "At seven forty-five AM sharp."),
+    # units
+    ("She walked 5 km home.", "She walked five kilometers home."),
+    ("It weighed 1 kg only.", "It weighed one kilogram only."),
+    ("A 2.5 kg bag.", "A two point five kilograms bag."),
+    ("He drove at 60 mph there.", "He drove at sixty miles per hour there."),
+    ("It was 20 °C outside.", "It was twenty degrees Celsius outside."),
+    ("A tower 300 ft tall.", "A tower three hundred feet tall."),
+    ("Add 5g of salt.", "Add five grams of salt."),
+    # abbreviations and titles
+    ("Dr. Watson arrived.", "Doctor Watson arrived."),
+    ("Mr. and Mrs. Smith dined.", "Mister and Missus Smith dined."),
+    ("Ask Prof. Lee.", "Ask Professor Lee."),
+    ("Capt. Ahab and Gen. Grant.", "Captain Ahab and General Grant."),
+    ("He prayed to St. Jude.", "He prayed to Saint Jude."),
+    ("She lived on Baker St. near the park.", "She lived on Baker Street near the park."),
+    ("She lived on Baker St. The house was red.", "She lived on Baker Street. The house was red."),
+    ("Turn onto Mulholland Dr. at night.", "Turn onto Mulholland Drive at night."),
+    ("Fruit, e.g. apples, is good.", "Fruit, for example apples, is good."),
+    ("The owner, i.e. Tom, said no.", "The owner, that is Tom, said no."),
+    ("Cats, dogs, etc. were there.", "Cats, dogs, et cetera were there."),
+    ("Cats, dogs, etc. The rest fled.", "Cats, dogs, et cetera. The rest fled."),
+    ("He lives at No. 5 now.", "He lives at number five now."),
+    ("Martin Luther King Jr. spoke.", "Martin Luther King Junior spoke."),
+    ("It was Kramer vs. Kramer.", "It was Kramer versus Kramer."),
+    # Roman numerals in context
+    ("Chapter XIV", "Chapter fourteen"),
+    ("CHAPTER IV. The Storm", "CHAPTER four. The Storm"),
+    ("Read Chapter I first.", "Read Chapter one first."),
+    ("Book II ends here.", "Book two ends here."),
+    ("Part III: the return", "Part three: the return"),
+    ("Volume XII is lost.", "Volume twelve is lost."),
+    ("Act V, scene two.", "Act five, scene two."),
+    ("Louis XIV was king.", "Louis the fourteenth was king."),
+    ("Henry V spoke.", "Henry the fifth spoke."),
+    ("Pope John XXIII died.", "Pope John the twenty-third died."),
+    ("Charles II's court.", "Charles the second's court."),
+    ("After World War II ended.", "After World War two ended."),
+    # sentence starts keep their capital (and their sentence end)
+    ("1984 was cold.", "Nineteen eighty-four was cold."),
+    ("He left. 3 days later he came back.", "He left. Three days later he came back."),
+    ('"12 men," he said.', '"Twelve men," he said.'),
+]
+
+UNCHANGED = [
+    "I said I would.",
+    "So I went; then I left.",
+    "The CV was long.",
+    "Stir the MIX well.",
+    "Mix it well.",
+    "Then IV fluids were given.",
+    "Malcolm X spoke.",
+    "ISBN 978-0-306-40615-7 and 0306406152 and 9780306406157.",
+    "See https://example.com/page2 or www.site42.org today.",
+    "The id A12-3B failed, and so did 12A and MP3.",
+    "Call 555-1234 or (555) 123-4567 now.",
+    "Version 1.2.3 and v2.0 and 192.168.0.1 shipped.",
+    "Agent 007 and 12/05/2020 and 3/4 and 4x4.",
+    "Phone 5551234567 rang.",
+    "Genesis is fine, as is DC and MD.",
+    "the dr. said no. then he left.",
+    "DR. WHO",
+    "No. I won't.",
+    "Mr Smith and Dr Jones",
+    "A 1th place and $12.5.5 and 25:30.",
+]
+
+
+@pytest.mark.parametrize(("written", "spoken"), SPOKEN)
+def test_written_forms_are_read_as_words(written: str, spoken: str) -> None:
+    assert speak(written) == spoken
+
+
+def test_the_table_covers_at_least_sixty_forms() -> None:
+    assert len(SPOKEN) + len(UNCHANGED) >= 60 and len(SPOKEN) >= 60
+
+
+@pytest.mark.parametrize("written", UNCHANGED)
+def test_what_the_rules_do_not_recognise_stays_as_written(written: str) -> None:
+    assert speak(written) == written
+
+
+# Words that no rule or context looks at: no digits, abbreviations, context words or Roman
+# numerals in capitals other than the pronoun "I".
+_ABBREVIATION_LIKE = {"mr", "mrs", "ms", "dr", "prof", "rev", "hon", "capt", "col", "gen", "lt"}
+_ABBREVIATION_LIKE |= {"sgt", "mt", "st", "jr", "sr", "no", "vs", "approx", "etc", "e", "i"}
+_CONTEXTS = {"chapter", "book", "part", "volume", "vol", "act", "scene", "canto", "section"}
+_CONTEXTS |= {"appendix", "psalm", "war", "phase", "stage", "type", "class", "level"}
+plain_word = (
+    st.from_regex(r"[A-Za-z][a-z]{0,9}", fullmatch=True)
+    .filter(lambda w: w.lower() not in _ABBREVIATION_LIKE | _CONTEXTS)
+    .filter(lambda w: not re.fullmatch(r"[IVXLCDM]+", w))
+)
+plain_text = st.lists(
+    st.one_of(plain_word, st.just("I"), st.sampled_from([".", ",", "!", "?", ";", '"'])),
+    max_size=40,
+).map(lambda tokens: " ".join(tokens))
+
+
+@given(plain_text, st.sampled_from(["", " ", "\n\n"]))
+def test_text_without_anything_to_speak_is_returned_unchanged(text: str, end: str) -> None:
+    lexicon = Lexicon((("zzyzx", "zai-zicks"), ("Qwerty", "kwer-tee")))
+    assert speak(text + end) == text + end
+    assert speak(text + end, lexicon) == text + end
+
+
+def test_sentence_ends_survive_the_expansions() -> None:
+    text = "It was 1984. 1985 came. Dr. Who left at 5 p.m. Then it rained, etc. The end."
+    assert split_sentences(spoken_text(text)) == [
+        "It was nineteen eighty-four.",
+        "Nineteen eighty-five came.",
+        "Doctor Who left at five PM.",
+        "Then it rained, et cetera.",
+        "The end.",
+    ]
+
+
+# --- the lexicon -------------------------------------------------------------------------------
+
+LEXICON = Lexicon((("Hermione", "Her-my-oh-nee"), ("gif", "jif"), ("New York", "Noo York")))
+
+
+def test_a_lowercase_entry_matches_any_case_and_keeps_a_capital() -> None:
+    assert speak("a gif, a GIF and a Gif", LEXICON) == "a jif, a Jif and a Jif"
+
+
+def test_an_entry_with_capitals_matches_only_as_written() -> None:
+    assert speak("Hermione and hermione and HERMIONE", LEXICON) == (
+        "Her-my-oh-nee and hermione and HERMIONE"
+    )
+
+
+def test_entries_match_whole_words_only() -> None:
+    text = "Hermiones, gifted, gifs; Hermione's hat in New York."
+    assert speak(text, LEXICON) == "Hermiones, gifted, gifs; Her-my-oh-nee's hat in Noo York."
+
+
+def test_an_entry_wins_over_the_built_in_rules() -> None:
+    lexicon = Lexicon((("Dr.", "Drummer"), ("1984", "the year of the book")))
+    assert speak("Dr. Who read 1984.", lexicon) == "Drummer Who read the year of the book."
+
+
+def test_a_tsv_lexicon_allows_comments_and_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "names.tsv"
+    path.write_text("# names\n\nHermione\tHer-my-oh-nee\n  # indented comment\ngif\tjif\n")
+    assert load_lexicon(path).entries == (("Hermione", "Her-my-oh-nee"), ("gif", "jif"))
+
+
+def test_a_json_lexicon_is_one_object(tmp_path: Path) -> None:
+    path = tmp_path / "names.json"
+    path.write_text(json.dumps({"Hermione": "Her-my-oh-nee", "gif": "jif"}))
+    assert load_lexicon(path) == Lexicon((("Hermione", "Her-my-oh-nee"), ("gif", "jif")))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("a.tsv", "ok\tfine\nno tab here\n", "line 2: expected 'written<TAB>spoken'"),
+        ("a.tsv", "ok\tfine\n\nok\tagain\n", "line 3: 'ok' is already defined on line 1"),
+        ("a.tsv", "ok\t \n", "line 1: a written form and a spoken form are both needed"),
+        ("a.tsv", "a\tb\tc\n", "line 1: expected"),
+        ("a.json", '{\n "a": "b",\n}', "line 3: not valid JSON"),
+        ("a.json", '["a", "b"]', "expected one JSON object"),
+        ("a.json", '{"a": 1}', "entry 'a': the spoken form must be a string"),
+    ],
+)
+def test_a_bad_lexicon_is_a_usage_error_naming_the_line(
+    tmp_path: Path, name: str, content: str, message: str
+) -> None:
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_lexicon(path)
+
+
+def test_plan_and_run_count_the_same_spoken_chunks() -> None:
+    config = ChunkingConfig(lexicon=LEXICON)
+    text = "Chapter XIV\n\nIn 1984, Dr. Hermione paid $12.50 for 5 km of rope. " * 20
+    chunks = chunk_book("b", text, config=config, engine_fingerprint="e")
+    measure = measure_book(text, config=config, engine_fingerprint="e")
+    assert measure.chunks == len(chunks)
+    assert measure.characters == sum(len(c.text) for c in chunks)
+    assert "Her-my-oh-nee" in chunks[1].text and "twelve dollars" in chunks[1].text
+
+
+def test_only_chunks_holding_a_changed_entry_get_new_ids() -> None:
+    text = "Hermione smiled.\n\nThe river ran on.\n\nA gif of Hermione.\n\nRain fell."
+    old = Lexicon((("Hermione", "Her-my-oh-nee"), ("river", "rivver")))
+    new = Lexicon((("Hermione", "Her-mine"), ("river", "rivver")))
+    ids = [
+        [
+            c.chunk_id
+            for c in chunk_book(
+                "b", text, config=ChunkingConfig(lexicon=lx), engine_fingerprint="e"
+            )
+        ]
+        for lx in (old, new)
+    ]
+    assert [a != b for a, b in zip(*ids, strict=True)] == [True, False, True, False]
+
+
+# --- the command line --------------------------------------------------------------------------
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(cli, list(args))
+
+
+def test_spoken_prints_the_text_as_it_will_be_spoken() -> None:
+    result = CliRunner().invoke(cli, ["spoken", "Dr. Lee paid $12.50 in 1984.\n\n\nChapter IV"])
+    assert result.exit_code == 0, result.output
+    assert result.output == (
+        "Doctor Lee paid twelve dollars and fifty cents in nineteen eighty-four.\n\nChapter four\n"
+    )
+
+
+def test_spoken_applies_a_lexicon_file(tmp_path: Path) -> None:
+    path = tmp_path / "lexicon.tsv"
+    path.write_text("Hermione\tHer-my-oh-nee\n")
+    result = CliRunner().invoke(cli, ["spoken", "Hermione waved.", "--lexicon", str(path)])
+    assert result.exit_code == 0 and result.output == "Her-my-oh-nee waved.\n"
+
+
+def test_spoken_prints_a_book_of_a_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"book_id": "a", "text": "Nothing here."}, {"book_id": "b", "text": "In 1984."}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(cli, ["spoken", "--manifest", str(manifest), "--book", "b"])
+    assert result.exit_code == 0 and result.output == "In nineteen eighty-four.\n"
+    missing = CliRunner().invoke(cli, ["spoken", "--manifest", str(manifest), "--book", "zz"])
+    assert missing.exit_code == 2 and "book 'zz' is not in" in missing.output
+
+
+def test_spoken_needs_text_or_a_book() -> None:
+    for args in ([], ["text", "--manifest", "m.jsonl", "--book", "b"], ["--manifest", "m"]):
+        result = CliRunner().invoke(cli, ["spoken", *args])
+        assert result.exit_code == 2 and "give TEXT, or --manifest and --book" in result.output
+
+
+def test_a_bad_lexicon_stops_plan_with_the_line_and_exit_two(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"book_id": "a", "text": "Hi."}) + "\n")
+    lexicon = tmp_path / "bad.tsv"
+    lexicon.write_text("# ok\nHermione Her-my-oh-nee\n")
+    result = CliRunner().invoke(
+        cli, ["plan", str(manifest), "--engine", "preview", "--lexicon", str(lexicon)]
+    )
+    assert result.exit_code == 2
+    assert f"lexicon {lexicon}, line 2: expected 'written<TAB>spoken'" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_changing_one_lexicon_entry_re_renders_only_the_chunks_holding_it(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    books = {
+        "a": "Hermione opened the door.\n\nThe river ran past the mill.\n\nRain fell on the roof.",
+        "b": "The captain wrote a letter.\n\nHermione read it twice.\n\nThe river was high.",
+        "c": "Nobody had seen the captain since spring.\n\nThe bells rang at noon.",
+    }
+    manifest.write_text(
+        "".join(json.dumps({"book_id": b, "text": t}) + "\n" for b, t in books.items())
+    )
+    lexicon = tmp_path / "lexicon.tsv"
+
+    def run(entry: str, report: str) -> dict:
+        lexicon.write_text(f"# pronunciations\nHermione\t{entry}\nriver\trivver\n")
+        args = ["run", str(manifest), "--lexicon", str(lexicon)]
+        result = CliRunner().invoke(
+            cli, [*args, *preview_args(tmp_path, f"--report={tmp_path / report}")]
+        )
+        assert result.exit_code == 0, result.output
+        return json.loads((tmp_path / report).read_text())
+
+    first = run("Her-my-oh-nee", "first.json")
+    assert first["totals"]["chunks_synthesized"] == 8
+    second = run("Her-mine", "second.json")
+    assert second["totals"]["chunks_synthesized"] == 2  # a's and b's Hermione paragraphs
+    statuses = {b["book_id"]: b["status"] for b in second["books"]}
+    assert statuses == {"a": "ready", "b": "ready", "c": "skipped"}
