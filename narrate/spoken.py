@@ -60,15 +60,19 @@ from narrate.errors import UsageError
 _DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
 
 
+# num2words takes ~80 µs a call; books repeat their numbers (counts, years, chapters)
+@lru_cache(maxsize=8192)
 def _cardinal(number: int) -> str:
     # num2words writes "twelve thousand, three hundred": a comma would be read as a pause
     return num2words(number).replace(",", "")
 
 
+@lru_cache(maxsize=4096)
 def _ordinal(number: int) -> str:
     return num2words(number, to="ordinal").replace(",", "")
 
 
+@lru_cache(maxsize=4096)
 def _year(number: int) -> str:
     return num2words(number, to="year")
 
@@ -478,7 +482,11 @@ def speak(text: str, lexicon: Lexicon | None = None) -> str:
         if found is None:
             continue
         end, spoken = found
-        if not text[at].islower() and _starts_sentence(text, at, done, parts):
+        if (
+            not spoken[0].isupper()
+            and not text[at].islower()
+            and _starts_sentence(text, at, done, parts)
+        ):
             spoken = _capitalized(spoken)
         parts += (text[done:at], spoken)
         done = end
@@ -494,25 +502,37 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
         if m.lastgroup == "exact":
             return m.end(), lexicon.exact[m["exact"]]
         return m.end(), _cased_like(m.group(), lexicon.folded[m["folded"].lower()])
-    for pattern in (_NUMBER, _ABBREVIATION, _ROMAN):
-        m = pattern.match(text, at)
-        if not m:
-            continue
-        if pattern is _NUMBER:
-            if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
-                return None
-            words = _number_words(m)
-            opening = m["open"][:-1] if m["decade"] and m["open"].endswith("'") else m["open"]
-            spoken = None if words is None else opening + words
-            meridiem = m["meridiem"] or m["time_meridiem"] or ""
-            if spoken and meridiem.endswith(".") and _capital_follows(text, m.end()):
-                spoken += "."
-        elif pattern is _ABBREVIATION:
-            spoken = _abbreviation_words(text, m)
-        else:
-            spoken = _roman_words(text, at, m)
-        return None if spoken is None else (m.end(), spoken)
-    return None
+    if text[at] in _ROMAN_LETTERS and (m := _ROMAN.match(text, at)):
+        spoken = _roman_words(text, at, m)
+    elif m := _ABBREVIATION.match(text, at):
+        spoken = _abbreviation_words(text, m)
+    elif m := _NUMBER.match(text, at):
+        spoken = _number_spoken(text, m)
+    else:
+        return None
+    return None if spoken is None else (m.end(), spoken)
+
+
+_ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
+_NUMBER_WORDS: dict[str, str | None] = {}  # matched text -> words: books repeat their numbers
+
+
+def _number_spoken(text: str, m: re.Match[str]) -> str | None:
+    if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
+        return None
+    matched = m.group()
+    words = _NUMBER_WORDS.get(matched, "")
+    if words == "":
+        words = _number_words(m)
+        if len(_NUMBER_WORDS) < 65_536:
+            _NUMBER_WORDS[matched] = words
+    if words is None:
+        return None
+    opening = m["open"][:-1] if m["decade"] and m["open"].endswith("'") else m["open"]
+    meridiem = m["meridiem"] or m["time_meridiem"] or ""
+    if meridiem.endswith(".") and _capital_follows(text, m.end()):
+        words += "."
+    return opening + words
 
 
 def _starts_sentence(text: str, at: int, done: int, parts: list[str]) -> bool:

@@ -1,0 +1,72 @@
+"""Cost of the spoken step (narrate.spoken.speak) in characters per second, on one core.
+
+Texts: the synthetic prose of bench/plan_scale.py (nothing to speak: only the C++ scan runs),
+the same prose with a number, a title or a Roman numeral in about one sentence of eight, and
+the plain prose with a 1,000-entry lexicon. Each is timed `--repeats` times; min / median /
+max are printed, beside the whole of `measure_book` (what planning runs per book) on the same
+text for scale.
+
+    python bench/spoken.py [--words 200000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+from plan_scale import synthetic_pool
+
+from narrate.config import ChunkingConfig
+from narrate.spoken import Lexicon, speak
+from narrate.text import measure_book
+
+SPRINKLES = ("in 1984", "Dr. Lee", "$12.50", "Chapter XIV", "the 3rd", "at 10:30 p.m.", "5 km")
+
+
+def sprinkled(text: str, rng: np.random.Generator) -> str:
+    sentences = text.split(". ")
+    for i in range(0, len(sentences), 8):
+        sentences[i] += " " + SPRINKLES[int(rng.integers(len(SPRINKLES)))]
+    return ". ".join(sentences)
+
+
+def rate(fn: object, text: str, repeats: int) -> list[float]:
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn(text)  # type: ignore[operator]
+        rates.append(len(text) / (time.perf_counter() - started) / 1e6)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--words", type=int, default=200_000)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    rng = np.random.default_rng(7)
+    plain, _ = synthetic_pool(args.words, rng)
+    lexicon = Lexicon(tuple((f"name{i}x", f"spoken {i}") for i in range(1000)))
+    config = ChunkingConfig()
+    cases = {
+        "plain prose, speak": (speak, plain),
+        "plain prose, measure_book": (
+            lambda t: measure_book(t, config=config, engine_fingerprint="bench"),
+            plain,
+        ),
+        "1 in 8 sentences with a form, speak": (speak, sprinkled(plain, rng)),
+        "plain prose, 1,000-entry lexicon, speak": (lambda t: speak(t, lexicon), plain),
+    }
+    print(f"{len(plain) / 1e6:.1f} M characters per text, {args.repeats} runs each, one core")
+    for name, (fn, text) in cases.items():
+        rates = rate(fn, text, args.repeats)
+        print(
+            f"{name:42s} M chars/s min {min(rates):7.1f}  median "
+            f"{statistics.median(rates):7.1f}  max {max(rates):7.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
