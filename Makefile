@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint bench bench-plan bench-synth bench-run bench-publish demo demo-csm clean
+.PHONY: install test lint bench bench-plan bench-spoken bench-synth bench-run bench-publish demo demo-csm clean
 
 install: $(VENV)/.installed
 
@@ -21,10 +21,13 @@ lint: install
 	$(VENV)/bin/ruff check narrate tests bench
 	$(VENV)/bin/ruff format --check narrate tests bench
 
-bench: bench-plan bench-synth bench-run bench-publish
+bench: bench-plan bench-spoken bench-synth bench-run bench-publish
 
 bench-plan: install
 	$(PY) bench/plan_scale.py
+
+bench-spoken: install
+	$(PY) bench/spoken.py
 
 bench-synth: install
 	$(PY) bench/synth_batching.py
