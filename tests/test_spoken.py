@@ -114,6 +114,9 @@ SPOKEN = [
     ("1984 was cold.", "Nineteen eighty-four was cold."),
     ("He left. 3 days later he came back.", "He left. Three days later he came back."),
     ('"12 men," he said.', '"Twelve men," he said.'),
+    # text of two- and four-byte characters
+    ("Caf\u00e9 \u2014 at 10:30 today.", "Caf\u00e9 \u2014 at ten thirty today."),
+    ("Tea \U0001f375 for 2 people, Dr. Li.", "Tea \U0001f375 for two people, Doctor Li."),
 ]
 
 UNCHANGED = [
@@ -207,6 +210,13 @@ def test_an_entry_with_capitals_matches_only_as_written() -> None:
 def test_entries_match_whole_words_only() -> None:
     text = "Hermiones, gifted, gifs; Hermione's hat in New York."
     assert speak(text, LEXICON) == "Hermiones, gifted, gifs; Her-my-oh-nee's hat in Noo York."
+
+
+def test_entries_may_hold_any_characters() -> None:
+    lexicon = Lexicon((("Dvo\u0159\u00e1k", "Dvor-zhahk"), ("\U0001f375", "a cup of tea")))
+    assert speak("Dvo\u0159\u00e1k wrote 9 symphonies \U0001f375.", lexicon) == (
+        "Dvor-zhahk wrote nine symphonies a cup of tea."
+    )
 
 
 def test_an_entry_wins_over_the_built_in_rules() -> None:
