@@ -256,8 +256,20 @@ def say(
 @click.argument("text", required=False)
 @click.option("--manifest", default=None, help="read the text of --book from this manifest")
 @click.option("--book", "book_id", default=None, help="book id, with --manifest")
+@click.option(
+    "--text-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="folder local text_uri files must be in [default: the manifest's folder]",
+)
 @lexicon_option
-def spoken(text: str | None, manifest: str | None, book_id: str | None, lexicon: Any) -> None:
+def spoken(
+    text: str | None,
+    manifest: str | None,
+    book_id: str | None,
+    text_root: str | None,
+    lexicon: Any,
+) -> None:
     """Print TEXT (or --book of --manifest) as it will be spoken: normalized, with numbers,
     currency, times, units, abbreviations and Roman numerals as words, the lexicon applied."""
     from narrate.text import spoken_text
@@ -267,7 +279,7 @@ def spoken(text: str | None, manifest: str | None, book_id: str | None, lexicon:
     if manifest and book_id:
         from narrate.sources import manifest_book_text
 
-        text = manifest_book_text(manifest, book_id)
+        text = manifest_book_text(manifest, book_id, text_root)
     assert text is not None
     click.echo(spoken_text(text, lexicon))
 

@@ -315,6 +315,21 @@ def test_spoken_prints_a_book_of_a_manifest(tmp_path: Path) -> None:
     assert missing.exit_code == 2 and "book 'zz' is not in" in missing.output
 
 
+def test_spoken_reads_a_book_behind_text_uri_inside_the_text_root_only(tmp_path: Path) -> None:
+    (tmp_path / "story.txt").write_text("Chapter II\n\nIt cost $5.")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        json.dumps({"book_id": "a", "text_uri": "story.txt"})
+        + "\n"
+        + json.dumps({"book_id": "b", "text_uri": "/etc/hostname"})
+        + "\n"
+    )
+    result = CliRunner().invoke(cli, ["spoken", "--manifest", str(manifest), "--book", "a"])
+    assert result.exit_code == 0 and result.output == "Chapter two\n\nIt cost five dollars.\n"
+    outside = CliRunner().invoke(cli, ["spoken", "--manifest", str(manifest), "--book", "b"])
+    assert outside.exit_code == 2 and "outside the text root" in outside.output
+
+
 def test_spoken_needs_text_or_a_book() -> None:
     for args in ([], ["text", "--manifest", "m.jsonl", "--book", "b"], ["--manifest", "m"]):
         result = CliRunner().invoke(cli, ["spoken", *args])
