@@ -18,8 +18,9 @@ The rules, each applied only to what it recognises whole (anything else is left 
 - abbreviations with their period (see _ABBREVIATIONS): "Dr." -> "Doctor" before a name,
   "Drive" after one; "St." -> "Saint" before a name, else "Street"; "No. 5" -> "number five";
   "e.g." -> "for example", "i.e." -> "that is", "etc." -> "et cetera"
-- Roman numerals in capitals, where the context makes them numbers: after a context word
-  (_CARDINAL_CONTEXTS: "Chapter XIV" -> "Chapter fourteen", "World War II" -> "World War two")
+- Roman numerals in capitals, where the context makes them numbers: after a capitalized
+  context word (_CARDINAL_CONTEXTS: "Chapter XIV" -> "Chapter fourteen", "World War II" ->
+  "World War two"; not "the part I liked")
   and after a capitalized name for regnal numbers up to 39 ("Louis XIV" -> "Louis the
   fourteenth"); the pronoun "I" only after a context word ("Chapter I"); never a numeral
   outside those contexts ("CV", "MIX") nor one in lowercase ("Mix").
@@ -305,7 +306,7 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> str | None:
     if not before or not _ROMAN_FORM.fullmatch(numeral):
         return None
     word = before["word"]
-    if word.lower() in _CARDINAL_CONTEXTS:
+    if word[0].isupper() and word.lower() in _CARDINAL_CONTEXTS:  # not "the part I liked"
         return _cardinal(_roman_value(numeral))
     regnal = (
         numeral != "I"

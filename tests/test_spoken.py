@@ -127,6 +127,7 @@ UNCHANGED = [
     "Mix it well.",
     "Then IV fluids were given.",
     "Malcolm X spoke.",
+    "The part I liked was the book I read in the war I fought.",
     "ISBN 978-0-306-40615-7 and 0306406152 and 9780306406157.",
     "See https://example.com/page2 or www.site42.org today.",
     "The id A12-3B failed, and so did 12A and MP3.",
