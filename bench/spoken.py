@@ -3,8 +3,8 @@
 Texts: the synthetic prose of bench/plan_scale.py (nothing to speak: only the C++ scan runs),
 the same prose with a number, a title or a Roman numeral in about one sentence of eight, and
 the plain prose with a 1,000-entry lexicon. Each is timed `--repeats` times; min / median /
-max are printed, beside the whole of `measure_book` (what planning runs per book) on the same
-text for scale.
+max are printed, beside the whole of `measure_book` (what planning runs per book, the spoken
+step included) on the same text for scale.
 
     python bench/spoken.py [--words 200000] [--repeats 5]
 """
