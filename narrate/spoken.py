@@ -56,6 +56,9 @@ from narrate import _textcore
 from narrate.config import fingerprint
 from narrate.errors import UsageError
 
+if not hasattr(_textcore, "spoken_marks"):  # a core compiled before narrate.spoken existed
+    raise ImportError("narrate's C++ text core is out of date: run `make install`")
+
 # --- number words ----------------------------------------------------------------------------
 
 _DIGIT_WORDS = "zero one two three four five six seven eight nine".split()
@@ -164,8 +167,9 @@ def _meridiem(written: str) -> str:
     return "AM" if written[0] in "aA" else "PM"
 
 
-def _number_words(m: re.Match[str]) -> str | None:
-    """The spoken form of a `_NUMBER` match, or None to leave it as written."""
+def _number_words(m: re.Match[str], counted: bool) -> str | None:
+    """The spoken form of a `_NUMBER` match, or None to leave it as written; `counted`: the
+    number follows a word like "Chapter" or "page", so "1984" is not a year."""
     if m["currency"]:
         return _money(m["currency"], m["amount"], m["cents"], m["scale"])
     if m["hour"]:
@@ -197,7 +201,7 @@ def _number_words(m: re.Match[str]) -> str | None:
             return None
         return f"{_cardinal(int(whole))} {_meridiem(m['meridiem'])}"
     number = int(whole.replace(",", ""))
-    is_year = len(whole) == 4 and 1000 <= number <= 2099 and not (fraction or m["unit"])
+    is_year = len(whole) == 4 and 1000 <= number <= 2099 and not (fraction or m["unit"] or counted)
     words = _year(number) if is_year and not m["percent"] else _decimal(whole, fraction)
     if m["minus"]:
         words = "minus " + words
@@ -515,18 +519,30 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
 
 
 _ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
-_NUMBER_WORDS: dict[str, str | None] = {}  # matched text -> words: books repeat their numbers
+# (matched text, counted) -> words: books repeat their numbers
+_NUMBER_WORDS: dict[tuple[str, bool], str | None] = {}
+# words after which a four-digit number is a count or a label, not a year ("page 1200")
+_COUNTING_WORDS = frozenset(
+    {*_CARDINAL_CONTEXTS, "page", "pages", "p", "pp", "no", "number", "room"}
+)
+
+
+def _counted(text: str, at: int) -> bool:
+    before = _word_before(text, at)
+    return bool(before and before["word"].lower() in _COUNTING_WORDS)
 
 
 def _number_spoken(text: str, m: re.Match[str]) -> str | None:
     if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
         return None
-    matched = m.group()
-    words = _NUMBER_WORDS.get(matched, "")
+    whole = m["whole"]
+    counted = bool(whole and len(whole) == 4 and _counted(text, m.start()))
+    key = (m.group(), counted)
+    words = _NUMBER_WORDS.get(key, "")
     if words == "":
-        words = _number_words(m)
+        words = _number_words(m, counted)
         if len(_NUMBER_WORDS) < 65_536:
-            _NUMBER_WORDS[matched] = words
+            _NUMBER_WORDS[key] = words
     if words is None:
         return None
     opening = m["open"][:-1] if m["decade"] and m["open"].endswith("'") else m["open"]

@@ -46,6 +46,14 @@ SPOKEN = [
     ("Back in the '60s we sang.", "Back in the sixties we sang."),
     ("The 2000s began.", "The two thousands began."),
     ("In the 1990's, yes.", "In the nineteen nineties, yes."),
+    (
+        "See page 1200 and Chapter 1066.",
+        "See page one thousand two hundred and Chapter one thousand and sixty-six.",
+    ),
+    (
+        "He lives at No. 1984 now.",
+        "He lives at number one thousand nine hundred and eighty-four now.",
+    ),
     # ordinals
     ("She came 3rd in the race.", "She came third in the race."),
     ("The 1st of May.", "The first of May."),
