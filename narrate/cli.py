@@ -20,7 +20,7 @@ from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
 from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOptions
 
 if TYPE_CHECKING:
-    from narrate.spoken import Lexicon
+    from narrate.config import Lexicon
 
 
 def add_options(
@@ -62,6 +62,14 @@ lexicon_option = click.option(
     default=None,
     callback=_read_lexicon,
     help="pronunciation lexicon: TSV (written<TAB>spoken per line) or a .json object",
+)
+
+
+text_root_option = click.option(
+    "--text-root",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="folder local text_uri files must be in [default: the manifest's folder]",
 )
 
 
@@ -128,12 +136,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(2_000, 90_000),
             help="frame cap of any one chunk",
         ),
-        click.option(
-            "--text-root",
-            type=click.Path(file_okay=False),
-            default=None,
-            help="folder local text_uri files must be in [default: the manifest's folder]",
-        ),
+        text_root_option,
         click.option(
             "--max-text-chars",
             default=200_000,
@@ -256,12 +259,7 @@ def say(
 @click.argument("text", required=False)
 @click.option("--manifest", default=None, help="read the text of --book from this manifest")
 @click.option("--book", "book_id", default=None, help="book id, with --manifest")
-@click.option(
-    "--text-root",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="folder local text_uri files must be in [default: the manifest's folder]",
-)
+@text_root_option
 @lexicon_option
 def spoken(
     text: str | None,
