@@ -18,8 +18,8 @@ import time
 import numpy as np
 from plan_scale import synthetic_pool
 
-from narrate.config import ChunkingConfig
-from narrate.spoken import Lexicon, speak
+from narrate.config import ChunkingConfig, Lexicon
+from narrate.spoken import speak
 from narrate.text import measure_book
 
 SPRINKLES = ("in 1984", "Dr. Lee", "$12.50", "Chapter XIV", "the 3rd", "at 10:30 p.m.", "5 km")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from narrate.errors import UsageError
 
 if TYPE_CHECKING:
     from narrate.records import Pause
-    from narrate.spoken import Lexicon
 
 SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float32 at this rate
 FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
@@ -38,6 +37,34 @@ class EngineConfig:
 
     def fingerprint(self) -> str:
         return fingerprint(self)
+
+
+@dataclass(frozen=True, eq=False)
+class Lexicon:
+    """A pronunciation lexicon: (written, spoken) pairs in file order (read and applied by
+    narrate.spoken; kept here because ChunkingConfig carries it).
+
+    A written form in lowercase matches whatever its case ("gif" matches "GIF" and "Gif"); one
+    with a capital matches only as written ("Hermione"). Whole words only; an entry wins over
+    the built-in rules; the longest entry wins where two start at the same word. A match that
+    starts with a capital gets a capital ("Colonel" with "colonel -> kernel" reads "Kernel").
+    """
+
+    entries: tuple[tuple[str, str], ...] = ()
+    source: str = ""  # where it was read from, for messages
+    key: str = field(init=False, repr=False)  # content fingerprint: equality and hashing
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", fingerprint(self.entries))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Lexicon) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __len__(self) -> int:
+        return len(self.entries)
 
 
 @dataclass(frozen=True)

@@ -46,14 +46,14 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from num2words import num2words
 
 from narrate import _textcore
-from narrate.config import fingerprint
+from narrate.config import Lexicon
 from narrate.errors import UsageError
 
 if not hasattr(_textcore, "spoken_marks"):  # a core compiled before narrate.spoken existed
@@ -354,33 +354,6 @@ def _capital_follows(text: str, end: int) -> bool:
 
 
 # --- the lexicon -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Lexicon:
-    """A pronunciation lexicon: (written, spoken) pairs in file order.
-
-    A written form in lowercase matches whatever its case ("gif" matches "GIF" and "Gif"); one
-    with a capital matches only as written ("Hermione"). Whole words only; an entry wins over
-    the built-in rules; the longest entry wins where two start at the same word. A match that
-    starts with a capital gets a capital ("Colonel" with "colonel -> kernel" reads "Kernel").
-    """
-
-    entries: tuple[tuple[str, str], ...] = ()
-    source: str = ""  # where it was read from, for messages
-    key: str = field(init=False, repr=False)  # content fingerprint: equality and hashing
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", fingerprint(self.entries))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Lexicon) and other.key == self.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    def __len__(self) -> int:
-        return len(self.entries)
 
 
 @dataclass(frozen=True)

@@ -25,10 +25,10 @@ except ImportError as exc:  # a checkout used without `make install` / `pip inst
         "narrate's C++ text core (narrate/_textcore.cpp) is not built: run `make install` "
         "(or `pip install -e .`; needs g++ and the Python headers)"
     ) from exc
-from narrate.config import ChunkingConfig, fingerprint
+from narrate.config import ChunkingConfig, Lexicon, fingerprint
 from narrate.errors import UsageError
 from narrate.records import Chunk, Pause
-from narrate.spoken import Lexicon, speak
+from narrate.spoken import speak
 
 # --- normalization -------------------------------------------------------------------------
 

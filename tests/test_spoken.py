@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from support.runs import preview_args
 
 from narrate.cli import cli
-from narrate.config import ChunkingConfig
+from narrate.config import ChunkingConfig, Lexicon
 from narrate.errors import UsageError
-from narrate.spoken import Lexicon, load_lexicon, speak
+from narrate.spoken import load_lexicon, speak
 from narrate.text import chunk_book, measure_book, split_sentences, spoken_text
 
 SPOKEN = [

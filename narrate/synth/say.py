@@ -12,19 +12,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from narrate.atomic import write_atomic
-from narrate.config import SAMPLE_RATE, ChunkingConfig, EngineConfig, PlanConfig, PostConfig
+from narrate.config import (
+    SAMPLE_RATE,
+    ChunkingConfig,
+    EngineConfig,
+    Lexicon,
+    PlanConfig,
+    PostConfig,
+)
 from narrate.errors import EngineError, UsageError
 from narrate.records import ChunkAudio
 from narrate.synth import Turn, load_engine
 from narrate.synth.voices import VoiceLibrary
-
-if TYPE_CHECKING:
-    from narrate.spoken import Lexicon
 
 
 @dataclass(frozen=True)
