@@ -1,49 +1,56 @@
-"""Per-row seeded sampling (Gumbel-max): the right distribution, per-row streams, masking."""
+"""Seeded sampling on the device (Gumbel-max over hashed noise): the right distribution, noise
+that is a function of (seed, frame, codebook) only, specials masked, greedy."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from narrate.synth.sampling import RowSampler
+from narrate.synth.sampling import sample
 
 LOGITS = torch.tensor([3.0, 2.0, 1.5, 0.0, -1.0, 9.0])  # the last id is a special: masked
 
 
-def sampler(seeds: list[int], temperature: float = 1.0, top_k: int = 3) -> RowSampler:
-    return RowSampler(
-        seeds,
-        temperature=temperature,
-        top_k=top_k,
+def picks(
+    seeds: list[int], frames: list[int] | int = 0, codebook: int = 0, **options
+) -> np.ndarray:
+    rows = len(seeds)
+    frame = torch.tensor(frames if isinstance(frames, list) else [frames] * rows)
+    settings = {"temperature": 1.0, "top_k": 3, **options}
+    return sample(
+        LOGITS.repeat(rows, 1),
+        seed=torch.tensor(seeds),
+        frame=frame,
+        codebook=codebook,
         codebook_size=5,
-        num_codebooks=2,
-        device=torch.device("cpu"),
-    )
+        **settings,
+    ).numpy()
 
 
-def picks(rows: RowSampler, new_frame: bool = True, codebook: int = 0) -> np.ndarray:
-    scores = LOGITS.repeat(len(rows.generators), 1)
-    return rows.process(scores, codebook, new_frame).argmax(-1).numpy()
-
-
-def test_argmax_of_noised_scores_samples_softmax_of_the_top_k() -> None:
-    samples = picks(sampler(list(range(20_000)), temperature=0.8))
+def test_samples_follow_softmax_of_the_top_k_at_the_temperature() -> None:
+    samples = picks(list(range(20_000)), temperature=0.8)
     expected = torch.softmax(LOGITS[:3] / 0.8, dim=0).numpy()
     observed = np.bincount(samples, minlength=6) / len(samples)
     assert observed[3:].sum() == 0  # outside the top 3, and the masked special
     np.testing.assert_allclose(observed[:3], expected, atol=0.015)
 
 
-def test_each_row_draws_from_its_own_seed_whatever_its_neighbours() -> None:
-    alone, among_others = sampler([7]), sampler([1, 7, 3])
-    frames = [(picks(alone)[0], picks(among_others)[1]) for _ in range(30)]
-    assert all(mine == theirs for mine, theirs in frames)
-    assert len({mine for mine, _ in frames}) > 1  # it does sample
-    first_codebook = sampler([5] * 64)
-    a = picks(first_codebook)
-    b = picks(first_codebook, new_frame=False, codebook=1)  # the depth decoder's next draw
-    assert (a == a[0]).all() and (b == b[0]).all()
+def test_frames_and_codebooks_of_one_seed_are_independent_draws() -> None:
+    over_frames = picks([7] * 20_000, frames=list(range(20_000)))
+    over_codebooks = np.array([picks([7], codebook=c)[0] for c in range(2_000)])
+    expected = torch.softmax(LOGITS[:3], dim=0).numpy()
+    for samples, tolerance in ((over_frames, 0.015), (over_codebooks, 0.04)):
+        observed = np.bincount(samples, minlength=6)[:3] / len(samples)
+        np.testing.assert_allclose(observed, expected, atol=tolerance)
+
+
+def test_a_rows_draw_depends_on_its_seed_frame_and_codebook_only() -> None:
+    alone = [picks([7], frames=f)[0] for f in range(30)]
+    among_others = [picks([1, 7, 3], frames=[5, f, 9])[1] for f in range(30)]
+    assert alone == among_others
+    assert len(set(alone)) > 1  # it does sample
+    assert (picks([5] * 64) == picks([5] * 64)[0]).all()  # a rerun draws the same
 
 
 def test_greedy_takes_the_best_valid_code() -> None:
-    assert (picks(sampler([0, 1, 2], temperature=0.0)) == 0).all()  # id 5 scores 9 but is masked
+    assert (picks([0, 1, 2], temperature=0.0) == 0).all()  # id 5 scores 9 but is masked

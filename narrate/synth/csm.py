@@ -1,27 +1,30 @@
-"""The CSM-1B engine: one batched `generate` per batch, one batched Mimi decode, stop guards.
+"""The CSM-1B engine: the frame loop (frames.py) over a batch's chunks, Mimi decoding, guards.
 
 Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
 - Loading: `CsmForConditionalGeneration.from_pretrained` + `AutoProcessor.from_pretrained` (a hub
-  id or a local folder), bf16 on CUDA and fp32 on CPU; Mimi from moshi (see mimi.py).
-- Prompt per row, in CSM's own format: the voice prompt turn `<bos>[speaker]transcript<eos>`
-  followed by its audio frames and an end frame, then optional text-only context turns, then the
-  chunk's turn `<bos>[speaker]text<eos>`. Rows are left padded to one batch. Audio frames enter
-  as embeddings of the voice's cached Mimi codes, so the codec encoder runs once per voice,
-  not once per chunk as with the processor's audio inputs.
-- Sampling: per-row generators seeded from the chunk id (sampling.py), so a chunk's audio does
-  not depend on its batch-mates and a rerun reproduces it.
-- Per-row caps: transformers' CSM `generate` has one length limit for the batch, so the batch
-  runs to its largest cap (or until every row has ended) and rows are cut afterwards at their
-  end frame or their own cap; guards.py trims and judges them. Rows to retry run again together
-  with their next seed, up to `MAX_ATTEMPTS` in all.
-- CUDA out of memory: the rows are split in halves and retried; a single row that still does not
-  fit fails alone.
+  id or a local folder), bf16 on CUDA and fp32 on CPU. The checkpoint's own Mimi
+  (`codec_model`) is dropped before the model moves to the device: moshi's Mimi decodes
+  (mimi.py), so the copy inside the checkpoint would only hold device memory.
+- Prompt per row, in CSM's own format, built as embeddings: the voice prompt turn
+  `<bos>[speaker]transcript<eos>` followed by its audio frames and an end frame, then the
+  context turns (each with the audio rendered for it, as CSM requires audio on every turn but
+  the last), then the chunk's turn `<bos>[speaker]text<eos>`, spoken by the voice's speaker when
+  the chunk has a voice. Book text is tokenized with its special-token strings split, so a
+  `<|AUDIO|>` in a book is text, not a frame. The codec encoder runs once per voice.
+- Generation: the chunks of a batch go through one `FrameLoop` with B slots, longest first;
+  each row stops at its end frame, its own cap or a runaway, and frees its slot for the next.
+  A finished row is decoded and judged (guards.py) while the others go on; a row to retry
+  rejoins the queue with its next seed, up to `MAX_ATTEMPTS` in all. Sampling noise is a
+  function of the chunk's seed, so a chunk's audio does not depend on its batch-mates.
+- CUDA out of memory: the loop is rebuilt with half the slots and the rows in flight rejoin
+  the queue; a row that does not fit in a single slot fails alone.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -29,12 +32,12 @@ import numpy as np
 import torch
 
 from narrate.config import FRAME_RATE, SAMPLES_PER_FRAME, WINDOW, EngineConfig
-from narrate.errors import EngineError, ModelError, UsageError, first_line
+from narrate.errors import EngineError, ModelError, NarrateError, UsageError, first_line
 from narrate.records import Batch, Chunk, ChunkAudio, unique_chunks
 from narrate.synth import Turn, chunk_seed
+from narrate.synth.frames import Finished, FrameLoop, Row
 from narrate.synth.guards import GuardConfig, end_frame, judge
-from narrate.synth.mimi import CODEBOOK_SIZE, NUM_CODEBOOKS, Codec, load_codec
-from narrate.synth.sampling import RowSampler, attached
+from narrate.synth.mimi import CODEBOOK_SIZE, Codec, load_codec
 from narrate.synth.voices import Voice, VoiceLibrary
 
 if TYPE_CHECKING:
@@ -43,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # the first try and two retries with the next seeds
+MAX_SLOTS = 64  # rows generated together, at most (a batch of fewer rows uses fewer)
+# takes the rows that finished (codes None: failed with the reason given), the queue for retries
+Settle = Callable[[list[Finished], deque[Row], str | None], None]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,24 @@ class _Failure:
 
     reason: str
     retry: bool = True
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """What a loop row stands for: a chunk's attempt, or a context turn rendered for its audio."""
+
+    chunk: Chunk
+    attempt: int
+    embeds: torch.Tensor  # the prompt, kept for a retry
+
+
+@dataclass(frozen=True)
+class _Segment:
+    """One turn of a prompt; `codes` [frames, 32] is its audio (None for the turn to speak)."""
+
+    speaker: int
+    text: str
+    codes: torch.Tensor | None = None
 
 
 class CsmEngine:
@@ -63,23 +87,22 @@ class CsmEngine:
         codec: Codec,
         voices: VoiceLibrary,
         guard: GuardConfig | None = None,
+        graphs: bool = False,
     ) -> None:
         self.config = config
         self.model = model
         self.tokenizer = processor.tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:  # padded positions are masked: any token will do
-            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.codec = codec
         self.voices = voices
         self.guard = guard or GuardConfig()
+        self.graphs = graphs  # capture each loop's frame step as a CUDA graph
         self.device = model.device
-        self.bos, self.eos = self.tokenizer.bos_token, self.tokenizer.eos_token
-        self.audio_token, self.audio_token_id = processor.audio_token, processor.audio_token_id
-        self.audio_eos_token = processor.audio_eos_token
-        self.audio_eos_token_id = processor.audio_eos_token_id
+        self.bos_id, self.eos_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
+        self.max_slots = MAX_SLOTS  # halved for good on CUDA out-of-memory
+        self.loops: dict[int, FrameLoop] = {}  # by slots: built (and captured) once each
         self._voices: dict[str, Voice] = {}  # by name, read once per worker
         self._voice_codes: dict[str, torch.Tensor] = {}  # by voice fingerprint
+        self._context_codes: dict[tuple, torch.Tensor] = {}  # by (voice, turns so far)
 
     @classmethod
     def load(
@@ -104,18 +127,18 @@ class CsmEngine:
                 "(or `huggingface-cli login`), or pass --model DIR with a local copy "
                 "(huggingface-cli download sesame/csm-1b --local-dir DIR)",
             ) from None
+        del model.codec_model  # moshi's Mimi decodes; this copy would only take device memory
         model = model.to(torch_device).eval()
-        # greedy decoding everywhere: the row sampler adds the randomness (sampling.py)
-        for generation in (model.generation_config, model.depth_decoder.generation_config):
-            generation.update(do_sample=False, temperature=None, top_k=None, top_p=None)
-            if compile:  # a static KV cache makes transformers compile the forward on CUDA
-                generation.cache_implementation = "static"
         codec = load_codec(config.model, torch_device)
         voices = voices or VoiceLibrary()
-        return cls(config, model=model, processor=processor, codec=codec, voices=voices)
+        graphs = compile and torch_device.type == "cuda"
+        return cls(
+            config, model=model, processor=processor, codec=codec, voices=voices, graphs=graphs
+        )
 
     def close(self) -> None:
         del self.model, self.codec
+        self.loops.clear()
         self._voice_codes.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -123,141 +146,107 @@ class CsmEngine:
     # --- the batch ----------------------------------------------------------------------
 
     def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
-        """One waveform per chunk, in order. `context`: text turns spoken before every chunk."""
+        """One waveform per chunk, in order. `context`: turns spoken before every chunk."""
         done: dict[str, ChunkAudio] = {}
-        pending = unique_chunks(batch.chunks)
-        for attempt in range(MAX_ATTEMPTS):
-            if not pending:
-                break
-            retry = []
-            outcomes = self._fitting(pending, attempt, context)
-            for chunk, outcome in zip(pending, outcomes, strict=True):
-                if isinstance(outcome, ChunkAudio):
-                    done[chunk.chunk_id] = outcome
-                elif outcome.retry and attempt + 1 < MAX_ATTEMPTS:
-                    retry.append(chunk)
-                else:
-                    done[chunk.chunk_id] = _failed(chunk, outcome.reason, attempt)
-            if retry:
-                log.info("retrying %d of %d rows with their next seed", len(retry), len(pending))
-            pending = retry
+        rows: list[Row] = []
+        for chunk in unique_chunks(batch.chunks):
+            try:
+                embeds = self._prompt(chunk, context)
+            except NarrateError as exc:  # an unknown voice fails its chunks, not the batch
+                done[chunk.chunk_id] = _failed(chunk, exc.message, 0)
+                continue
+            cap = self._cap(chunk)
+            if len(embeds) + cap > WINDOW:
+                reason = (
+                    f"prompt ({len(embeds)} positions) + frame cap ({cap}) exceed CSM's "
+                    f"{WINDOW}-position window; the planner should have split this text"
+                )
+                done[chunk.chunk_id] = _failed(chunk, reason, 0)
+                continue
+            rows.append(self._row(_Attempt(chunk, 0, embeds)))
+        rows.sort(key=lambda row: len(row.embeds) + row.cap, reverse=True)  # longest first
+        self._generate(deque(rows), lambda *args: self._settle(done, *args))
         return [done[c.chunk_id] for c in batch.chunks]
 
-    def _fitting(
-        self, chunks: list[Chunk], attempt: int, context: Sequence[Turn]
-    ) -> list[ChunkAudio | _Failure]:
-        """`_generate`, halving the rows on CUDA out-of-memory until they fit."""
-        try:
-            return self._generate(chunks, attempt, context)
-        except torch.OutOfMemoryError:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if len(chunks) == 1:
-                return [_Failure("does not fit in device memory even alone", retry=False)]
-            half = len(chunks) // 2
-            log.warning("out of device memory with %d rows: splitting in halves", len(chunks))
-            return self._fitting(chunks[:half], attempt, context) + self._fitting(
-                chunks[half:], attempt, context
-            )
+    def _row(self, attempt: _Attempt) -> Row:
+        seed = chunk_seed(attempt.chunk.chunk_id, attempt.attempt)
+        return Row(attempt, attempt.embeds, self._cap(attempt.chunk), seed)
 
-    def _generate(
-        self, chunks: list[Chunk], attempt: int, context: Sequence[Turn]
-    ) -> list[ChunkAudio | _Failure]:
-        outcomes: list[ChunkAudio | _Failure | None] = [None] * len(chunks)
-        caps = [self._cap(c) for c in chunks]
-        prompts: list[tuple[str, list[torch.Tensor]]] = []
-        for i, chunk in enumerate(chunks):
+    def _generate(self, queue: deque[Row], settle: Settle) -> None:
+        """Run `queue` through a loop, `settle` taking each group of finished rows; on CUDA
+        out of memory, go on with half the slots (a row that fails alone is settled as failed)."""
+        while queue:
+            slots = min(self.max_slots, 1 << (len(queue) - 1).bit_length())
             try:
-                prompts.append(self._prompt(chunk, context))
-            except UsageError as exc:  # an unknown voice fails its chunks, not the batch
-                outcomes[i] = _Failure(exc.message, retry=False)
-                prompts.append(("", []))
-        texts = [text for text, _ in prompts]
-        token_ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"]
-        rows = []
-        for i, (ids, cap) in enumerate(zip(token_ids, caps, strict=True)):
-            if outcomes[i] is not None:
-                continue
-            if len(ids) + cap > WINDOW:
-                outcomes[i] = _Failure(
-                    f"prompt ({len(ids)} positions) + frame cap ({cap}) exceed CSM's "
-                    f"{WINDOW}-position window; the planner should have split this text",
-                    retry=False,
+                loop = self._loop(slots)
+                for finished in loop.run(queue):
+                    settle(finished, queue, None)
+            except torch.OutOfMemoryError:
+                self.loops.clear()
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if slots == 1:
+                    reason = "does not fit in device memory even alone"
+                    settle([Finished(queue.popleft().key, None)], queue, reason)
+                    continue
+                self.max_slots = slots // 2
+                log.warning(
+                    "out of device memory with %d slots: going on with %d", slots, slots // 2
                 )
-            else:
-                rows.append(i)
-        if rows:
-            codes = self._run(
-                [texts[i] for i in rows],
-                [prompts[i][1] for i in rows],
-                [chunk_seed(chunks[i].chunk_id, attempt) for i in rows],
-                max(caps[i] for i in rows),
-            )
-            eos = self.model.config.codebook_eos_token_id
-            ends = [end_frame(row_codes, eos) for row_codes in codes]
-            frames = [
-                min(caps[i], len(row_codes) if end is None else end)
-                for i, row_codes, end in zip(rows, codes, ends, strict=True)
-            ]
-            audio = self._decode(codes, frames)
-            for row, i in enumerate(rows):
-                ended = ends[row] is not None
-                outcomes[i] = self._judged(chunks[i], audio[row], caps[i], ended, attempt)
-        return outcomes  # type: ignore[return-value]
 
-    def _run(
+    def _loop(self, slots: int) -> FrameLoop:
+        if slots not in self.loops:
+            self.loops[slots] = FrameLoop(
+                self.model,
+                slots,
+                temperature=self.config.temperature,
+                top_k=self.config.top_k,
+                codebook_size=CODEBOOK_SIZE,
+                graphs=self.graphs,
+            )
+        return self.loops[slots]
+
+    def _settle(
         self,
-        texts: list[str],
-        audio: list[list[torch.Tensor]],
-        seeds: list[int],
-        frames: int,
-    ) -> np.ndarray:
-        """One batched generate; returns codes [rows, frames, codebooks]."""
-        padded = self.tokenizer(texts, padding=True, add_special_tokens=False, return_tensors="pt")
-        ids = padded["input_ids"].to(self.device)
-        mask = padded["attention_mask"].to(self.device)
-        sampler = RowSampler(
-            seeds,
-            temperature=self.config.temperature,
-            top_k=self.config.top_k,
-            codebook_size=CODEBOOK_SIZE,
-            num_codebooks=NUM_CODEBOOKS,
-            device=self.device,
-        )
-        with torch.inference_mode(), attached(self.model, sampler) as backbone_sampler:
-            embeds = self._embed(ids, mask, [codes for row in audio for codes in row])
-            generated = self.model.generate(
-                inputs_embeds=embeds,
-                attention_mask=mask,
-                max_new_tokens=frames,
-                do_sample=False,
-                depth_decoder_do_sample=False,
-                logits_processor=backbone_sampler,
+        done: dict[str, ChunkAudio],
+        finished: list[Finished],
+        queue: deque[Row],
+        failure: str | None,
+    ) -> None:
+        """Decode finished rows in one Mimi call and keep, retry or fail each."""
+        attempts: list[_Attempt] = [f.key for f in finished]
+        if failure is not None:
+            for attempt in attempts:
+                done[attempt.chunk.chunk_id] = _failed(attempt.chunk, failure, attempt.attempt)
+            return
+        eos = self.model.config.codebook_eos_token_id
+        ends = [end_frame(f.codes, eos) for f in finished]
+        frames = [
+            len(f.codes) if end is None else end for f, end in zip(finished, ends, strict=True)
+        ]
+        audio = self._decode([f.codes for f in finished], frames)
+        for attempt, row_audio, end in zip(attempts, audio, ends, strict=True):
+            chunk = attempt.chunk
+            outcome = self._judged(
+                chunk, row_audio, self._cap(chunk), end is not None, attempt.attempt
             )
-        return generated.cpu().numpy()
+            if isinstance(outcome, ChunkAudio):
+                done[chunk.chunk_id] = outcome
+            elif outcome.retry and attempt.attempt + 1 < MAX_ATTEMPTS:
+                log.info("retrying chunk %s with its next seed: %s", chunk.chunk_id, outcome.reason)
+                queue.append(self._row(_Attempt(chunk, attempt.attempt + 1, attempt.embeds)))
+            else:
+                done[chunk.chunk_id] = _failed(chunk, outcome.reason, attempt.attempt)
 
-    def _embed(
-        self, ids: torch.Tensor, mask: torch.Tensor, audio: list[torch.Tensor]
-    ) -> torch.Tensor:
-        """Text embeddings, with the prompt audio frames and end frames put in their places."""
-        embeds = self.model.embed_text_tokens(ids)
-        real = mask.bool()
-        frame_embedding = self.model.backbone_model.embed_tokens  # sums the 32 codebooks
-        if audio:
-            codes = torch.cat(audio).to(self.device)[None]  # row-major order of the positions
-            embeds[(ids == self.audio_token_id) & real] = frame_embedding(codes)[0]
-        end_codes = torch.full(
-            (1, 1, NUM_CODEBOOKS), self.model.config.codebook_eos_token_id, device=self.device
-        )
-        embeds[(ids == self.audio_eos_token_id) & real] = frame_embedding(end_codes)[0, 0]
-        return embeds
-
-    def _decode(self, codes: np.ndarray, frames: list[int]) -> list[np.ndarray]:
+    def _decode(self, codes: list[np.ndarray], frames: list[int]) -> list[np.ndarray]:
         """All rows in one Mimi call, each cut at its own length."""
         longest = max(frames)
         if longest == 0:
             return [np.zeros(0, np.float32) for _ in frames]
-        valid = torch.from_numpy(np.clip(codes[:, :longest], 0, CODEBOOK_SIZE - 1))
+        padded = np.zeros((len(codes), longest, codes[0].shape[1]), np.int64)
+        for row, (row_codes, n) in enumerate(zip(codes, frames, strict=True)):
+            padded[row, :n] = row_codes[:n]
+        valid = torch.from_numpy(np.clip(padded, 0, CODEBOOK_SIZE - 1))
         audio = self.codec.decode(valid).float().cpu().numpy()
         return [row[: n * SAMPLES_PER_FRAME] for row, n in zip(audio, frames, strict=True)]
 
@@ -284,24 +273,70 @@ class CsmEngine:
         planned = chunk.max_frames or self.guard.chunking.max_frames(len(chunk.text))
         return max(1, min(planned, limit))
 
-    def _turn(self, speaker: int, text: str, frames: int | None = None) -> str:
-        turn = f"{self.bos}[{speaker}]{text}{self.eos}"
-        if frames is not None:
-            turn += self.audio_token * frames + self.audio_eos_token
-        return turn
+    def _prompt(self, chunk: Chunk, context: Sequence[Turn]) -> torch.Tensor:
+        """The row's prompt embeddings [positions, hidden]."""
+        voice = self._voice(chunk.voice) if chunk.voice else None
+        segments = (
+            [_Segment(voice.speaker, voice.transcript, self.voice_codes(voice))] if voice else []
+        )
+        segments += self._context(segments, voice.fingerprint if voice else "", context)
+        speaker = voice.speaker if voice else chunk.speaker  # the voice speaks the chunk
+        return self._embed([*segments, _Segment(speaker, chunk.text)])
 
-    def _prompt(self, chunk: Chunk, context: Sequence[Turn]) -> tuple[str, list[torch.Tensor]]:
-        """The row's text (audio frames as placeholders) and the codes of those frames."""
-        text, audio = "", []
-        if chunk.voice:
-            if chunk.voice not in self._voices:
-                self._voices[chunk.voice] = self.voices.get(chunk.voice)
-            voice = self._voices[chunk.voice]
-            codes = self.voice_codes(voice)
-            text += self._turn(voice.speaker, voice.transcript, len(codes))
-            audio.append(codes)
-        text += "".join(self._turn(turn.speaker, turn.text) for turn in context)
-        return text + self._turn(chunk.speaker, chunk.text), audio
+    @torch.inference_mode()
+    def _embed(self, segments: list[_Segment]) -> torch.Tensor:
+        pieces = []
+        end_frame_codes = torch.full(
+            (1, self.model.config.num_codebooks), self.model.config.codebook_eos_token_id
+        )
+        for segment in segments:
+            # special-token strings in the text stay text: only our own ids are specials
+            text = self.tokenizer(
+                f"[{segment.speaker}]{segment.text}",
+                add_special_tokens=False,
+                split_special_tokens=True,
+            )["input_ids"]
+            ids = torch.tensor([self.bos_id, *text, self.eos_id], device=self.device)
+            pieces.append(self.model.embed_text_tokens(ids))
+            if segment.codes is not None:
+                frames = torch.cat([segment.codes, end_frame_codes]).to(self.device)
+                pieces.append(self.model.backbone_model.embed_tokens(frames[None])[0])
+        return torch.cat(pieces)
+
+    def _context(
+        self, prompt: list[_Segment], voice_key: str, context: Sequence[Turn]
+    ) -> list[_Segment]:
+        """The context turns with their audio, each rendered (once) after the turns before it:
+        CSM expects audio on every turn but the last."""
+        segments: list[_Segment] = []
+        for n, turn in enumerate(context):
+            key = (voice_key, tuple(context[: n + 1]))
+            if key not in self._context_codes:
+                self._context_codes[key] = self._render(
+                    turn, self._embed([*prompt, *segments, _Segment(turn.speaker, turn.text)])
+                )
+            segments.append(_Segment(turn.speaker, turn.text, self._context_codes[key]))
+        return segments
+
+    def _render(self, turn: Turn, embeds: torch.Tensor) -> torch.Tensor:
+        """A context turn's codes [frames, 32], up to its end frame or its cap."""
+        chunk = Chunk(_turn_id(turn), "context", 0, turn.text, speaker=turn.speaker)
+        cap = min(self._cap(chunk), WINDOW - len(embeds) - 1)
+        if cap < 1:
+            raise UsageError("the context turns do not fit in CSM's 2048-position window")
+        rendered: list[np.ndarray] = []
+        row = Row(None, embeds, cap, chunk_seed(chunk.chunk_id))
+        self._generate(deque([row]), lambda finished, queue, failure: rendered.append(finished[0]))
+        if rendered[0].codes is None:
+            raise EngineError("cannot render the context turns: out of device memory")
+        codes = rendered[0].codes
+        end = end_frame(codes, self.model.config.codebook_eos_token_id)
+        return torch.from_numpy(np.clip(codes[:end], 0, CODEBOOK_SIZE - 1))
+
+    def _voice(self, name: str) -> Voice:
+        if name not in self._voices:
+            self._voices[name] = self.voices.get(name)
+        return self._voices[name]
 
     def voice_codes(self, voice: Voice) -> torch.Tensor:
         """The voice's Mimi codes [frames, 32]: memory, then disk, then the encoder (once)."""
@@ -318,6 +353,12 @@ class CsmEngine:
             voice.save_codes(self.codec.key, codes.numpy().astype(np.int16))
         self._voice_codes[voice.fingerprint] = codes
         return codes
+
+
+def _turn_id(turn: Turn) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{turn.speaker}|{turn.text}".encode()).hexdigest()[:24]
 
 
 def _failed(chunk: Chunk, reason: str, attempt: int) -> ChunkAudio:

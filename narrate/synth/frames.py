@@ -1,0 +1,269 @@
+"""CSM's frame loop over the loaded model's own modules: fixed slots, per-row stop, slot refill.
+
+A frame is one backbone position: the backbone's last hidden state gives codebook 0 (`lm_head`),
+then the depth decoder (its own 33-position cache, reset every frame) reads
+[projected hidden state, codebook 0, ..., codebook 30] and its per-codebook heads give codebooks
+1..31. The frame's embedding (the sum of its 32 codebook embeddings) is the backbone's next
+input. This is what transformers' CSM `generate` and Sesame's generator.py do; here:
+
+- B slots own preallocated KV caches (backbone: the 2048-position window; depth decoder: 33).
+  A row is prefilled into a free slot on its own; from then on every frame runs all slots with
+  the same tensor shapes, each row at its own position with its own mask, so a CUDA graph
+  captured once per B replays every frame. Free and finished slots compute masked garbage.
+- Every per-row decision stays on the device: sampling, the end frame, the row's frame cap,
+  a runaway row (its first codebook unchanged for `repeat_limit` frames: CSM's endless
+  silence). The host reads the live mask every `check_every` frames, hands finished rows back
+  and prefills the next rows of the queue into their slots (continuous batching).
+- Sampling: top-k, temperature, then Gumbel-max with noise hashed from (row seed, frame,
+  codebook, code), so a row's codes depend neither on its batch-mates nor on its slot, and a
+  rerun reproduces them (sampling.py).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from narrate.synth.sampling import sample
+
+
+@dataclass
+class Row:
+    """One generation to run: its prompt embeddings [positions, hidden], frame cap and seed."""
+
+    key: Any  # the caller's handle, returned with the codes
+    embeds: torch.Tensor
+    cap: int
+    seed: int
+
+
+@dataclass
+class Finished:
+    key: Any
+    codes: np.ndarray | None  # [frames, codebooks], up to and including an end frame if any
+
+
+class FrameLoop:
+    def __init__(
+        self,
+        model: nn.Module,  # CsmForConditionalGeneration
+        slots: int,
+        *,
+        temperature: float,
+        top_k: int,
+        codebook_size: int,
+        repeat_limit: int = 38,  # ~3 s of one repeated first code
+        check_every: int = 4,
+        graphs: bool = False,
+    ) -> None:
+        self.model = model
+        self.backbone, self.depth = model.backbone_model, model.depth_decoder.model
+        config = model.config
+        self.eos = config.codebook_eos_token_id
+        self.vocab = config.vocab_size
+        self.codebooks = config.num_codebooks
+        self.window = config.max_position_embeddings
+        self.temperature, self.top_k, self.codebook_size = temperature, top_k, codebook_size
+        self.repeat_limit, self.check_every = repeat_limit, check_every
+        self.heads = model.depth_decoder.codebooks_head.weight.unbind(0)  # views, no copies
+        parameter = model.lm_head.weight
+        device, dtype = parameter.device, parameter.dtype
+        self.slots = slots
+        self.caches = _caches(self.backbone, slots, self.window, device, dtype)
+        depth_window = model.depth_decoder.config.max_position_embeddings
+        self.depth_caches = _caches(self.depth, slots, depth_window, device, dtype)
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dtype, device=device)
+
+        self.hidden = zeros(slots, config.hidden_size, dtype=dtype)  # the backbone's last state
+        self.length = zeros(slots)  # the next backbone position of each row
+        self.frame = zeros(slots)  # frames generated (the noise counter)
+        self.cap, self.seed = zeros(slots), zeros(slots)
+        self.repeats, self.last_code = zeros(slots), zeros(slots)
+        self.live = zeros(slots, dtype=torch.bool)
+        self.codes = zeros(slots, self.window, self.codebooks)
+        self.rows = torch.arange(slots, device=device)
+        self.depth_positions = [
+            torch.tensor([[0, 1]], device=device).expand(slots, 2).contiguous(),
+            *(torch.full((slots, 1), i, device=device) for i in range(2, self.codebooks)),
+        ]
+        self.frames_computed = self.frames_kept = 0
+        self.graph = self._capture() if graphs else None
+
+    # --- one frame for every slot (no host sync) ------------------------------------------
+
+    @torch.inference_mode()
+    def step(self) -> None:
+        codes = self._sample_frame(self.hidden)
+        live = self.live
+        self.codes[self.rows, self.frame.clamp(max=self.window - 1)] = codes
+        repeated = codes[:, 0] == self.last_code
+        self.repeats.copy_(torch.where(repeated, self.repeats + 1, 1))
+        self.last_code.copy_(codes[:, 0])
+        self.frame.add_(live.long())
+        ended = (codes[:, :-1] == self.eos).all(-1)  # transformers ignores the last codebook too
+        stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
+        frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
+        hidden = _forward(self.backbone, self.caches, frame_embeds, self.length[:, None])
+        self.hidden.copy_(hidden[:, -1])
+        self.length.add_(live.long()).clamp_(max=self.window - 1)
+        self.live.logical_and_(~stop)
+
+    def _sample_frame(self, hidden: torch.Tensor) -> torch.Tensor:
+        code = self._sample(self.model.lm_head(hidden), 0)
+        sampled = [code]
+        depth_input = torch.stack([hidden, self._depth_embed(code, 0)], 1)
+        for codebook in range(1, self.codebooks):
+            projected = self.depth.inputs_embeds_projector(depth_input)
+            positions = self.depth_positions[codebook - 1]
+            state = _forward(self.depth, self.depth_caches, projected, positions)[:, -1]
+            code = self._sample(state @ self.heads[codebook - 1], codebook)
+            sampled.append(code)
+            if codebook + 1 < self.codebooks:
+                depth_input = self._depth_embed(code, codebook)[:, None]
+        return torch.stack(sampled, 1)
+
+    def _depth_embed(self, code: torch.Tensor, codebook: int) -> torch.Tensor:
+        return self.depth.embed_tokens(code + codebook * self.vocab)
+
+    def _sample(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
+        return sample(
+            logits,
+            seed=self.seed,
+            frame=self.frame,
+            codebook=codebook,
+            temperature=self.temperature,
+            top_k=self.top_k,
+            codebook_size=self.codebook_size,
+        )
+
+    def _capture(self) -> torch.cuda.CUDAGraph:
+        """Record `step` once (all slots free, so the warm-up changes nothing that matters)."""
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                self.step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            self.step()
+        return graph
+
+    # --- the host side ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, slot: int, row: Row) -> None:
+        """Run the row's prompt into `slot`'s cache; its first frame comes with the next step."""
+        positions = torch.arange(len(row.embeds), device=self.rows.device)[None]
+        caches = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.caches]
+        embeds = row.embeds.to(self.hidden.device, self.hidden.dtype)[None]
+        self.hidden[slot] = _forward(self.backbone, caches, embeds, positions)[0, -1]
+        for state, value in (
+            (self.length, len(row.embeds)),
+            (self.frame, 0),
+            (self.cap, row.cap),
+            (self.seed, row.seed),
+            (self.repeats, 0),
+            (self.last_code, -1),
+        ):
+            state[slot] = value
+        self.live[slot] = True
+
+    def run(self, queue: deque[Row]) -> Iterator[list[Finished]]:
+        """Generate every row of `queue` (which may grow while this runs: retries rejoin it),
+        yielding the rows that finished since the last check."""
+        occupant: list[Row | None] = [None] * self.slots
+        try:
+            yield from self._run(queue, occupant)
+        except BaseException:  # out of memory, say: the rows in flight rejoin the queue
+            queue.extendleft(reversed([row for row in occupant if row is not None]))
+            self.live.zero_()
+            raise
+
+    def _run(self, queue: deque[Row], occupant: list[Row | None]) -> Iterator[list[Finished]]:
+        while queue or any(occupant):
+            for slot in range(self.slots):
+                if occupant[slot] is None and queue:
+                    occupant[slot] = queue.popleft()
+                    self.prefill(slot, occupant[slot])
+            for _ in range(self.check_every):
+                self.graph.replay() if self.graph is not None else self.step()
+            self.frames_computed += self.check_every * sum(row is not None for row in occupant)
+            live, frames = torch.stack([self.live.long(), self.frame]).cpu().numpy()
+            done = [s for s, row in enumerate(occupant) if row is not None and not live[s]]
+            if not done:
+                continue
+            codes = self.codes[done, : int(frames[done].max())].cpu().numpy()
+            finished = []
+            for slot, row_codes in zip(done, codes, strict=True):
+                finished.append(Finished(occupant[slot].key, row_codes[: frames[slot]]))
+                self.frames_kept += int(frames[slot])
+                occupant[slot] = None
+            yield finished
+
+
+def _caches(
+    stack: nn.Module, slots: int, window: int, device: torch.device, dtype: torch.dtype
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    config = stack.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (slots, config.num_key_value_heads, window, head_dim)
+    return [
+        (
+            torch.zeros(shape, device=device, dtype=dtype),
+            torch.zeros(shape, device=device, dtype=dtype),
+        )
+        for _ in stack.layers
+    ]
+
+
+def _forward(
+    stack: nn.Module,
+    caches: list[tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """The decoder stack (backbone or depth) on x [rows, T, hidden] at `positions` [rows, T]:
+    writes each layer's keys and values into its cache [rows, kv heads, window, head dim] and
+    attends to every cached position up to the query's own; returns the final-norm states."""
+    rows, length = positions.shape
+    cos, sin = (t[:, None] for t in stack.rotary_emb(x, positions))
+    window = caches[0][0].shape[2]
+    allowed = torch.arange(window, device=x.device) <= positions[..., None]  # [rows, T, window]
+    index = torch.arange(rows, device=x.device)[:, None]
+    for layer, (keys, values) in zip(stack.layers, caches, strict=True):
+        attention = layer.self_attn
+        heads, kv_heads = attention.config.num_attention_heads, keys.shape[1]
+        h = layer.input_layernorm(x)
+        q = attention.q_proj(h).view(rows, length, heads, -1).transpose(1, 2)
+        k = attention.k_proj(h).view(rows, length, kv_heads, -1).transpose(1, 2)
+        v = attention.v_proj(h).view(rows, length, kv_heads, -1).transpose(1, 2)
+        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        keys[index, :, positions] = k.transpose(1, 2)
+        values[index, :, positions] = v.transpose(1, 2)
+        # grouped-query attention without copying the cache: the query heads that share a
+        # key/value head become extra query positions of that head
+        group = heads // kv_heads
+        grouped = q.reshape(rows, kv_heads, group * length, -1)
+        mask = allowed[:, None].repeat(1, 1, group, 1)
+        out = F.scaled_dot_product_attention(
+            grouped, keys, values, attn_mask=mask, scale=attention.scaling
+        )
+        out = out.reshape(rows, heads, length, -1).transpose(1, 2).reshape(rows, length, -1)
+        x = x + attention.o_proj(out)
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return stack.norm(x)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
