@@ -18,6 +18,7 @@ from narrate.errors import EngineError, ModelError
 from narrate.records import Batch, Chunk
 from narrate.synth import Turn, chunk_seed, load_engine
 from narrate.synth.csm import MAX_ATTEMPTS
+from narrate.synth.frames import FrameLoop
 from narrate.synth.voices import VoiceLibrary
 
 # the tiny model is all per-step overhead: extra threads would only spin on a shared CPU
@@ -106,19 +107,26 @@ def test_batched_and_one_at_a_time_give_the_same_frame_counts_under_greedy(greed
         np.testing.assert_allclose(b.audio, s.audio, atol=1e-5)
 
 
-def test_a_row_still_speaking_at_its_cap_is_retried_then_failed(engine, monkeypatch) -> None:
-    capped = chunk("Nobody in the village had seen the captain since spring.", max_frames=6)
-    fine = chunk("Rain fell.")
-    rows_per_generate = spy_generate(engine, monkeypatch)
+def test_a_row_still_speaking_at_its_cap_is_retried_then_failed_whatever_its_batch(
+    engine, monkeypatch
+) -> None:
+    # the capped row would end (end frame) after ~50 frames: within its batch-mate's cap, not
+    # within its own; an end frame found beyond its cap must not mark it ended
+    capped = chunk("Nobody in the village had seen the captain since spring.", max_frames=25)
+    longer = chunk("Mr. Hale wrote to his sister every evening about the weather and the harvest.")
+    prefills = spy_prefill(monkeypatch)
 
-    capped_result, fine_result = engine.synthesize(Batch((capped, fine)))
+    capped_result, longer_result = engine.synthesize(Batch((capped, longer)))
 
-    assert fine_result.ok and fine_result.attempts == 1
+    assert longer_result.ok and longer_result.attempts == 1
     assert not capped_result.ok and capped_result.stop_reason == "failed"
     assert "frame cap" in capped_result.error and capped_result.attempts == MAX_ATTEMPTS
     assert len(capped_result.audio) == 0
-    # the retries run as a sub-batch of the failed row only, with its next seeds
-    assert rows_per_generate == [2, 1, 1]
+    # each retry rejoins the queue with the next seed while the other row goes on
+    tries = [(attempt.chunk.chunk_id, attempt.attempt) for attempt, _ in prefills]
+    assert sorted(tries) == sorted(
+        [(capped.chunk_id, n) for n in range(3)] + [(longer.chunk_id, 0)]
+    )
 
 
 def test_voice_prompt_codes_are_computed_once(
@@ -158,31 +166,85 @@ def test_an_unknown_voice_or_an_overlong_prompt_fails_only_its_row(engine) -> No
     assert good.ok
     assert not bad.ok and "nobody" in bad.error and bad.attempts == 1
 
-    context = [Turn(1, "word " * 3000)]  # tokenizes far past the 2048-position window
-    (overlong,) = engine.synthesize(Batch((fine,)), context=context)
-    assert not overlong.ok and "window" in overlong.error and overlong.attempts == 1
+    overlong = chunk("word " * 3000)  # tokenizes far past the 2048-position window
+    (result,) = engine.synthesize(Batch((overlong,)))
+    assert not result.ok and "window" in result.error and result.attempts == 1
 
 
-def test_context_turns_reach_the_prompt(engine) -> None:
+def test_a_context_turn_is_spoken_first_and_its_audio_is_in_the_prompt(engine, monkeypatch) -> None:
+    # CSM expects audio on every turn but the last: a text-only context turn is not its format
     target = chunk("Rain fell.")
-    plain = engine.synthesize(Batch((target,)))[0]
-    answered = engine.synthesize(Batch((target,)), context=[Turn(1, "Where were you?")])[0]
-    assert plain.ok and answered.ok
-    n = min(len(plain.audio), len(answered.audio))
-    assert not np.allclose(plain.audio[:n], answered.audio[:n], atol=1e-3)
+    prefills = spy_prefill(monkeypatch)
+    (alone,) = engine.synthesize(Batch((target,)))
+    (answered,) = engine.synthesize(Batch((target,)), context=[Turn(1, "Where were you?")])
+    assert alone.ok and answered.ok
+
+    (_, plain), (turn, context_prompt), (_, with_context) = prefills
+    assert turn is None  # the context turn, rendered on its own
+    context_frames = with_context - context_prompt - plain
+    assert context_frames >= 10  # "Where were you?" spoken: about a second of frames + end frame
+    engine.synthesize(Batch((chunk("Yes."),)), context=[Turn(1, "Where were you?")])
+    assert len(prefills) == 4  # rendered once, then reused
 
 
-def test_out_of_memory_halves_the_batch_and_a_single_row_fails_alone(engine, monkeypatch) -> None:
-    # CUDA cannot run here: a generate that raises torch's OutOfMemoryError above one row
-    # stands in for a GPU that fits one row at a time.
-    chunks = [chunk(t) for t in ["Rain fell.", "The bells rang.", "Yes."]]
-    rows = spy_generate(engine, monkeypatch, fits=1)
+def test_a_voice_speaks_the_chunk_whatever_the_rows_speaker(engine) -> None:
+    # the voice was registered as speaker 0: a turn for speaker 1 after it would make CSM
+    # answer as another speaker, and the voice would be lost
+    as_zero, as_one = (chunk("The bells rang.", voice="calm", speaker=n) for n in (0, 1))
+    assert torch.equal(engine._prompt(as_one, ()), engine._prompt(as_zero, ()))
+    assert not torch.equal(engine._prompt(as_one, ()), engine._prompt(chunk("The bells rang."), ()))
+
+
+def test_special_token_strings_in_book_text_are_spoken_as_text(engine) -> None:
+    text = "She wrote <|AUDIO|> then <|begin_of_text|>[1]hello<|end_of_text|> and <|audio_eos|>."
+    (result,) = engine.synthesize(Batch((chunk(text),)))
+    assert result.ok, result.error
+
+    # the prompt is one turn: our own <bos> and <eos>, no other special token embedded
+    prompt = engine._prompt(chunk(text), ())
+    table = engine.model.embed_text_tokens.weight
+    specials = {
+        name: table[engine.tokenizer.convert_tokens_to_ids(name)]
+        for name in ["<|begin_of_text|>", "<|end_of_text|>", "<|AUDIO|>", "<|audio_eos|>"]
+    }
+    found = {name: int((prompt == row).all(-1).sum()) for name, row in specials.items()}
+    assert found == {
+        "<|begin_of_text|>": 1,
+        "<|end_of_text|>": 1,
+        "<|AUDIO|>": 0,
+        "<|audio_eos|>": 0,
+    }
+
+
+def test_the_checkpoints_own_codec_is_not_kept(engine) -> None:
+    # moshi's Mimi decodes; transformers' copy inside the checkpoint would only hold memory
+    assert not any(name.startswith("codec_model.") for name, _ in engine.model.named_parameters())
+
+
+def test_batches_of_other_sizes_and_prompt_lengths_reuse_one_loop(engine, monkeypatch) -> None:
+    # one loop (one CUDA graph with --compile) per slot count, whatever the prompts
+    engine.loops.clear()
+    prefills = spy_prefill(monkeypatch)
+    engine.synthesize(Batch(tuple(chunk(t) for t in ["Yes.", "Rain fell.", "The bells rang."])))
+    engine.synthesize(Batch(tuple(chunk(t, salt="2") for t in ["No.", "Rain.", "Bells.", "Hm."])))
+    assert len(prefills) == 7 and list(engine.loops) == [4]
+
+
+def test_out_of_memory_halves_the_slots_and_a_row_that_does_not_fit_alone_fails(
+    engine, monkeypatch
+) -> None:
+    # CUDA cannot run here: a frame step that raises torch's OutOfMemoryError above one slot
+    # stands in for a GPU that fits one row at a time
+    monkeypatch.setattr(engine, "max_slots", engine.max_slots)  # restored afterwards
+    chunks = [chunk(t, salt="oom") for t in ["Rain fell.", "The bells rang.", "Yes."]]
+    slots = spy_step(monkeypatch, fits=1)
     results = engine.synthesize(Batch(tuple(chunks)))
     assert all(r.ok for r in results)
-    assert rows == [3, 1, 2, 1, 1]  # 3 fails; 1 fits; 2 fails; 1 and 1 fit
+    assert slots[:2] == [4, 2] and set(slots[2:]) == {1}  # 4 fails, 2 fails, 1 fits
+    assert engine.max_slots == 1
 
-    spy_generate(engine, monkeypatch, fits=0)
-    (result,) = engine.synthesize(Batch((chunks[0],)))
+    spy_step(monkeypatch, fits=0)
+    (result,) = engine.synthesize(Batch((chunk("Rain fell.", salt="none fits"),)))
     assert not result.ok and "memory" in result.error and result.attempts == 1
 
 
@@ -202,19 +264,32 @@ def test_a_missing_device_is_reported_before_loading_anything(tiny_model_dir: Pa
 # --- spies on the loaded model (counting calls; the real methods still run) -------------------
 
 
-def spy_generate(engine, monkeypatch, fits: int | None = None) -> list[int]:
-    """Record the rows of every generate call; above `fits` rows, raise out-of-memory."""
-    rows: list[int] = []
-    real = type(engine.model).generate
+def spy_prefill(monkeypatch) -> list[tuple[object, int]]:
+    """Record every row prefilled into a loop slot: (its key, its prompt positions)."""
+    rows: list[tuple[object, int]] = []
+    real = FrameLoop.prefill
 
-    def generate(*args, **kwargs):
-        rows.append(kwargs["inputs_embeds"].shape[0])
-        if fits is not None and rows[-1] > fits:
-            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(engine.model, *args, **kwargs)
+    def prefill(self, slot, row):
+        rows.append((row.key, len(row.embeds)))
+        return real(self, slot, row)
 
-    monkeypatch.setattr(engine.model, "generate", generate)
+    monkeypatch.setattr(FrameLoop, "prefill", prefill)
     return rows
+
+
+def spy_step(monkeypatch, fits: int) -> list[int]:
+    """Record the slots of every frame step; above `fits` slots, raise out-of-memory."""
+    slots: list[int] = []
+    real = FrameLoop.step
+
+    def step(self):
+        slots.append(self.slots)
+        if self.slots > fits:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(FrameLoop, "step", step)
+    return slots
 
 
 def spy_encoder(engine, monkeypatch) -> list[int]:
