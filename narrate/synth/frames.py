@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -77,8 +77,8 @@ class FrameLoop:
         device, dtype = parameter.device, parameter.dtype
         self.slots = slots
         self.caches = _caches(self.backbone, slots, self.window, device, dtype)
-        depth_window = model.depth_decoder.config.max_position_embeddings
-        self.depth_caches = _caches(self.depth, slots, depth_window, device, dtype)
+        self.depth_window = model.depth_decoder.config.max_position_embeddings
+        self.depth_caches = _caches(self.depth, slots, self.depth_window, device, dtype)
 
         def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
@@ -91,17 +91,26 @@ class FrameLoop:
         self.live = zeros(slots, dtype=torch.bool)
         self.codes = zeros(slots, self.window, self.codebooks)
         self.rows = torch.arange(slots, device=device)
-        self.depth_positions = [
-            torch.tensor([[0, 1]], device=device).expand(slots, 2).contiguous(),
-            *(torch.full((slots, 1), i, device=device) for i in range(2, self.codebooks)),
+        self.backbone_rope = _Rope(self.backbone, self.window, device)
+        depth_rope = _Rope(self.depth, self.depth_window, device)
+        # the depth decoder's positions are the same every frame: [0, 1], then 2, ..., 31
+        self.depth_places = [
+            depth_rope.place(torch.arange(2, device=device)[None], self.depth_window, start=0)
+        ]
+        self.depth_places += [
+            depth_rope.place(torch.tensor([[i]], device=device), self.depth_window, start=i)
+            for i in range(2, self.codebooks)
         ]
         self.frames_computed = self.frames_kept = 0
-        self.graph = self._capture() if graphs else None
+        # the backbone attends to the first `span` cache positions, the smallest that holds every
+        # row's prompt and cap: one graph per span, all captured now, while every slot is free
+        self.spans = sorted({min(span, self.window) for span in (256, 512, 1024, self.window)})
+        self.graphs = {span: self._capture(span) for span in self.spans} if graphs else {}
 
     # --- one frame for every slot (no host sync) ------------------------------------------
 
     @torch.inference_mode()
-    def step(self) -> None:
+    def step(self, span: int) -> None:
         codes = self._sample_frame(self.hidden)
         live = self.live
         self.codes[self.rows, self.frame.clamp(max=self.window - 1)] = codes
@@ -112,7 +121,8 @@ class FrameLoop:
         ended = (codes[:, :-1] == self.eos).all(-1)  # transformers ignores the last codebook too
         stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
         frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
-        hidden = _forward(self.backbone, self.caches, frame_embeds, self.length[:, None])
+        place = self.backbone_rope.place(self.length[:, None], span)
+        hidden = _forward(self.backbone, self.caches, frame_embeds, place)
         self.hidden.copy_(hidden[:, -1])
         self.length.add_(live.long()).clamp_(max=self.window - 1)
         self.live.logical_and_(~stop)
@@ -123,8 +133,8 @@ class FrameLoop:
         depth_input = torch.stack([hidden, self._depth_embed(code, 0)], 1)
         for codebook in range(1, self.codebooks):
             projected = self.depth.inputs_embeds_projector(depth_input)
-            positions = self.depth_positions[codebook - 1]
-            state = _forward(self.depth, self.depth_caches, projected, positions)[:, -1]
+            place = self.depth_places[codebook - 1]
+            state = _forward(self.depth, self.depth_caches, projected, place)[:, -1]
             code = self._sample(state @ self.heads[codebook - 1], codebook)
             sampled.append(code)
             if codebook + 1 < self.codebooks:
@@ -145,17 +155,19 @@ class FrameLoop:
             codebook_size=self.codebook_size,
         )
 
-    def _capture(self) -> torch.cuda.CUDAGraph:
-        """Record `step` once (all slots free, so the warm-up changes nothing that matters)."""
+    def _capture(self, span: int) -> torch.cuda.CUDAGraph:
+        """Record `step` (all slots free, so the warm-up changes nothing that matters); the
+        graphs share one memory pool: they never run at the same time."""
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                self.step()
+                self.step(span)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.step()
+        pool = next(iter(self.graphs.values())).pool() if getattr(self, "graphs", None) else None
+        with torch.cuda.graph(graph, pool=pool):
+            self.step(span)
         return graph
 
     # --- the host side ----------------------------------------------------------------------
@@ -163,10 +175,13 @@ class FrameLoop:
     @torch.inference_mode()
     def prefill(self, slot: int, row: Row) -> None:
         """Run the row's prompt into `slot`'s cache; its first frame comes with the next step."""
-        positions = torch.arange(len(row.embeds), device=self.rows.device)[None]
+        length = len(row.embeds)
+        place = self.backbone_rope.place(
+            torch.arange(length, device=self.rows.device)[None], length, start=0
+        )
         caches = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.caches]
         embeds = row.embeds.to(self.hidden.device, self.hidden.dtype)[None]
-        self.hidden[slot] = _forward(self.backbone, caches, embeds, positions)[0, -1]
+        self.hidden[slot] = _forward(self.backbone, caches, embeds, place)[0, -1]
         for state, value in (
             (self.length, len(row.embeds)),
             (self.frame, 0),
@@ -195,8 +210,10 @@ class FrameLoop:
                 if occupant[slot] is None and queue:
                     occupant[slot] = queue.popleft()
                     self.prefill(slot, occupant[slot])
+            longest = max(len(row.embeds) + row.cap for row in occupant if row is not None)
+            span = next(span for span in self.spans if span >= longest)
             for _ in range(self.check_every):
-                self.graph.replay() if self.graph is not None else self.step()
+                self.graphs[span].replay() if self.graphs else self.step(span)
             self.frames_computed += self.check_every * sum(row is not None for row in occupant)
             live, frames = torch.stack([self.live.long(), self.frame]).cpu().numpy()
             done = [s for s, row in enumerate(occupant) if row is not None and not live[s]]
@@ -226,42 +243,94 @@ def _caches(
     ]
 
 
+class _Place(NamedTuple):
+    """Where a forward's queries sit: `positions` [rows, T] (all rows at `start`.. when given),
+    their rotary factors and attention mask over the first `span` cache positions."""
+
+    positions: torch.Tensor
+    start: int | None
+    cos: torch.Tensor
+    sin: torch.Tensor
+    mask: torch.Tensor
+    span: int
+
+
+class _Rope:
+    """A decoder stack's rotary factors for every position of its window, from its own module."""
+
+    def __init__(self, stack: nn.Module, window: int, device: torch.device) -> None:
+        config = stack.config
+        self.group = config.num_attention_heads // config.num_key_value_heads
+        probe = torch.zeros(1, device=device, dtype=stack.norm.weight.dtype)
+        positions = torch.arange(window, device=device)[None]
+        self.cos, self.sin = (t[0] for t in stack.rotary_emb(probe, positions))
+
+    def place(self, positions: torch.Tensor, span: int, start: int | None = None) -> _Place:
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
+        allowed = torch.arange(span, device=positions.device) <= positions[..., None]
+        # grouped-query attention without copying the cache: the query heads that share a
+        # key/value head become extra query positions of that head
+        mask = allowed[:, None].repeat(1, 1, self.group, 1)
+        return _Place(positions, start, cos, sin, mask, span)
+
+
 def _forward(
     stack: nn.Module,
     caches: list[tuple[torch.Tensor, torch.Tensor]],
     x: torch.Tensor,
-    positions: torch.Tensor,
+    place: _Place,
 ) -> torch.Tensor:
-    """The decoder stack (backbone or depth) on x [rows, T, hidden] at `positions` [rows, T]:
-    writes each layer's keys and values into its cache [rows, kv heads, window, head dim] and
-    attends to every cached position up to the query's own; returns the final-norm states."""
-    rows, length = positions.shape
-    cos, sin = (t[:, None] for t in stack.rotary_emb(x, positions))
-    window = caches[0][0].shape[2]
-    allowed = torch.arange(window, device=x.device) <= positions[..., None]  # [rows, T, window]
-    index = torch.arange(rows, device=x.device)[:, None]
+    """The decoder stack (backbone or depth) on x [rows, T, hidden] at `place`: writes each
+    layer's keys and values into its cache [rows, kv heads, window, head dim] and attends to
+    the cached positions up to the query's own; returns the final-norm states."""
+    rows, length = x.shape[:2]
+    config = stack.config
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    index = None if place.start is not None else torch.arange(rows, device=x.device)[:, None]
     for layer, (keys, values) in zip(stack.layers, caches, strict=True):
         attention = layer.self_attn
-        heads, kv_heads = attention.config.num_attention_heads, keys.shape[1]
-        h = layer.input_layernorm(x)
-        q = attention.q_proj(h).view(rows, length, heads, -1).transpose(1, 2)
-        k = attention.k_proj(h).view(rows, length, kv_heads, -1).transpose(1, 2)
-        v = attention.v_proj(h).view(rows, length, kv_heads, -1).transpose(1, 2)
-        q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-        keys[index, :, positions] = k.transpose(1, 2)
-        values[index, :, positions] = v.transpose(1, 2)
-        # grouped-query attention without copying the cache: the query heads that share a
-        # key/value head become extra query positions of that head
-        group = heads // kv_heads
-        grouped = q.reshape(rows, kv_heads, group * length, -1)
-        mask = allowed[:, None].repeat(1, 1, group, 1)
-        out = F.scaled_dot_product_attention(
-            grouped, keys, values, attn_mask=mask, scale=attention.scaling
-        )
-        out = out.reshape(rows, heads, length, -1).transpose(1, 2).reshape(rows, length, -1)
+        h = _norm(layer.input_layernorm, x)
+        q = attention.q_proj(h).view(rows, length, heads, -1)
+        k = attention.k_proj(h).view(rows, length, kv_heads, -1)
+        qk = torch.cat([q, k], 2).transpose(1, 2)
+        qk = qk * place.cos + _rotate_half(qk) * place.sin
+        q, k = qk[:, :heads], qk[:, heads:]
+        v = attention.v_proj(h).view(rows, length, kv_heads, -1)
+        if index is None:  # every row at the same positions
+            keys[:, :, place.start : place.start + length] = k
+            values[:, :, place.start : place.start + length] = v.transpose(1, 2)
+        else:
+            keys[index, :, place.positions] = k.transpose(1, 2)
+            values[index, :, place.positions] = v
+        out = _attend(q.reshape(rows, kv_heads, -1, q.shape[-1]), keys, values, place, attention)
+        out = out.view(rows, heads, length, -1).transpose(1, 2).reshape(rows, length, -1)
         x = x + attention.o_proj(out)
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-    return stack.norm(x)
+        x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
+    return _norm(stack.norm, x)
+
+
+def _attend(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, place: _Place, attention: nn.Module
+) -> torch.Tensor:
+    """Masked attention of q [rows, kv heads, queries, head dim] over the first `span` cache
+    positions: plain matmuls for a frame step's few queries (much cheaper than the fused
+    kernels' launch and tiling at these sizes), the fused kernel for a prompt."""
+    keys, values = keys[:, :, : place.span], values[:, :, : place.span]
+    if q.shape[2] > 16:
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=place.mask, scale=attention.scaling
+        )
+    scores = (q @ keys.transpose(2, 3)) * attention.scaling
+    scores = scores.masked_fill(~place.mask, float("-inf"))
+    return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ values
+
+
+def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm as one fused op where its parameters are the usual ones."""
+    eps = getattr(norm, "variance_epsilon", None)
+    if eps is None:
+        return norm(x)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -23,12 +23,23 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+_code_keys_by_device: dict[torch.device, torch.Tensor] = {}
+
+
+def _code_keys(device: torch.device) -> torch.Tensor:
+    """Each code's own hash, computed once (Mimi codebooks hold 2048 codes)."""
+    if device not in _code_keys_by_device:
+        codes = torch.arange(4096, device=device)
+        _code_keys_by_device[device] = _mix(codes + 0x9E3779B)
+    return _code_keys_by_device[device]
+
+
 def gumbel_noise(
     seed: torch.Tensor, frame: torch.Tensor, codebook: int, codes: torch.Tensor
 ) -> torch.Tensor:
     """Gumbel(0, 1) noise [rows, k] for candidate `codes` [rows, k] of each row's frame."""
     row_key = _mix((seed & _MASK) ^ _mix(frame * 64 + codebook))  # [rows]
-    bits = _mix(row_key[:, None] ^ _mix(codes + 0x9E3779B))
+    bits = _mix(row_key[:, None] ^ _code_keys(codes.device)[codes])
     uniform = ((bits >> 8).float() + 0.5) / float(1 << 24)  # in (0, 1), exact in float32
     return -torch.log(-torch.log(uniform))
 
