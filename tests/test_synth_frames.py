@@ -48,7 +48,7 @@ def reference(model, row: Row, repeat_limit: int) -> np.ndarray:
     frames, last, repeats = [], -1, 0
     for frame in range(row.cap):
 
-        def draw(logits: torch.Tensor, codebook: int) -> torch.Tensor:
+        def draw(logits: torch.Tensor, codebook: int, frame: int = frame) -> torch.Tensor:
             return sample(
                 logits,
                 seed=seed,

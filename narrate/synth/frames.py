@@ -105,7 +105,9 @@ class FrameLoop:
         # the backbone attends to the first `span` cache positions, the smallest that holds every
         # row's prompt and cap: one graph per span, all captured now, while every slot is free
         self.spans = sorted({min(span, self.window) for span in (256, 512, 1024, self.window)})
-        self.graphs = {span: self._capture(span) for span in self.spans} if graphs else {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        for span in self.spans if graphs else ():
+            self.graphs[span] = self._capture(span)
 
     # --- one frame for every slot (no host sync) ------------------------------------------
 
@@ -165,7 +167,7 @@ class FrameLoop:
                 self.step(span)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        pool = next(iter(self.graphs.values())).pool() if getattr(self, "graphs", None) else None
+        pool = next(iter(self.graphs.values())).pool() if self.graphs else None
         with torch.cuda.graph(graph, pool=pool):
             self.step(span)
         return graph
