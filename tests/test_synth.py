@@ -248,6 +248,25 @@ def test_out_of_memory_halves_the_slots_and_a_row_that_does_not_fit_alone_fails(
     assert not result.ok and "memory" in result.error and result.attempts == 1
 
 
+def test_the_codec_encodes_and_decodes_with_moshis_compilation_off(engine, monkeypatch) -> None:
+    # on CUDA moshi compiles Mimi on first use, which needs a C compiler the runtime image
+    # lacks (on the CPU moshi never compiles, so the switch itself is what can be checked here)
+    from moshi.utils import compile as moshi_compile
+
+    switch: list[bool] = []
+    for name in ("encode", "decode"):
+        real = getattr(engine.codec.model, name)
+
+        def spy(*args, real=real):
+            switch.append(moshi_compile._compile_disabled)
+            return real(*args)
+
+        monkeypatch.setattr(engine.codec.model, name, spy)
+    codes = engine.codec.encode(torch.from_numpy(voice_audio(0.5)))
+    engine.codec.decode(codes[None])
+    assert switch == [True, True]
+
+
 def test_missing_model_explains_token_and_local_folder(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as error:
         load_engine(EngineConfig(model=str(tmp_path / "no-such-model")), device="cpu")

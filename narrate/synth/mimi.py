@@ -6,6 +6,10 @@ Where its weights come from, for `--model M`:
 2. `M/tokenizer-e351c8d8-checkpoint125.safetensors`: an offline copy of the standard weights;
 3. otherwise the standard weights from the hub (`kyutai/moshiko-pytorch-bf16`, cached in HF_HOME).
 An untrained Mimi (`get_mimi(None)`) is never used: it would silently turn every book into noise.
+
+moshi compiles parts of Mimi with `torch.compile` on first use, which needs a C compiler at run
+time (the runtime image has none) and buys little next to CSM: encoding and decoding run with
+moshi's `no_compile()`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 
 import torch
 from moshi.models import loaders
+from moshi.utils.compile import no_compile
 
 from narrate.errors import ModelError, first_line
 
@@ -37,7 +42,8 @@ class Codec:
     @torch.inference_mode()
     def encode(self, audio: torch.Tensor) -> torch.Tensor:
         """[samples] float at 24 kHz -> codes [frames, 32]."""
-        codes = self.model.encode(audio.to(self.device, torch.float32)[None, None])
+        with no_compile():
+            codes = self.model.encode(audio.to(self.device, torch.float32)[None, None])
         return codes[0].T
 
     @torch.inference_mode()
@@ -47,7 +53,8 @@ class Codec:
         Mimi is causal: a row's audio does not depend on the frames after its end, so rows of
         different lengths share one call and are cut afterwards.
         """
-        return self.model.decode(codes.to(self.device).transpose(1, 2))[:, 0]
+        with no_compile():
+            return self.model.decode(codes.to(self.device).transpose(1, 2))[:, 0]
 
 
 def weights_source(model: str) -> tuple[Path, dict | None]:
