@@ -199,7 +199,8 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
     "--context",
     multiple=True,
     metavar="SPEAKER:TEXT",
-    help="a turn spoken before TEXT (repeatable), e.g. --context '1:Where were you?'",
+    help="a turn spoken before TEXT (repeatable; its audio is rendered first, as CSM expects "
+    "audio on every turn but the last), e.g. --context '1:Where were you?'",
 )
 @click.option(
     "--max-audio-length-ms", default=30_000, show_default=True, type=click.IntRange(2_000, 90_000)
@@ -212,7 +213,7 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
 @click.option("--top-k", default=50, show_default=True, type=click.IntRange(1))
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option(
-    "--compile", "compile_model", is_flag=True, help="static cache + torch.compile (CUDA)"
+    "--compile", "compile_model", is_flag=True, help="capture the frame step as CUDA graphs"
 )
 @click.option(
     "-o", "--output", default="out.wav", show_default=True, type=click.Path(dir_okay=False)
@@ -446,7 +447,7 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
             help="auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker process per entry",
         ),
         click.option(
-            "--compile", is_flag=True, help="torch.compile + static cache on CUDA workers"
+            "--compile", is_flag=True, help="CUDA workers capture the frame step as CUDA graphs"
         ),
         click.option(
             "--cpu-threads",

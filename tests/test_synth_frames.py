@@ -16,7 +16,7 @@ import torch
 
 from narrate.synth.frames import FrameLoop, Row
 from narrate.synth.mimi import CODEBOOK_SIZE
-from narrate.synth.sampling import sample
+from narrate.synth.sampling import frame_keys, sample
 from narrate.synth.tiny import build_csm, build_tokenizer
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
@@ -47,13 +47,12 @@ def reference(model, row: Row, repeat_limit: int) -> np.ndarray:
     hidden, seed = out.last_hidden_state[:, -1], torch.tensor([row.seed])
     frames, last, repeats = [], -1, 0
     for frame in range(row.cap):
+        keys = frame_keys(seed, torch.tensor([frame]), 32)
 
-        def draw(logits: torch.Tensor, codebook: int, frame: int = frame) -> torch.Tensor:
+        def draw(logits: torch.Tensor, codebook: int, keys: torch.Tensor = keys) -> torch.Tensor:
             return sample(
                 logits,
-                seed=seed,
-                frame=torch.tensor([frame]),
-                codebook=codebook,
+                key=keys[:, codebook],
                 temperature=TEMPERATURE,
                 top_k=TOP_K,
                 codebook_size=CODEBOOK_SIZE,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from narrate.synth.sampling import sample
+from narrate.synth.sampling import frame_keys, sample
 
 LOGITS = torch.tensor([3.0, 2.0, 1.5, 0.0, -1.0, 9.0])  # the last id is a special: masked
 
@@ -17,14 +17,8 @@ def picks(
     rows = len(seeds)
     frame = torch.tensor(frames if isinstance(frames, list) else [frames] * rows)
     settings = {"temperature": 1.0, "top_k": 3, **options}
-    return sample(
-        LOGITS.repeat(rows, 1),
-        seed=torch.tensor(seeds),
-        frame=frame,
-        codebook=codebook,
-        codebook_size=5,
-        **settings,
-    ).numpy()
+    key = frame_keys(torch.tensor(seeds), frame, codebooks=codebook + 1)[:, codebook]
+    return sample(LOGITS.repeat(rows, 1), key=key, codebook_size=5, **settings).numpy()
 
 
 def test_samples_follow_softmax_of_the_top_k_at_the_temperature() -> None:

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Turn:
-    """A context turn spoken before the chunk (text only), as CSM's conversation API allows."""
+    """A context turn spoken before the chunk. CSM expects audio on every turn but the last,
+    so the CSM engine renders the turn's audio first (once) and puts it in the prompt."""
 
     speaker: int
     text: str
@@ -63,7 +64,8 @@ def load_engine(
     voices: VoiceLibrary | None = None,
     compile: bool = False,
 ) -> Engine:
-    """Load the engine `config.engine` once (per worker); `compile` only matters on CUDA."""
+    """Load the engine `config.engine` once (per worker); `compile` (CUDA graphs of the frame
+    step) only matters on CUDA."""
     if config.engine == "csm":
         from narrate.synth.csm import CsmEngine
 

@@ -214,11 +214,18 @@ class CsmEngine:
         failure: str | None,
     ) -> None:
         """Decode finished rows in one Mimi call and keep, retry or fail each."""
+        if failure is None:
+            try:
+                return self._judge(finished, queue, done)
+            except torch.OutOfMemoryError:  # in Mimi: these rows fail, the loop goes on
+                failure = "decoding ran out of device memory"
+        for attempt in [f.key for f in finished]:
+            done[attempt.chunk.chunk_id] = _failed(attempt.chunk, failure, attempt.attempt)
+
+    def _judge(
+        self, finished: list[Finished], queue: deque[Row], done: dict[str, ChunkAudio]
+    ) -> None:
         attempts: list[_Attempt] = [f.key for f in finished]
-        if failure is not None:
-            for attempt in attempts:
-                done[attempt.chunk.chunk_id] = _failed(attempt.chunk, failure, attempt.attempt)
-            return
         eos = self.model.config.codebook_eos_token_id
         ends = [end_frame(f.codes, eos) for f in finished]
         frames = [

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from narrate.synth.sampling import sample
+from narrate.synth.sampling import frame_keys, sample
 
 
 @dataclass
@@ -130,14 +130,15 @@ class FrameLoop:
         self.live.logical_and_(~stop)
 
     def _sample_frame(self, hidden: torch.Tensor) -> torch.Tensor:
-        code = self._sample(self.model.lm_head(hidden), 0)
+        keys = frame_keys(self.seed, self.frame, self.codebooks)
+        code = self._sample(self.model.lm_head(hidden), keys[:, 0])
         sampled = [code]
         depth_input = torch.stack([hidden, self._depth_embed(code, 0)], 1)
         for codebook in range(1, self.codebooks):
             projected = self.depth.inputs_embeds_projector(depth_input)
             place = self.depth_places[codebook - 1]
             state = _forward(self.depth, self.depth_caches, projected, place)[:, -1]
-            code = self._sample(state @ self.heads[codebook - 1], codebook)
+            code = self._sample(state @ self.heads[codebook - 1], keys[:, codebook])
             sampled.append(code)
             if codebook + 1 < self.codebooks:
                 depth_input = self._depth_embed(code, codebook)[:, None]
@@ -146,12 +147,10 @@ class FrameLoop:
     def _depth_embed(self, code: torch.Tensor, codebook: int) -> torch.Tensor:
         return self.depth.embed_tokens(code + codebook * self.vocab)
 
-    def _sample(self, logits: torch.Tensor, codebook: int) -> torch.Tensor:
+    def _sample(self, logits: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         return sample(
             logits,
-            seed=self.seed,
-            frame=self.frame,
-            codebook=codebook,
+            key=key,
             temperature=self.temperature,
             top_k=self.top_k,
             codebook_size=self.codebook_size,
@@ -265,14 +264,19 @@ class _Rope:
         self.group = config.num_attention_heads // config.num_key_value_heads
         probe = torch.zeros(1, device=device, dtype=stack.norm.weight.dtype)
         positions = torch.arange(window, device=device)[None]
-        self.cos, self.sin = (t[0] for t in stack.rotary_emb(probe, positions))
+        self.cos, sin = (t[0] for t in stack.rotary_emb(probe, positions))
+        # rotate_half(x) * sin == roll(x, half) * (sin with its first half negated): one op
+        half = sin.shape[-1] // 2
+        self.sin = torch.cat([-sin[:, :half], sin[:, half:]], -1)
 
     def place(self, positions: torch.Tensor, span: int, start: int | None = None) -> _Place:
         cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
         allowed = torch.arange(span, device=positions.device) <= positions[..., None]
         # grouped-query attention without copying the cache: the query heads that share a
         # key/value head become extra query positions of that head
-        mask = allowed[:, None].repeat(1, 1, self.group, 1)
+        allowed = allowed[:, None].repeat(1, 1, self.group, 1)  # [rows, 1, group x T, span]
+        mask = torch.zeros(allowed.shape, dtype=self.cos.dtype, device=positions.device)
+        mask.masked_fill_(~allowed, float("-inf"))
         return _Place(positions, start, cos, sin, mask, span)
 
 
@@ -295,7 +299,7 @@ def _forward(
         q = attention.q_proj(h).view(rows, length, heads, -1)
         k = attention.k_proj(h).view(rows, length, kv_heads, -1)
         qk = torch.cat([q, k], 2).transpose(1, 2)
-        qk = qk * place.cos + _rotate_half(qk) * place.sin
+        qk = qk * place.cos + qk.roll(qk.shape[-1] // 2, -1) * place.sin
         q, k = qk[:, :heads], qk[:, heads:]
         v = attention.v_proj(h).view(rows, length, kv_heads, -1)
         if index is None:  # every row at the same positions
@@ -315,26 +319,33 @@ def _attend(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, place: _Place, attention: nn.Module
 ) -> torch.Tensor:
     """Masked attention of q [rows, kv heads, queries, head dim] over the first `span` cache
-    positions: plain matmuls for a frame step's few queries (much cheaper than the fused
-    kernels' launch and tiling at these sizes), the fused kernel for a prompt."""
+    positions: plain batched matmuls for a frame step's few queries (much cheaper than the
+    fused kernels' launch and tiling at these sizes), the fused kernel for a prompt."""
     keys, values = keys[:, :, : place.span], values[:, :, : place.span]
     if q.shape[2] > 16:
+        mask = place.mask
         return F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=place.mask, scale=attention.scaling
+            q, keys, values, attn_mask=mask, scale=attention.scaling
         )
-    scores = (q @ keys.transpose(2, 3)) * attention.scaling
-    scores = scores.masked_fill(~place.mask, float("-inf"))
-    return scores.softmax(-1, dtype=torch.float32).to(q.dtype) @ values
+    rows, kv_heads, queries, head_dim = q.shape
+    pairs = rows * kv_heads
+    scores = torch.baddbmm(
+        place.mask.expand(rows, kv_heads, queries, -1).reshape(pairs, queries, -1),
+        q.reshape(pairs, queries, head_dim),
+        keys.reshape(pairs, -1, head_dim).transpose(1, 2),
+        alpha=attention.scaling,
+    )
+    if scores.dtype == torch.float32:
+        weights = scores.softmax(-1)
+    else:  # softmax in float32, as transformers does
+        weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+    return torch.bmm(weights, values.reshape(pairs, -1, head_dim)).view(q.shape)
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm as one fused op where its parameters are the usual ones."""
+    """The model's RMSNorm: one fused op on CUDA where its parameters are the usual ones (the
+    module's few elementwise ops are cheaper than the fused op's dispatch on the CPU)."""
     eps = getattr(norm, "variance_epsilon", None)
-    if eps is None:
+    if eps is None or not x.is_cuda:
         return norm(x)
     return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

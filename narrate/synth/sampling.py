@@ -34,32 +34,28 @@ def _code_keys(device: torch.device) -> torch.Tensor:
     return _code_keys_by_device[device]
 
 
-def gumbel_noise(
-    seed: torch.Tensor, frame: torch.Tensor, codebook: int, codes: torch.Tensor
-) -> torch.Tensor:
-    """Gumbel(0, 1) noise [rows, k] for candidate `codes` [rows, k] of each row's frame."""
-    row_key = _mix((seed & _MASK) ^ _mix(frame * 64 + codebook))  # [rows]
-    bits = _mix(row_key[:, None] ^ _code_keys(codes.device)[codes])
+def frame_keys(seed: torch.Tensor, frame: torch.Tensor, codebooks: int) -> torch.Tensor:
+    """The noise keys [rows, codebooks] of each row's frame: a hash of (seed, frame, codebook)."""
+    codebook = torch.arange(codebooks, device=seed.device)
+    return _mix((seed[:, None] & _MASK) ^ _mix(frame[:, None] * 64 + codebook))
+
+
+def gumbel_noise(key: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise [rows, k] for candidate `codes` [rows, k] under each row's `key`."""
+    bits = _mix(key[:, None] ^ _code_keys(codes.device)[codes])
     uniform = ((bits >> 8).float() + 0.5) / float(1 << 24)  # in (0, 1), exact in float32
     return -torch.log(-torch.log(uniform))
 
 
 def sample(
-    logits: torch.Tensor,
-    *,
-    seed: torch.Tensor,
-    frame: torch.Tensor,
-    codebook: int,
-    temperature: float,
-    top_k: int,
-    codebook_size: int,
+    logits: torch.Tensor, *, key: torch.Tensor, temperature: float, top_k: int, codebook_size: int
 ) -> torch.Tensor:
-    """One code per row from logits [rows, vocab]; codes >= `codebook_size` (the codebook's
-    specials) are never sampled, and temperature 0 is greedy."""
+    """One code per row from logits [rows, vocab] and its noise `key` [rows] (`frame_keys`);
+    codes >= `codebook_size` (the codebook's specials) are never sampled; temperature 0 is
+    greedy."""
     logits = logits[:, :codebook_size].float()
     if temperature <= 0:
         return logits.argmax(-1)
     top, codes = logits.topk(min(top_k, codebook_size), dim=-1)
-    noise = gumbel_noise(seed, frame, codebook, codes)
-    pick = (top / temperature + noise).argmax(-1, keepdim=True)
+    pick = (top / temperature + gumbel_noise(key, codes)).argmax(-1, keepdim=True)
     return codes.gather(1, pick)[:, 0]
