@@ -65,6 +65,7 @@ class FrameLoop:
     ) -> None:
         self.model = model
         self.backbone, self.depth = model.backbone_model, model.depth_decoder.model
+        self.backbone_stack, self.depth_stack = _Stack(self.backbone), _Stack(self.depth)
         config = model.config
         self.eos = config.codebook_eos_token_id
         self.vocab = config.vocab_size
@@ -124,7 +125,7 @@ class FrameLoop:
         stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
         frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
         place = self.backbone_rope.place(self.length[:, None], span)
-        hidden = _forward(self.backbone, self.caches, frame_embeds, place)
+        hidden = _forward(self.backbone_stack, self.caches, frame_embeds, place)
         self.hidden.copy_(hidden[:, -1])
         self.length.add_(live.long()).clamp_(max=self.window - 1)
         self.live.logical_and_(~stop)
@@ -137,7 +138,7 @@ class FrameLoop:
         for codebook in range(1, self.codebooks):
             projected = self.depth.inputs_embeds_projector(depth_input)
             place = self.depth_places[codebook - 1]
-            state = _forward(self.depth, self.depth_caches, projected, place)[:, -1]
+            state = _forward(self.depth_stack, self.depth_caches, projected, place)[:, -1]
             code = self._sample(state @ self.heads[codebook - 1], keys[:, codebook])
             sampled.append(code)
             if codebook + 1 < self.codebooks:
@@ -182,7 +183,7 @@ class FrameLoop:
         )
         caches = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.caches]
         embeds = row.embeds.to(self.hidden.device, self.hidden.dtype)[None]
-        self.hidden[slot] = _forward(self.backbone, caches, embeds, place)[0, -1]
+        self.hidden[slot] = _forward(self.backbone_stack, caches, embeds, place)[0, -1]
         for state, value in (
             (self.length, len(row.embeds)),
             (self.frame, 0),
@@ -280,8 +281,60 @@ class _Rope:
         return _Place(positions, start, cos, sin, mask, span)
 
 
+class _Linear(NamedTuple):
+    """A projection as a transposed view of the module's weight (no copy) and its bias."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+    @classmethod
+    def of(cls, module: nn.Linear) -> _Linear:
+        return cls(module.weight.t(), module.bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x [n, in]
+        if self.bias is None:
+            return torch.mm(x, self.weight)
+        return torch.addmm(self.bias, x, self.weight)
+
+
+class _Layer(NamedTuple):
+    input_norm: nn.Module
+    q: _Linear
+    k: _Linear
+    v: _Linear
+    o: _Linear
+    post_norm: nn.Module
+    gate: _Linear
+    up: _Linear
+    down: _Linear
+    act: nn.Module
+    scaling: float
+
+
+class _Stack:
+    """A decoder stack's layers as plain 2-D matmuls over views of its own weights: the module
+    calls' reshaping and dispatch cost more than the math at a frame step's sizes."""
+
+    def __init__(self, stack: nn.Module) -> None:
+        config = stack.config
+        self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.norm = stack.norm
+        self.layers = [
+            _Layer(
+                layer.input_layernorm,
+                *(_Linear.of(getattr(layer.self_attn, n)) for n in ("q_proj", "k_proj", "v_proj")),
+                _Linear.of(layer.self_attn.o_proj),
+                layer.post_attention_layernorm,
+                *(_Linear.of(getattr(layer.mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")),
+                layer.mlp.act_fn,
+                layer.self_attn.scaling,
+            )
+            for layer in stack.layers
+        ]
+
+
 def _forward(
-    stack: nn.Module,
+    stack: _Stack,
     caches: list[tuple[torch.Tensor, torch.Tensor]],
     x: torch.Tensor,
     place: _Place,
@@ -289,34 +342,33 @@ def _forward(
     """The decoder stack (backbone or depth) on x [rows, T, hidden] at `place`: writes each
     layer's keys and values into its cache [rows, kv heads, window, head dim] and attends to
     the cached positions up to the query's own; returns the final-norm states."""
-    rows, length = x.shape[:2]
-    config = stack.config
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    rows, length, hidden = x.shape
+    heads, kv_heads = stack.heads, stack.kv_heads
     index = None if place.start is not None else torch.arange(rows, device=x.device)[:, None]
+    x = x.reshape(rows * length, hidden)
     for layer, (keys, values) in zip(stack.layers, caches, strict=True):
-        attention = layer.self_attn
-        h = _norm(layer.input_layernorm, x)
-        q = attention.q_proj(h).view(rows, length, heads, -1)
-        k = attention.k_proj(h).view(rows, length, kv_heads, -1)
-        qk = torch.cat([q, k], 2).transpose(1, 2)
+        h = _norm(layer.input_norm, x)
+        qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, length, heads + kv_heads, -1)
+        qk = qk.transpose(1, 2)
         qk = qk * place.cos + qk.roll(qk.shape[-1] // 2, -1) * place.sin
         q, k = qk[:, :heads], qk[:, heads:]
-        v = attention.v_proj(h).view(rows, length, kv_heads, -1)
+        v = layer.v(h).view(rows, length, kv_heads, -1)
         if index is None:  # every row at the same positions
             keys[:, :, place.start : place.start + length] = k
             values[:, :, place.start : place.start + length] = v.transpose(1, 2)
         else:
             keys[index, :, place.positions] = k.transpose(1, 2)
             values[index, :, place.positions] = v
-        out = _attend(q.reshape(rows, kv_heads, -1, q.shape[-1]), keys, values, place, attention)
-        out = out.view(rows, heads, length, -1).transpose(1, 2).reshape(rows, length, -1)
-        x = x + attention.o_proj(out)
-        x = x + layer.mlp(_norm(layer.post_attention_layernorm, x))
-    return _norm(stack.norm, x)
+        out = _attend(q.reshape(rows, kv_heads, -1, q.shape[-1]), keys, values, place, layer)
+        out = out.view(rows, heads, length, -1).transpose(1, 2).reshape(rows * length, -1)
+        x = x + layer.o(out)
+        h = _norm(layer.post_norm, x)
+        x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
+    return _norm(stack.norm, x).view(rows, length, hidden)
 
 
 def _attend(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, place: _Place, attention: nn.Module
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, place: _Place, layer: _Layer
 ) -> torch.Tensor:
     """Masked attention of q [rows, kv heads, queries, head dim] over the first `span` cache
     positions: plain batched matmuls for a frame step's few queries (much cheaper than the
@@ -325,7 +377,7 @@ def _attend(
     if q.shape[2] > 16:
         mask = place.mask
         return F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, scale=attention.scaling
+            q, keys, values, attn_mask=mask, scale=layer.scaling
         )
     rows, kv_heads, queries, head_dim = q.shape
     pairs = rows * kv_heads
@@ -333,7 +385,7 @@ def _attend(
         place.mask.expand(rows, kv_heads, queries, -1).reshape(pairs, queries, -1),
         q.reshape(pairs, queries, head_dim),
         keys.reshape(pairs, -1, head_dim).transpose(1, 2),
-        alpha=attention.scaling,
+        alpha=layer.scaling,
     )
     if scores.dtype == torch.float32:
         weights = scores.softmax(-1)
@@ -343,9 +395,13 @@ def _attend(
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm: one fused op on CUDA where its parameters are the usual ones (the
-    module's few elementwise ops are cheaper than the fused op's dispatch on the CPU)."""
+    """The model's RMSNorm (transformers' formula, in float32): one fused op on CUDA, its few
+    elementwise ops on the CPU (cheaper there than the fused op's dispatch)."""
     eps = getattr(norm, "variance_epsilon", None)
-    if eps is None or not x.is_cuda:
+    if eps is None:
         return norm(x)
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    if x.is_cuda:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return norm.weight * h.to(x.dtype)
