@@ -288,9 +288,9 @@ def spy_prefill(monkeypatch) -> list[tuple[object, int]]:
     rows: list[tuple[object, int]] = []
     real = FrameLoop.prefill
 
-    def prefill(self, slot, row):
-        rows.append((row.key, len(row.embeds)))
-        return real(self, slot, row)
+    def prefill(self, slots, batch):
+        rows.extend((row.key, len(row.embeds)) for row in batch)
+        return real(self, slots, batch)
 
     monkeypatch.setattr(FrameLoop, "prefill", prefill)
     return rows

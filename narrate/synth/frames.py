@@ -33,6 +33,8 @@ from torch.nn import functional as F
 
 from narrate.synth.sampling import frame_keys, sample
 
+PREFILL_ROWS = 16  # prompts prefilled together, at most
+
 
 @dataclass
 class Row:
@@ -175,25 +177,38 @@ class FrameLoop:
     # --- the host side ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def prefill(self, slot: int, row: Row) -> None:
-        """Run the row's prompt into `slot`'s cache; its first frame comes with the next step."""
-        length = len(row.embeds)
-        place = self.backbone_rope.place(
-            torch.arange(length, device=self.rows.device)[None], length, start=0
-        )
-        caches = [(k[slot : slot + 1], v[slot : slot + 1]) for k, v in self.caches]
-        embeds = row.embeds.to(self.hidden.device, self.hidden.dtype)[None]
-        self.hidden[slot] = _forward(self.backbone_stack, caches, embeds, place)[0, -1]
+    def prefill(self, slots: list[int], rows: list[Row]) -> None:
+        """Run the rows' prompts into their slots' caches, together (right-padded to the
+        longest: a row's first frame overwrites its padding before anything reads it); each
+        row's first frame comes with the next step."""
+        device, dtype = self.hidden.device, self.hidden.dtype
+        lengths = torch.tensor([len(row.embeds) for row in rows], device=device)
+        longest = int(lengths.max())
+        embeds = torch.zeros(len(rows), longest, self.hidden.shape[1], device=device, dtype=dtype)
+        for n, row in enumerate(rows):
+            embeds[n, : len(row.embeds)] = row.embeds
+        positions = torch.arange(longest, device=device).expand(len(rows), -1)
+        place = self.backbone_rope.place(positions, longest, start=0)
+        caches = [
+            tuple(torch.empty_like(t[: len(rows), :, :longest]) for t in layer)
+            for layer in self.caches
+        ]
+        out = _forward(self.backbone_stack, caches, embeds, place)
+        index = torch.tensor(slots, device=device)
+        for (keys, values), (new_keys, new_values) in zip(self.caches, caches, strict=True):
+            keys[index, :, :longest] = new_keys
+            values[index, :, :longest] = new_values
+        self.hidden[index] = out[torch.arange(len(rows), device=device), lengths - 1]
         for state, value in (
-            (self.length, len(row.embeds)),
+            (self.length, lengths),
             (self.frame, 0),
-            (self.cap, row.cap),
-            (self.seed, row.seed),
+            (self.cap, torch.tensor([row.cap for row in rows], device=device)),
+            (self.seed, torch.tensor([row.seed for row in rows], device=device)),
             (self.repeats, 0),
             (self.last_code, -1),
+            (self.live, True),
         ):
-            state[slot] = value
-        self.live[slot] = True
+            state[index] = value
 
     def run(self, queue: deque[Row]) -> Iterator[list[Finished]]:
         """Generate every row of `queue` (which may grow while this runs: retries rejoin it),
@@ -208,10 +223,13 @@ class FrameLoop:
 
     def _run(self, queue: deque[Row], occupant: list[Row | None]) -> Iterator[list[Finished]]:
         while queue or any(occupant):
-            for slot in range(self.slots):
-                if occupant[slot] is None and queue:
-                    occupant[slot] = queue.popleft()
-                    self.prefill(slot, occupant[slot])
+            free = [slot for slot, row in enumerate(occupant) if row is None][: len(queue)]
+            for start in range(0, len(free), PREFILL_ROWS):
+                slots = free[start : start + PREFILL_ROWS]
+                rows = [queue.popleft() for _ in slots]
+                for slot, row in zip(slots, rows, strict=True):
+                    occupant[slot] = row
+                self.prefill(slots, rows)
             longest = max(len(row.embeds) + row.cap for row in occupant if row is not None)
             span = next(span for span in self.spans if span >= longest)
             for _ in range(self.check_every):
@@ -376,9 +394,7 @@ def _attend(
     keys, values = keys[:, :, : place.span], values[:, :, : place.span]
     if q.shape[2] > 16:
         mask = place.mask
-        return F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, scale=layer.scaling
-        )
+        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=layer.scaling)
     rows, kv_heads, queries, head_dim = q.shape
     pairs = rows * kv_heads
     scores = torch.baddbmm(
