@@ -7,9 +7,10 @@ then the depth decoder (its own 33-position cache, reset every frame) reads
 input. This is what transformers' CSM `generate` and Sesame's generator.py do; here:
 
 - B slots own preallocated KV caches (backbone: the 2048-position window; depth decoder: 33).
-  A row is prefilled into a free slot on its own; from then on every frame runs all slots with
-  the same tensor shapes, each row at its own position with its own mask, so a CUDA graph
-  captured once per B replays every frame. Free and finished slots compute masked garbage.
+  Rows are prefilled into free slots (together, right-padded); from then on every frame runs
+  all slots with the same tensor shapes, each row at its own position with its own mask, so a
+  CUDA graph captured once per B (and attention span) replays every frame. Free and finished
+  slots compute masked garbage.
 - Every per-row decision stays on the device: sampling, the end frame, the row's frame cap,
   a runaway row (its first codebook unchanged for `repeat_limit` frames: CSM's endless
   silence). The host reads the live mask every `check_every` frames, hands finished rows back
@@ -300,19 +301,17 @@ class _Rope:
 
 
 class _Linear(NamedTuple):
-    """A projection as a transposed view of the module's weight (no copy) and its bias."""
+    """A projection: the module's own weight and bias, applied without the module call."""
 
     weight: torch.Tensor
     bias: torch.Tensor | None
 
     @classmethod
     def of(cls, module: nn.Linear) -> _Linear:
-        return cls(module.weight.t(), module.bias)
+        return cls(module.weight, module.bias)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # x [n, in]
-        if self.bias is None:
-            return torch.mm(x, self.weight)
-        return torch.addmm(self.bias, x, self.weight)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
 
 
 class _Layer(NamedTuple):
@@ -330,8 +329,8 @@ class _Layer(NamedTuple):
 
 
 class _Stack:
-    """A decoder stack's layers as plain 2-D matmuls over views of its own weights: the module
-    calls' reshaping and dispatch cost more than the math at a frame step's sizes."""
+    """A decoder stack's layers as plain 2-D ops on its own weights: the module calls'
+    reshaping and dispatch cost more than the math at a frame step's sizes."""
 
     def __init__(self, stack: nn.Module) -> None:
         config = stack.config
