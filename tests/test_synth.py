@@ -301,11 +301,11 @@ def spy_step(monkeypatch, fits: int) -> list[int]:
     slots: list[int] = []
     real = FrameLoop.step
 
-    def step(self):
+    def step(self, span):
         slots.append(self.slots)
         if self.slots > fits:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self)
+        return real(self, span)
 
     monkeypatch.setattr(FrameLoop, "step", step)
     return slots
