@@ -39,7 +39,7 @@ class DeviceOptions:
     """The synthesis workers (run, doctor)."""
 
     devices: str = "auto"  # auto | cpu | cuda:0,cuda:1 | cpu,cpu : one worker per entry
-    compile: bool = False  # torch.compile + static cache on CUDA workers
+    compile: bool = False  # CUDA workers capture the frame step as CUDA graphs
     cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
 
 

@@ -58,7 +58,7 @@ class WorkerSettings:
     engine: EngineConfig
     voices_dir: str
     cache_uri: str
-    compile: bool = False  # torch.compile + static cache on CUDA workers
+    compile: bool = False  # CUDA workers capture the frame step as CUDA graphs
     cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
 
 
