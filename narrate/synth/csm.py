@@ -22,6 +22,7 @@ Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -61,7 +62,8 @@ class _Failure:
 
 @dataclass(frozen=True)
 class _Attempt:
-    """What a loop row stands for: a chunk's attempt, or a context turn rendered for its audio."""
+    """What a loop row of a batch stands for: a chunk's attempt (context turns run as rows of
+    their own, with no key)."""
 
     chunk: Chunk
     attempt: int
@@ -363,8 +365,6 @@ class CsmEngine:
 
 
 def _turn_id(turn: Turn) -> str:
-    import hashlib
-
     return hashlib.sha256(f"{turn.speaker}|{turn.text}".encode()).hexdigest()[:24]
 
 
