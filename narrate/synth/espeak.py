@@ -80,6 +80,53 @@ def speak(text: str, voice: str, out) -> None:  # out: binary stream
         raise OSError(f"eSpeak NG failed to speak (error {status})")
 
 
+IPA_PHONEMES = 0x02  # espeak_TextToPhonemes: IPA (UTF-8) rather than eSpeak's ASCII names
+PHONEME_SEPARATOR = "_"
+
+
+class Phonemizer:
+    """eSpeak NG's letter-to-sound rules in this process: a word's phonemes as IPA strings.
+
+    Unlike synthesis, phonemization keeps no state that changes its output, so one library
+    instance serves every word; it is not thread safe (eSpeak's globals).
+    """
+
+    def __init__(self, voice: str = "en-us") -> None:
+        library, data = load_library()
+        library.espeak_Initialize.argtypes = [
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_int,
+        ]
+        if library.espeak_Initialize(AUDIO_OUTPUT_SYNCHRONOUS, 0, data, 0) <= 0:
+            raise OSError("eSpeak NG failed to initialize (its data files were not found)")
+        library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        if library.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise OSError(f"eSpeak NG has no voice {voice!r}")
+        library.espeak_TextToPhonemes.restype = ctypes.c_char_p
+        library.espeak_TextToPhonemes.argtypes = [
+            ctypes.POINTER(ctypes.c_char_p),
+            ctypes.c_int,
+            ctypes.c_int,
+        ]
+        self._library = library
+
+    def phonemes(self, word: str) -> list[str]:
+        """IPA phonemes of `word`, stress marks included (e.g. ["n", "ˈɛ", "ð", "ɚ"])."""
+        remaining = ctypes.c_char_p(word.encode("utf-8"))
+        mode = IPA_PHONEMES | (ord(PHONEME_SEPARATOR) << 8)
+        found: list[str] = []
+        while remaining.value:  # one call per clause; the pointer advances past it
+            piece = self._library.espeak_TextToPhonemes(
+                ctypes.byref(remaining), ESPEAK_CHARS_UTF8, mode
+            )
+            if not piece:
+                break
+            found.extend(p for p in piece.decode("utf-8").split(PHONEME_SEPARATOR) if p.strip())
+        return [p.strip() for p in found]
+
+
 def main() -> int:
     try:
         speak(sys.stdin.buffer.read().decode("utf-8"), sys.argv[1], sys.stdout.buffer)
