@@ -30,8 +30,16 @@ FRAME_S = 0.01  # pocketsphinx frames
 # saw, and the aligner then fails on clean speech; a fixed, seeded noise floor ~70 dB down
 # avoids that and keeps the verdict a function of the audio alone.
 NOISE_FLOOR = 3e-4
-END_LIMIT_S = 1.0  # unexplained audio allowed after the last word (a breath, a fade)
-INSIDE_LIMIT_S = 1.5  # longest unexplained stretch allowed before it (a long pause)
+# Speech that ends (or starts) right at the edge of the clip loses its last phone's frames to
+# the feature window and then fails to align; a short quiet margin on each side avoids it.
+MARGIN_S = 0.3
+# Unexplained audio: sound (frames within SOUND_DB of the loudest) that the aligner put in
+# silence/noise segments rather than in a word, and the part of a word beyond a generous
+# duration (babble or noise absorbed into it). Silence alone is a pause, judged by its length.
+SOUND_DB = 35.0
+END_LIMIT_S = 0.5  # unexplained audio allowed after the last word (a breath, a word's tail)
+INSIDE_LIMIT_S = 0.75  # and before it
+GAP_LIMIT_S = 1.5  # longest pause (or any run without words) allowed before the last word
 WORD_BASE_S = 0.5  # a word may last this long plus WORD_PHONE_S per phone before its excess
 WORD_PHONE_S = 0.15  # counts as unexplained (noise or babble absorbed into one word)
 PASS_SCORE = 1.0  # every passing chunk scores 1.0; a book below it holds a failed chunk
@@ -63,8 +71,9 @@ class Verdict:
     words_expected: int
     words_aligned: int  # of the text's words, in order, from the first
     missing_at_end: int  # words_expected - words_aligned: the text the audio never reached
-    unexplained_end_s: float  # audio after the last aligned word that no word explains
-    unexplained_inside_s: float  # the longest such stretch before it
+    unexplained_end_s: float  # sound after the last aligned word that no word explains
+    unexplained_inside_s: float  # such sound before it
+    longest_gap_s: float  # the longest stretch without words before the last word
     duration_s: float
     score: float  # 1.0 when passed; less the worse it is (the best of several takes wins)
     passed: bool
@@ -81,7 +90,8 @@ class Verdict:
         return (
             f"{head}: {self.words_aligned}/{self.words_expected} words aligned, "
             f"{self.unexplained_end_s:.1f} s unexplained at the end, "
-            f"{self.unexplained_inside_s:.1f} s inside, score {self.score:.2f}"
+            f"{self.unexplained_inside_s:.1f} s inside, longest gap {self.longest_gap_s:.1f} s, "
+            f"score {self.score:.2f}"
         )
 
 
@@ -270,70 +280,90 @@ def _aligner() -> Aligner:  # one per process: loading the model takes ~0.2 s
     return Aligner()
 
 
-def to_pcm16(audio: np.ndarray, sample_rate: int) -> bytes:
-    """Mono float audio as the aligner's input: 16 kHz int16 with a fixed noise floor."""
+def to_pcm16(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Mono float audio as the aligner hears it: 16 kHz int16, quiet margins, a noise floor."""
     from scipy.signal import resample_poly
 
     audio = np.asarray(audio, dtype=np.float32)
     if sample_rate != ASR_RATE and len(audio):
         common = math.gcd(sample_rate, ASR_RATE)
         audio = resample_poly(audio, ASR_RATE // common, sample_rate // common)
+    margin = np.zeros(int(MARGIN_S * ASR_RATE), dtype=np.float32)
+    audio = np.concatenate([margin, audio, margin])
     floor = np.random.default_rng(0).standard_normal(len(audio)) * NOISE_FLOOR
-    return (np.clip(audio + floor, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return (np.clip(audio + floor, -1.0, 1.0) * 32767).astype("<i2")
+
+
+def _sound_frames(pcm: np.ndarray) -> np.ndarray:
+    """Per 10 ms frame: whether it holds sound (within SOUND_DB of the loudest frame)."""
+    size = int(ASR_RATE * FRAME_S)
+    frames = pcm[: len(pcm) // size * size].astype(np.float32).reshape(-1, size)
+    level = 10 * np.log10(np.mean(frames**2, axis=1) + 1.0)
+    return level > (level.max(initial=0.0) - SOUND_DB)
 
 
 def check(audio: np.ndarray, sample_rate: int, text: str) -> Verdict:
     """Whether mono `audio` says `text`, and the figures behind the verdict."""
     duration = len(audio) / sample_rate if sample_rate else 0.0
     tokens = spoken_tokens(text)
-    if not tokens:
-        return _verdict(0, 0, 0.0, 0.0, duration)
     pcm = to_pcm16(audio, sample_rate)
+    sound = _sound_frames(pcm)
+    if not tokens:
+        return _verdict(0, 0, (float(sound.sum()) * FRAME_S, 0.0, 0.0), duration)
     aligner = _aligner()
     best: tuple[int, list[_Segment]] = (-1, [])
     for wide in (False, True):
-        segments = aligner.align(tokens, pcm, wide)
+        segments = aligner.align(tokens, pcm.tobytes(), wide)
         aligned = _aligned_tokens(tokens, [s.word for s in segments if not s.filler])
         if aligned > best[0]:
             best = (aligned, segments)
         if aligned == len(tokens):
             break
     aligned, segments = best
-    end, inside = _unexplained(segments, len(pcm) // 2, aligner)
-    return _verdict(len(tokens), aligned, end, inside, duration)
+    return _verdict(len(tokens), aligned, _unexplained(segments, sound, aligner), duration)
 
 
-def _unexplained(segments: list[_Segment], samples: int, aligner: Aligner) -> tuple[float, float]:
-    """Seconds after the last word, and the longest stretch before it, that no word explains:
-    runs of silence/noise segments, and the part of a word beyond a generous duration."""
-    frames = samples * 100 // ASR_RATE
+def _unexplained(
+    segments: list[_Segment], sound: np.ndarray, aligner: Aligner
+) -> tuple[float, float, float]:
+    """Unexplained sound after the last word and before it, and the longest run without
+    words before it (seconds)."""
     words = [s for s in segments if not s.filler]
     last_end = words[-1].end + 1 if words else 0
-    longest = run = 0.0
+    inside = gap = run = 0.0
     for segment in segments:
         if segment.start >= last_end:
             break
         length = (segment.end - segment.start + 1) * FRAME_S
         if segment.filler:
+            inside += float(sound[segment.start : segment.end + 1].sum()) * FRAME_S
             run += length
-            longest = max(longest, run)
+            gap = max(gap, run)
         else:
             run = 0.0
             allowed = WORD_BASE_S + WORD_PHONE_S * aligner.phone_count(segment.word)
-            longest = max(longest, length - allowed)
-    return max(0, frames - last_end) * FRAME_S, longest
+            inside += max(0.0, length - allowed)
+    end = float(sound[last_end:].sum()) * FRAME_S
+    return end, inside, gap
 
 
-def _verdict(expected: int, aligned: int, end: float, inside: float, duration: float) -> Verdict:
-    excess = max(0.0, end - END_LIMIT_S) + max(0.0, inside - INSIDE_LIMIT_S)
+def _verdict(
+    expected: int, aligned: int, unexplained: tuple[float, float, float], duration: float
+) -> Verdict:
+    end, inside, gap = unexplained
+    excess = (
+        max(0.0, end - END_LIMIT_S)
+        + max(0.0, inside - INSIDE_LIMIT_S)
+        + max(0.0, gap - GAP_LIMIT_S)
+    )
     if aligned < expected:
         reason = f"{expected - aligned} of {expected} words missing at the end"
     elif end > END_LIMIT_S:
-        reason = f"{end:.1f} s of unexplained audio at the end"
+        reason = f"{end:.1f} s of unexplained sound at the end"
     elif inside > INSIDE_LIMIT_S:
-        reason = f"{inside:.1f} s of unexplained audio inside"
-    elif expected == 0 and duration > END_LIMIT_S:
-        reason, excess = "audio for a text without words", duration
+        reason = f"{inside:.1f} s of unexplained sound inside"
+    elif gap > GAP_LIMIT_S:
+        reason = f"a {gap:.1f} s gap without words"
     else:
         reason = "ok"
     fraction = aligned / expected if expected else 1.0
@@ -343,6 +373,7 @@ def _verdict(expected: int, aligned: int, end: float, inside: float, duration: f
         missing_at_end=expected - aligned,
         unexplained_end_s=end,
         unexplained_inside_s=inside,
+        longest_gap_s=gap,
         duration_s=duration,
         score=fraction / (1.0 + excess),
         passed=reason == "ok",
