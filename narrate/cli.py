@@ -585,6 +585,27 @@ def detect(
         click.echo(json.dumps(found.to_json()) if as_json else str(found))
 
 
+@cli.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--text", default=None, help="the text the audio should say")
+@click.option("--manifest", default=None, help="with --book: the text of a book in this manifest")
+@click.option("--book", "book_id", default=None, help="the book id whose text FILE should say")
+@click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
+def check(
+    file: str, text: str | None, manifest: str | None, book_id: str | None, as_json: bool
+) -> None:
+    """Listen to FILE (any format narrate writes): does it say the text? Words aligned,
+    missing words at the end, unexplained sound, a score. Exit 0 when it passes, 1 when not."""
+    from narrate.errors import UsageError
+    from narrate.quality import book_text, check_file
+
+    if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
+        raise UsageError("give either --text, or --manifest with --book")
+    verdict = check_file(file, text if text is not None else book_text(manifest, book_id))
+    click.echo(json.dumps({"file": file, **verdict.to_json()}) if as_json else f"{file}: {verdict}")
+    sys.exit(EXIT_OK if verdict.passed else EXIT_SOME_FAILED)
+
+
 main = cli
 
 if __name__ == "__main__":

@@ -21,15 +21,16 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
 
 ASR_RATE = 16_000  # the acoustic model's sample rate
 FRAME_S = 0.01  # pocketsphinx frames
 # Exact digital silence (eSpeak NG pads with zeros) gives log-energy features the model never
-# saw, and the aligner then fails on clean speech; a fixed, seeded noise floor ~70 dB down
+# saw, and the aligner then fails on clean speech; a fixed, seeded noise floor at -60 dBFS
 # avoids that and keeps the verdict a function of the audio alone.
-NOISE_FLOOR = 3e-4
+NOISE_FLOOR = 1e-3
 # Speech that ends (or starts) right at the edge of the clip loses its last phone's frames to
 # the feature window and then fails to align; a short quiet margin on each side avoids it.
 MARGIN_S = 0.3
@@ -46,6 +47,10 @@ PASS_SCORE = 1.0  # every passing chunk scores 1.0; a book below it holds a fail
 WILDCARD_PHONE = "+SPN+"  # the acoustic model's generic speech unit
 # Beams: the default first (fast); a clean chunk that fails it gets one wider, slower try.
 WIDE_BEAMS = {"beam": 1e-80, "pbeam": 1e-80, "wbeam": 1e-60}
+# (wide beams, may stop early): a chunk that fails both strict passes is aligned once more
+# with exits after every word, for the figures (how many words the audio does say).
+ALIGNMENT_PASSES = ((False, False), (True, False), (True, True))
+STOP_PROBABILITY = 1e-10
 
 # eSpeak NG's English IPA phonemes in the dictionary's ARPAbet phone set.
 IPA_TO_ARPABET = {
@@ -227,10 +232,14 @@ class Aligner:
         phones = self._decoder(False).lookup_word(word)
         return len(phones.split()) if phones else 1
 
-    def align(self, tokens: list[list[list[str]]], pcm: bytes, wide: bool) -> list[_Segment]:
+    def align(
+        self, tokens: list[list[list[str]]], pcm: bytes, wide: bool, may_stop: bool = False
+    ) -> list[_Segment]:
         """Segments of the best path through the text's grammar: complete when it reaches
-        the last word, else the best partial path (a prefix of the text)."""
-        transitions: list[tuple[int, int, float, str]] = []
+        the last word, else the best partial path (a prefix of the text). `may_stop` lets the
+        path leave the text after any word, at a cost: audio that stops early then still
+        shows how far it got."""
+        transitions: list[tuple] = []
         state = states = 0
         for readings in tokens:  # a token's readings are parallel paths to its exit state
             exit_state = states = states + 1
@@ -243,6 +252,8 @@ class Aligner:
                     source = states
                 transitions.append((source, exit_state, 1.0, words[-1]))
             state = exit_state
+        if may_stop:
+            transitions += [(s, state, STOP_PROBABILITY) for s in range(1, state)]
         decoder = self._decoder(wide)
         decoder.add_fsg("_quality", decoder.create_fsg("_quality", 0, state, transitions))
         decoder.activate_search("_quality")
@@ -312,8 +323,8 @@ def check(audio: np.ndarray, sample_rate: int, text: str) -> Verdict:
         return _verdict(0, 0, (float(sound.sum()) * FRAME_S, 0.0, 0.0), duration)
     aligner = _aligner()
     best: tuple[int, list[_Segment]] = (-1, [])
-    for wide in (False, True):
-        segments = aligner.align(tokens, pcm.tobytes(), wide)
+    for wide, may_stop in ALIGNMENT_PASSES:
+        segments = aligner.align(tokens, pcm.tobytes(), wide, may_stop)
         aligned = _aligned_tokens(tokens, [s.word for s in segments if not s.filler])
         if aligned > best[0]:
             best = (aligned, segments)
@@ -379,3 +390,42 @@ def _verdict(
         passed=reason == "ok",
         reason=reason,
     )
+
+
+# --- files and books (`narrate check`) ---------------------------------------------------
+
+
+def check_file(path: str, text: str) -> Verdict:
+    """`check` for an audio file in any format narrate can decode (WAV, FLAC, MP3, Opus...)."""
+    from narrate.errors import AudioError, UsageError
+    from narrate.post.encode import decode
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        audio, rate = decode(data)
+    except AudioError as exc:
+        raise UsageError(f"{path} is not audio narrate can decode: {exc.message}") from exc
+    return check(audio, rate, text)
+
+
+def book_text(manifest: str, book_id: str) -> str:
+    """The text a book's published audio speaks: its chunks' normalized text, in order."""
+    from narrate.config import ChunkingConfig
+    from narrate.errors import UsageError
+    from narrate.manifest import read_manifest
+    from narrate.records import Book
+    from narrate.text import chunk_book
+
+    for row in read_manifest(manifest):
+        if isinstance(row, Book) and row.book_id == book_id:
+            if row.text is None:
+                raise UsageError(
+                    f"book {book_id!r} has its text at {row.text_uri}, not in the manifest",
+                    "pass the text with --text instead",
+                )
+            chunks = chunk_book(book_id, row.text, config=ChunkingConfig(), engine_fingerprint="")
+            return " ".join(chunk.text for chunk in chunks)
+    raise UsageError(f"book {book_id!r} is not a valid row of {manifest}")
