@@ -19,6 +19,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from functools import cache
 from pathlib import Path
@@ -320,7 +321,7 @@ def check(audio: np.ndarray, sample_rate: int, text: str) -> Verdict:
     pcm = to_pcm16(audio, sample_rate)
     sound = _sound_frames(pcm)
     if not tokens:
-        return _verdict(0, 0, (float(sound.sum()) * FRAME_S, 0.0, 0.0), duration)
+        return verdict_of(0, 0, (float(sound.sum()) * FRAME_S, 0.0, 0.0), duration)
     aligner = _aligner()
     best: tuple[int, list[_Segment]] = (-1, [])
     for wide, may_stop in ALIGNMENT_PASSES:
@@ -331,7 +332,7 @@ def check(audio: np.ndarray, sample_rate: int, text: str) -> Verdict:
         if aligned == len(tokens):
             break
     aligned, segments = best
-    return _verdict(len(tokens), aligned, _unexplained(segments, sound, aligner), duration)
+    return verdict_of(len(tokens), aligned, _unexplained(segments, sound, aligner), duration)
 
 
 def _unexplained(
@@ -358,9 +359,10 @@ def _unexplained(
     return end, inside, gap
 
 
-def _verdict(
+def verdict_of(
     expected: int, aligned: int, unexplained: tuple[float, float, float], duration: float
 ) -> Verdict:
+    """The figures judged against the limits; `unexplained` is (end, inside, longest gap)."""
     end, inside, gap = unexplained
     excess = (
         max(0.0, end - END_LIMIT_S)
@@ -390,6 +392,57 @@ def _verdict(
         passed=reason == "ok",
         reason=reason,
     )
+
+
+# --- takes, books and the pool a run feeds -------------------------------------------------
+
+
+def best_take(verdicts: Sequence[Verdict]) -> int:
+    """Which of a chunk's takes to keep: the first that passes, else the best-scoring one
+    (the earliest among equals)."""
+    if not verdicts:
+        raise ValueError("no takes to choose from")
+    passing = [i for i, verdict in enumerate(verdicts) if verdict.passed]
+    return passing[0] if passing else max(range(len(verdicts)), key=lambda i: verdicts[i].score)
+
+
+def book_score(verdicts: Sequence[Verdict]) -> float:
+    """A book's score: its worst chunk's (a listener hears every chunk); 1.0 without chunks.
+    Below PASS_SCORE the book holds at least one chunk that failed every take."""
+    return min((verdict.score for verdict in verdicts), default=PASS_SCORE)
+
+
+def _warm_worker() -> None:
+    _aligner()._decoder(False)  # load the model before the first chunk arrives
+
+
+class QualityPool:
+    """Checks in CPU processes, fed while the engine works: `submit` returns at once.
+
+    Processes are spawned, not forked: the caller may hold a CUDA context or threads.
+    """
+
+    def __init__(self, workers: int) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_warm_worker,
+        )
+
+    def submit(self, audio: np.ndarray, sample_rate: int, text: str) -> Future[Verdict]:
+        return self._pool.submit(check, audio, sample_rate, text)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> QualityPool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 # --- files and books (`narrate check`) ---------------------------------------------------

@@ -13,7 +13,16 @@ from support.corruptions import render_demo, trials
 from narrate.cli import cli
 from narrate.config import SAMPLE_RATE, EngineConfig
 from narrate.errors import ModelError
-from narrate.quality import check, ipa_to_arpabet, spoken_tokens
+from narrate.quality import (
+    QualityPool,
+    Verdict,
+    best_take,
+    book_score,
+    check,
+    ipa_to_arpabet,
+    spoken_tokens,
+    verdict_of,
+)
 from narrate.synth import load_engine
 
 NAMES = (
@@ -112,3 +121,27 @@ def test_narrate_check_exits_2_on_bad_usage(tmp_path) -> None:
         result = runner.invoke(cli, ["check", *args])
         assert result.exit_code == 2, (args, result.output)
         assert "error:" in result.output
+
+
+def test_a_chunk_keeps_its_first_passing_take_else_its_best_scoring_one() -> None:
+    def take(score: float) -> Verdict:
+        return verdict_of(10, round(10 * score), (0.0, 0.0, 0.0), 3.0)
+
+    assert best_take([take(0.5), take(1.0), take(1.0)]) == 1
+    assert best_take([take(0.5), take(0.8), take(0.7)]) == 1
+    assert book_score([take(1.0), take(0.7), take(1.0)]) == pytest.approx(0.7)
+    assert book_score([]) == 1.0
+
+
+def test_the_pool_checks_in_other_processes_with_the_same_verdicts(preview) -> None:
+    texts = ["Call me Ishmael.", "It was the best of times, it was the worst of times."]
+    audios = [preview.speak(text) for text in texts]
+    with QualityPool(workers=2) as pool:
+        futures = [
+            pool.submit(audio, SAMPLE_RATE, text) for audio, text in zip(audios, texts, strict=True)
+        ]
+        wrong = pool.submit(audios[0], SAMPLE_RATE, texts[1])
+        verdicts = [future.result(timeout=120) for future in futures]
+        assert not wrong.result(timeout=120).passed
+    assert verdicts == [check(a, SAMPLE_RATE, t) for a, t in zip(audios, texts, strict=True)]
+    assert all(verdict.passed for verdict in verdicts)
