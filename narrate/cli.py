@@ -597,7 +597,8 @@ def check(
     """Listen to FILE (any format narrate writes): does it say the text? Words aligned,
     missing words at the end, unexplained sound, a score. Exit 0 when it passes, 1 when not."""
     from narrate.errors import UsageError
-    from narrate.quality import book_text, check_file
+    from narrate.quality import check_file
+    from narrate.sources import book_text
 
     if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
         raise UsageError("give either --text, or --manifest with --book")

@@ -40,7 +40,8 @@ MARGIN_S = 0.3
 # duration (babble or noise absorbed into it). Silence alone is a pause, judged by its length.
 SOUND_DB = 35.0
 END_LIMIT_S = 0.5  # unexplained audio allowed after the last word (a breath, a word's tail)
-INSIDE_LIMIT_S = 0.75  # and before it
+INSIDE_LIMIT_S = 0.75  # and before it (a whole book may hold INSIDE_SHARE of its duration)
+INSIDE_SHARE = 0.01
 GAP_LIMIT_S = 1.5  # longest pause (or any run without words) allowed before the last word
 WORD_BASE_S = 0.5  # a word may last this long plus WORD_PHONE_S per phone before its excess
 WORD_PHONE_S = 0.15  # counts as unexplained (noise or babble absorbed into one word)
@@ -364,16 +365,15 @@ def verdict_of(
 ) -> Verdict:
     """The figures judged against the limits; `unexplained` is (end, inside, longest gap)."""
     end, inside, gap = unexplained
+    inside_limit = max(INSIDE_LIMIT_S, INSIDE_SHARE * duration)
     excess = (
-        max(0.0, end - END_LIMIT_S)
-        + max(0.0, inside - INSIDE_LIMIT_S)
-        + max(0.0, gap - GAP_LIMIT_S)
+        max(0.0, end - END_LIMIT_S) + max(0.0, inside - inside_limit) + max(0.0, gap - GAP_LIMIT_S)
     )
     if aligned < expected:
         reason = f"{expected - aligned} of {expected} words missing at the end"
     elif end > END_LIMIT_S:
         reason = f"{end:.1f} s of unexplained sound at the end"
-    elif inside > INSIDE_LIMIT_S:
+    elif inside > inside_limit:
         reason = f"{inside:.1f} s of unexplained sound inside"
     elif gap > GAP_LIMIT_S:
         reason = f"a {gap:.1f} s gap without words"
@@ -445,7 +445,7 @@ class QualityPool:
         self.close()
 
 
-# --- files and books (`narrate check`) ---------------------------------------------------
+# --- files (`narrate check`) ---------------------------------------------------
 
 
 def check_file(path: str, text: str) -> Verdict:
@@ -462,23 +462,3 @@ def check_file(path: str, text: str) -> Verdict:
     except AudioError as exc:
         raise UsageError(f"{path} is not audio narrate can decode: {exc.message}") from exc
     return check(audio, rate, text)
-
-
-def book_text(manifest: str, book_id: str) -> str:
-    """The text a book's published audio speaks: its chunks' normalized text, in order."""
-    from narrate.config import ChunkingConfig
-    from narrate.errors import UsageError
-    from narrate.manifest import read_manifest
-    from narrate.records import Book
-    from narrate.text import chunk_book
-
-    for row in read_manifest(manifest):
-        if isinstance(row, Book) and row.book_id == book_id:
-            if row.text is None:
-                raise UsageError(
-                    f"book {book_id!r} has its text at {row.text_uri}, not in the manifest",
-                    "pass the text with --text instead",
-                )
-            chunks = chunk_book(book_id, row.text, config=ChunkingConfig(), engine_fingerprint="")
-            return " ".join(chunk.text for chunk in chunks)
-    raise UsageError(f"book {book_id!r} is not a valid row of {manifest}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from narrate.config import EngineConfig
+from narrate.config import ChunkingConfig, EngineConfig
 from narrate.database import REQUESTED, STATUS, Database, with_retries
 from narrate.errors import UsageError
 from narrate.manifest import ManifestReader, book_id_problem
@@ -26,6 +26,7 @@ from narrate.plan import windows as book_windows
 from narrate.records import Book, RowError
 from narrate.storage import open_uri
 from narrate.synth.voices import VoiceLibrary
+from narrate.text import chunk_book
 
 
 def manifest_rows(manifest: str, *, max_text_chars: int) -> ManifestReader:
@@ -56,6 +57,18 @@ def default_text_root(manifest: str | None, text_root: str | None) -> str | None
     if text_root is None and manifest and "://" not in manifest:
         return os.path.dirname(os.path.abspath(manifest))
     return text_root
+
+
+def book_text(manifest: str, book_id: str) -> str:
+    """What a book's published audio says: its chunks' normalized text, in order, read from
+    the manifest (inline or behind text_uri, with a run's default text root)."""
+    chunking = ChunkingConfig()
+    fetch = TextFetcher(default_text_root(manifest, None), chunking.max_text_chars)
+    for row in manifest_rows(manifest, max_text_chars=chunking.max_text_chars):
+        if isinstance(row, Book) and row.book_id == book_id:
+            chunks = chunk_book(book_id, fetch(row), config=chunking, engine_fingerprint="")
+            return " ".join(chunk.text for chunk in chunks)
+    raise UsageError(f"book {book_id!r} is not a valid row of {manifest}")
 
 
 class TextUriError(UsageError):

@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.options",),  # what a command was asked to do, as typed objects
     # adapters: engines, post-processing, where bytes and records live
     ("narrate.synth", "narrate.post", "narrate.cache", "narrate.storage", "narrate.database"),
+    ("narrate.quality",),  # listens to audio: eSpeak NG pronunciations, decoded files
     ("narrate.manifest",),  # reads manifest files through narrate.storage (gs://)
     ("narrate.sources", "narrate.publish", "narrate.post.detect"),  # sources and sinks of books
     ("narrate.ledger", "narrate.workers"),
