@@ -135,9 +135,14 @@ def _number_readings(token: str) -> list[list[str]]:
 def spoken_tokens(text: str) -> list[list[list[str]]]:
     """The text as the aligner expects it spoken: per token, its readings (word lists).
 
-    Lower case, no punctuation, accents folded, dashes and hyphens split words, numbers in
-    words (every usual reading of a number is accepted).
+    First as the model was given it (narrate.spoken: numbers, abbreviations, Roman numerals
+    as words; a no-op on a chunk's text, which is already spoken); then lower case, no
+    punctuation, accents folded, dashes and hyphens split words, and any number left in
+    digits in words (every usual reading of it is accepted).
     """
+    from narrate.spoken import speak
+
+    text = speak(text)
     folded = unicodedata.normalize("NFKD", text.replace("\u2019", "'").replace("\u2018", "'"))
     folded = "".join(c for c in folded if not unicodedata.combining(c)).lower()
     folded = re.sub(r"[-\u2010-\u2015_/]+", " ", folded)
