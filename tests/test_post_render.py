@@ -167,3 +167,49 @@ def test_detect_command_fails_clearly_without_weights(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["detect", str(path), "--watermark-model", str(tmp_path)])
     assert result.exit_code == 3
     assert "no AudioSeal generator checkpoint" in result.output
+
+
+# demo books whose MP3 went over the true-peak limit when lossy files were mastered like WAV
+DEMO_BOOKS = ("tale-of-two-cities-opening", "aesop-fox-and-grapes")
+
+
+@pytest.fixture(scope="module")
+def demo_books_spoken() -> list[tuple[str, list[Chunk], list[np.ndarray]]]:
+    """A few demo books, chunked as a run does and spoken by the preview engine."""
+    from narrate.config import ChunkingConfig, EngineConfig, PlanConfig
+    from narrate.manifest import read_manifest
+    from narrate.plan import chunk_books, plan_batches
+    from narrate.records import Book
+    from narrate.synth import load_engine
+
+    demo = Path(__file__).parent.parent / "manifests" / "demo.jsonl"
+    rows = [r for r in read_manifest(demo) if isinstance(r, Book) and r.book_id in DEMO_BOOKS]
+    engine_config = EngineConfig(engine="preview")
+    planned = list(
+        chunk_books(rows, chunking=ChunkingConfig(), engine_fingerprint=engine_config.fingerprint())
+    )
+    engine = load_engine(engine_config, device="cpu")
+    spoken: dict[str, np.ndarray] = {}
+    try:
+        chunks = [c for book in planned for c in book.chunks]
+        for batch in plan_batches(chunks, PlanConfig()):
+            spoken |= {a.chunk_id: a.audio for a in engine.synthesize(batch)}
+    finally:
+        engine.close()
+    return [
+        (b.book.book_id, list(b.chunks), [spoken[c.chunk_id] for c in b.chunks]) for b in planned
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_demo_books_pass_the_gate_in_every_format(
+    fmt: str, demo_books_spoken: list[tuple[str, list[Chunk], list[np.ndarray]]]
+) -> None:
+    config = PostConfig(format=fmt)
+    assert {book_id for book_id, _, _ in demo_books_spoken} == set(DEMO_BOOKS)
+    for book_id, chunks, audios in demo_books_spoken:
+        book = render_book(book_id, chunks, audios, config, None, content_hash="h")
+        decoded, rate = decode(book.data)
+        assert true_peak_dbtp(decoded) <= config.true_peak_db + 0.1
+        assert lufs(decoded, rate) == pytest.approx(config.loudness_lufs, abs=0.5)
