@@ -150,6 +150,8 @@ class _RowChecker:
 
     @staticmethod
     def _book_id(value: object) -> str:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # pandas writes an int column with gaps as float64, like speaker
         if isinstance(value, int) and not isinstance(value, bool):
             value = str(value)  # numeric catalog ids are common; the key is their decimal form
         ident = _string(value, "book_id")

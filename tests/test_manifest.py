@@ -226,6 +226,21 @@ def test_integer_ids_become_their_decimal_string(tmp_path: Path, fmt: str) -> No
     assert [b.book_id for b in read(path)] == ["42", "7"]
 
 
+def test_integral_float_ids_are_their_integer_as_pandas_writes_an_id_column_with_gaps(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"book_id": [101.0, None, 7.0], "text": ["A.", "B.", "C."]}), path)
+    jsonl = write_manifest(tmp_path, "jsonl", [{"book_id": 101.0, "text": "A."}])
+
+    assert [(r.book_id, type(r).__name__) for r in read(path)] == [
+        ("101", "Book"),
+        (None, "RowError"),
+        ("7", "Book"),
+    ]
+    assert [r.book_id for r in read(jsonl)] == ["101"]
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_site_aliases_and_canonical_names_win(tmp_path: Path, fmt: str) -> None:
     rows = [

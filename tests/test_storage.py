@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import threading
 import urllib.request
 import uuid
@@ -176,6 +178,23 @@ def test_local_leaves_only_plain_files_and_lists_no_sidecars(tmp_path: Path) -> 
     url = storage.url(stored, "token")
     assert url == (tmp_path / "out" / "b1.wav").as_uri()
     assert Path(urlsplit(url).path).read_bytes() == b"RIFF"
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_local_outputs_and_cache_files_honour_the_umask(tmp_path: Path, umask: int) -> None:
+    """A published file and a cached chunk get the permissions any program's files get."""
+    script = (
+        "import os, sys\n"
+        f"os.umask({umask:#o})\n"
+        "from narrate.storage import open_storage\n"
+        "out = open_storage(sys.argv[1])\n"
+        "out.put('book.wav', b'RIFF', overwrite=True)\n"
+        "out.put('ab/chunk.flac', b'fLaC', overwrite=False)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=True)
+
+    for name in ("book.wav", "ab/chunk.flac"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
 def test_local_file_without_sidecar_still_stats(tmp_path: Path) -> None:
