@@ -211,11 +211,11 @@ def padding_efficiency(batches: Sequence[Batch]) -> float:
 
 @dataclass
 class PlanSummary:
-    """What `narrate plan` reports. Rejected rows keep counts per reason and a few examples."""
+    """What `narrate plan` reports: counts, and every rejected row (in row order)."""
 
     books: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
-    examples: dict[str, list[RowError]] = field(default_factory=dict)
+    rejected_rows: list[RowError] = field(default_factory=list)
     chunks: int = 0
     unique_chunks: int = 0
     characters: int = 0
@@ -224,13 +224,9 @@ class PlanSummary:
     useful_positions: int = 0
     computed_positions: int = 0
 
-    max_examples = 5
-
     def add_error(self, error: RowError) -> None:
         self.rejected[error.reason] += 1
-        examples = self.examples.setdefault(error.reason, [])
-        if len(examples) < self.max_examples:
-            examples.append(error)
+        self.rejected_rows.append(error)
 
     def add_books(
         self,
@@ -261,10 +257,8 @@ class PlanSummary:
 
     def merge(self, other: PlanSummary) -> None:
         """Add another part of the catalog (summaries of consecutive windows, in order)."""
-        for reason, examples in other.examples.items():
-            for error in examples:
-                self.add_error(error)
-            self.rejected[reason] += other.rejected[reason] - len(examples)
+        self.rejected.update(other.rejected)
+        self.rejected_rows.extend(other.rejected_rows)
         for name in ("books", "chunks", "unique_chunks", "characters", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.expected_frames += other.expected_frames
@@ -287,10 +281,8 @@ class PlanSummary:
         return {
             "books": self.books,
             "rows_rejected": self.rows_rejected,
-            "rejected_by_reason": {
-                reason: {"count": count, "examples": [str(e) for e in self.examples[reason]]}
-                for reason, count in self.rejected.most_common()
-            },
+            "rejected_by_reason": dict(self.rejected.most_common()),
+            "rejected_rows": [error.to_json() for error in self.rejected_rows],
             "chunks": self.chunks,
             "unique_chunks": self.unique_chunks,
             "characters": self.characters,
@@ -399,9 +391,8 @@ def render_summary(summary: PlanSummary) -> str:
         f"books accepted     {summary.books:,}",
         f"rows rejected      {summary.rows_rejected:,}",
     ]
-    for reason, count in summary.rejected.most_common():
-        lines.append(f"  {reason}: {count:,}")
-        lines.extend(f"    {example}" for example in summary.examples[reason])
+    lines.extend(f"  {reason}: {count:,}" for reason, count in summary.rejected.most_common())
+    lines.extend(f"  {error} [{error.reason}]" for error in summary.rejected_rows)
     lines += [
         f"chunks             {summary.chunks:,} ({summary.unique_chunks:,} unique)",
         f"characters         {summary.characters:,}",

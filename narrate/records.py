@@ -54,6 +54,15 @@ class RowError:
         where = f"row {self.row}" + (f" ({self.book_id})" if self.book_id else "")
         return f"{where}: {self.message}"
 
+    def to_json(self) -> dict[str, object]:
+        """As plan --json and the run report list it."""
+        return {
+            "row": self.row,
+            "book_id": self.book_id,
+            "reason": self.reason,
+            "message": self.message,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Chunk:

@@ -12,6 +12,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Literal, TextIO
 
+from narrate.records import RowError
+
 BookStatus = Literal["ready", "failed", "skipped"]
 
 
@@ -29,7 +31,7 @@ class BookResult:
 @dataclass
 class RunReport:
     books: dict[str, BookResult] = field(default_factory=dict)
-    rejected_rows: list[str] = field(default_factory=list)
+    rejected_rows: list[RowError] = field(default_factory=list)
     chunks_synthesized: int = 0
     chunks_failed: int = 0
     cache_hits: int = 0
@@ -40,17 +42,19 @@ class RunReport:
     wall_s: float = 0.0
     interrupted: bool = False
 
-    # audio of the ready books, kept as books are added: the progress bar shows it after every
-    # book, and summing all books each time made a 100k-book run quadratic
-    ready_audio_s: float = field(default=0.0, init=False, repr=False)
+    # audio of the ready books in microseconds, kept as books are added: the progress bar shows
+    # it after every book, and summing all books each time made a 100k-book run quadratic. An
+    # integer, so a book turned from ready to failed leaves exactly zero, not a float residue
+    # that made the real-time factor 1e14
+    _ready_audio_us: int = field(default=0, init=False, repr=False)
 
     def add(self, result: BookResult) -> None:
         """Record a book's result (a later result for the same book replaces the earlier)."""
         earlier = self.books.get(result.book_id)
         if earlier is not None and earlier.status == "ready":
-            self.ready_audio_s -= earlier.duration_s
+            self._ready_audio_us -= round(earlier.duration_s * 1e6)
         if result.status == "ready":
-            self.ready_audio_s += result.duration_s
+            self._ready_audio_us += round(result.duration_s * 1e6)
         self.books[result.book_id] = result
 
     def count(self, status: BookStatus) -> int:
@@ -58,7 +62,7 @@ class RunReport:
 
     @property
     def audio_seconds(self) -> float:
-        return self.ready_audio_s
+        return self._ready_audio_us / 1e6
 
     @property
     def padding_efficiency(self) -> float:
@@ -90,7 +94,7 @@ class RunReport:
         return {
             "totals": self.totals(),
             "books": [asdict(r) for r in self.books.values()],
-            "rejected_rows": self.rejected_rows,
+            "rejected_rows": [error.to_json() for error in self.rejected_rows],
         }
 
 

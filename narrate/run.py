@@ -159,7 +159,7 @@ class Run:
         self.log.progress("chunks", 0, total=self.chunks_planned, unit=" chunks")
 
     def _reject(self, error: RowError) -> None:
-        self.report.rejected_rows.append(str(error))
+        self.report.rejected_rows.append(error)
         self.log.event(
             "row_rejected",
             row=error.row,

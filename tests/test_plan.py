@@ -215,8 +215,23 @@ def test_cli_plan_exits_one_and_names_rejected_rows(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     summary = json.loads(result.output)
     assert summary["books"] == 1 and summary["rows_rejected"] == 2
-    examples = [e for r in summary["rejected_by_reason"].values() for e in r["examples"]]
-    assert any("row 2" in e for e in examples) and any("row 3" in e for e in examples)
+    assert summary["rejected_by_reason"] == {"invalid_id": 1, "empty_text": 1}
+    rows = [(r["row"], r["book_id"], r["reason"]) for r in summary["rejected_rows"]]
+    assert rows == [(2, None, "invalid_id"), (3, "empty", "empty_text")]
+    assert all(r["message"] for r in summary["rejected_rows"])
+
+
+def test_plan_lists_every_rejected_row_in_text_and_json(tmp_path: Path) -> None:
+    rows = [{"book_id": f"b{i}", "text": "  " if i % 2 else "A story."} for i in range(1, 41)]
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    args = ["plan", str(manifest), "--engine", "preview", "--window", "7", "--jobs", "2"]
+
+    text = CliRunner().invoke(cli, args).output
+    listed = CliRunner().invoke(cli, [*args, "--json"]).output
+
+    empty = [i for i in range(1, 41) if i % 2]
+    assert [r["row"] for r in json.loads(listed)["rejected_rows"]] == empty
+    assert all(f"row {i} (b{i}): text is empty" in text for i in empty)
 
 
 def test_cli_plan_exits_two_on_unreadable_manifest(tmp_path: Path) -> None:

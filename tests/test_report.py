@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from narrate.records import RowError
 from narrate.report import BookResult, RunReport
 
 
@@ -24,3 +25,26 @@ def test_audio_and_real_time_factor_count_ready_books_only_and_follow_replacemen
 
     report.add(BookResult("a", "ready", duration_s=12.0))  # rendered again: replaces, not adds
     assert report.totals()["audio_seconds"] == 12.0
+
+
+def test_a_run_whose_ready_books_all_became_failed_reports_no_audio_and_a_sane_rate() -> None:
+    """The database down for a whole run: every ready book is turned failed at the end."""
+    report = RunReport(synth_seconds=5.3)
+    durations = [17.81, 65.79, 92.71, 52.83, 41.19, 85.96, 269.43, 0.1, 0.2]
+    for i, seconds in enumerate(durations):
+        report.add(BookResult(f"b{i}", "ready", duration_s=seconds))
+    for i in range(len(durations)):
+        report.add(replace(report.books[f"b{i}"], status="failed", error="database down"))
+
+    totals = report.totals()
+    assert (totals["audio_seconds"], totals["real_time_factor"], totals["ready"]) == (0, 0, 0)
+
+
+def test_rejected_rows_are_objects_in_the_report() -> None:
+    report = RunReport()
+    report.rejected_rows.append(RowError(3, "empty_text", "text is empty", book_id="b3"))
+
+    assert report.to_json()["rejected_rows"] == [
+        {"row": 3, "book_id": "b3", "reason": "empty_text", "message": "text is empty"}
+    ]
+    assert report.totals()["rows_rejected"] == 1
