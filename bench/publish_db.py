@@ -6,12 +6,13 @@ A StatusWriter, through the real firebase-admin SDK, moves `--books` books throu
 lifecycle against the RTDB-compatible test server, which counts every request:
 - burst: every book `processing`, then every book `ready` (a window of finished books, or a
   rerun that republishes a catalog): batches are bounded by 500 books / 256 kB per request;
-- streaming: books finish one by one at `--rate` books/s and the 2 s timer flushes whatever
-  has finished, so each request carries rate x 2 s books: the price of the site updating
-  within seconds, shown separately because it depends on the rate, not on batching;
+- streaming: books finish one by one at `--rate` books/s; a request goes out once 250 books
+  wait or the oldest has waited 5 s, so fast streams batch like bursts;
+- trickle: `--trickle` books finishing at 0.5 books/s (a slow window's tail): at most one
+  request every 5 s, however slowly books arrive;
 - request queue: reading `--books` requested books a page (500) at a time.
 
-    python bench/publish_db.py [--books 1000] [--rate 100]
+    python bench/publish_db.py [--books 1000] [--rate 100] [--trickle 20]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from narrate.database import STATUS, StatusWriter, open_database  # noqa: E402
 from narrate.sources import requested_books  # noqa: E402
 
 TARGET_BOOKS_PER_REQUEST = 250
+TRICKLE_RATE = 0.5  # books/s
 
 
 def ready(status: StatusWriter, book_id: str) -> None:
@@ -83,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--books", type=int, default=1000)
     parser.add_argument("--rate", type=float, default=100.0, help="books/s when streaming")
+    parser.add_argument("--trickle", type=int, default=20, help="books arriving at 0.5/s")
     args = parser.parse_args()
     ids = [f"book-{i:06d}" for i in range(args.books)]
 
@@ -90,6 +93,7 @@ def main() -> None:
         os.environ[EMULATOR_ENV] = server.host_port
         burst, burst_s = lifecycle(server, "bench-burst", ids, None)
         streaming, _ = lifecycle(server, "bench-streaming", ids, args.rate)
+        trickle, trickle_s = lifecycle(server, "bench-trickle", ids[: args.trickle], TRICKLE_RATE)
         queries = queue_reads(server, ids)
 
     n = args.books
@@ -100,8 +104,12 @@ def main() -> None:
         f"({burst / n:.4f} per book, {burst_s:.2f} s), {verdict} the target"
     )
     print(
-        f"streaming  {args.rate:g} books/s, 2 s timer: {streaming} PATCH requests = "
+        f"streaming  {args.rate:g} books/s: {streaming} PATCH requests = "
         f"1 per {n / streaming:.0f} books ({streaming / n:.4f} per book)"
+    )
+    print(
+        f"trickle    {args.trickle} books at {TRICKLE_RATE:g} books/s: {trickle} PATCH requests "
+        f"in {trickle_s:.0f} s = one every {trickle_s / trickle:.1f} s"
     )
     print(f"queue      {n:,} requested books read in {queries} paged queries")
 

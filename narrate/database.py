@@ -16,6 +16,8 @@ retry the transient ones (5xx, 429, timeouts, lost connections) with backoff and
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import itertools
 import json
@@ -226,22 +228,31 @@ class LocalStatusFile:
 
     Each update rewrites the file atomically (narrate.atomic), so a crash leaves the
     previous or the new state, never half of one; server timestamps become epoch milliseconds.
+    Several processes may share the file (shards writing to one local folder): an update holds
+    an exclusive lock on a lock file beside it and merges into what is on disk now, not into
+    what this process read earlier, so no process drops another's books.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self.lock_path = self.path.with_name(f".{self.path.name}.lock")
         self._lock = threading.Lock()
-        self._data = self._load()
+        self._data: dict = {}
+        self._seen: tuple[int, int, int] | None = None  # the file version _data holds
+        with self._lock:
+            self._refresh()
 
     def update(self, updates: Mapping[str, object]) -> None:
         now_ms = int(time.time() * 1000)
-        with self._lock:
+        with self._lock, self._file_lock():
+            self._refresh()
             for key, value in updates.items():
                 _set_path(self._data, _segments(key), _resolved(value, now_ms))
             self._write()
 
     def get(self, path: str) -> object:
         with self._lock:
+            self._refresh()
             return json.loads(json.dumps(_get_path(self._data, _segments(path))))
 
     def query_equal(
@@ -254,6 +265,7 @@ class LocalStatusFile:
         start_after_key: str | None = None,
     ) -> dict[str, dict]:
         with self._lock:
+            self._refresh()
             children = _get_path(self._data, _segments(path))
             if not isinstance(children, dict):
                 return {}
@@ -272,25 +284,52 @@ class LocalStatusFile:
     def close(self) -> None:
         pass
 
-    def _load(self) -> dict:
+    @contextlib.contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.lock_path, "a")  # noqa: SIM115 - closed below
+        except OSError as exc:
+            raise DatabaseError(f"cannot lock the status file {self.path}: {exc}") from None
+        with handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+            yield
+
+    def _refresh(self) -> None:
+        """Reload the file if another process replaced it since this one last read or wrote."""
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._data, self._seen = {}, None
+            return
+        except OSError as exc:
+            raise self._unreadable(exc) from None
+        version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        if version == self._seen:
+            return
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            return {}
+            data, version = {}, None
         except (OSError, ValueError) as exc:
-            raise DatabaseError(
-                f"cannot read the status file {self.path}: {exc}",
-                hint="fix or delete it (it only caches what the run publishes)",
-            ) from None
+            raise self._unreadable(exc) from None
         if not isinstance(data, dict):
             raise DatabaseError(f"the status file {self.path} does not hold a JSON object")
-        return data
+        self._data, self._seen = data, version
+
+    def _unreadable(self, exc: Exception) -> DatabaseError:
+        return DatabaseError(
+            f"cannot read the status file {self.path}: {exc}",
+            hint="fix or delete it (it only caches what the run publishes)",
+        )
 
     def _write(self) -> None:
         try:
             write_atomic(self.path, json.dumps(self._data, ensure_ascii=False, indent=1))
+            info = self.path.stat()
         except OSError as exc:
             raise DatabaseError(f"cannot write the status file {self.path}: {exc}") from None
+        self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
 def _segments(path: str) -> list[str]:
@@ -400,9 +439,12 @@ def short_error(error: str | BaseException) -> str:
 class StatusWriter:
     """Queues each book's status changes and sends them in batched multi-path updates.
 
-    One PATCH carries up to `max_books` books and `max_bytes` of JSON; a timer flushes every
-    `flush_interval` seconds. Updates reach the database in the order they were queued (one
-    flush at a time); a book queued twice before a flush is sent once, with its latest fields.
+    Queued updates are sent once `batch_books` books wait, or once the oldest has waited
+    `max_wait` seconds: a burst of finished books costs one request per `batch_books` books,
+    books trickling in one request every `max_wait` seconds at most, and no record lags more
+    than `max_wait` behind its book. One PATCH carries up to `max_books` books and `max_bytes`
+    of JSON. Updates reach the database in the order they were queued (one flush at a time); a
+    book queued twice before a flush is sent once, with its latest fields.
     `flush()`/`close()` return the books whose update failed after `retries` retries: report
     them failed; the next run retries them. Credentials or permission problems raise
     DatabaseError instead (from the next call, when the timer hit them): the run cannot publish.
@@ -413,23 +455,27 @@ class StatusWriter:
         db: Database,
         *,
         path_template: str = "books/{book_id}",
+        batch_books: int = 250,
+        max_wait: float = 5.0,
         max_books: int = 500,
         max_bytes: int = 1_000_000,
-        flush_interval: float = 2.0,
         retries: int = 5,
         backoff: float = 0.5,
     ) -> None:
         self.db = db
         self.path_template = path_template
+        self.batch_books = batch_books
+        self.max_wait = max_wait
         self.max_books = max_books
         self.max_bytes = max_bytes
-        self.flush_interval = flush_interval
         self.retries = retries
         self.backoff = backoff
         self._pending: dict[str, dict[str, object]] = {}
+        self._first_pending: float | None = None  # when the oldest pending update was queued
         self._failed: list[str] = []
         self._fatal: DatabaseError | None = None
-        self._lock = threading.Lock()  # guards _pending, _failed, _fatal
+        self._lock = threading.Lock()  # guards _pending, _first_pending, _failed, _fatal
+        self._due = threading.Condition(self._lock)  # the timer's wake-up: a batch is full
         self._send_lock = threading.Lock()  # one flush at a time keeps updates in order
         self._closed = threading.Event()
         self._timer = threading.Thread(
@@ -468,7 +514,9 @@ class StatusWriter:
         return failed
 
     def close(self) -> list[str]:
-        self._closed.set()
+        with self._lock:
+            self._closed.set()
+            self._due.notify()
         self._timer.join()
         return self.flush()
 
@@ -492,15 +540,34 @@ class StatusWriter:
             if self._fatal is not None:
                 raise self._fatal
             self._pending.setdefault(book_id, {}).update(fields, **{UPDATED_AT: SERVER_TIMESTAMP})
+            if self._first_pending is None:  # the timer starts counting this one's wait
+                self._first_pending = time.monotonic()
+                self._due.notify()
+            elif len(self._pending) >= self.batch_books:
+                self._due.notify()
 
     def _flush_on_timer(self) -> None:
-        while not self._closed.wait(self.flush_interval):
+        while True:
+            with self._lock:
+                while not self._closed.is_set():
+                    if len(self._pending) >= self.batch_books:
+                        break
+                    if self._first_pending is None:
+                        self._due.wait()
+                        continue
+                    left = self._first_pending + self.max_wait - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._due.wait(left)
+                if self._closed.is_set():
+                    return  # close() sends what is left
             self._send_pending()
 
     def _send_pending(self) -> None:
         with self._send_lock:
             with self._lock:
                 pending, self._pending = self._pending, {}
+                self._first_pending = None
             for books, updates in self._batches(pending):
                 self._send(books, updates)
 

@@ -8,6 +8,7 @@ local status file where it applies.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,7 +65,7 @@ def remote(rtdb: RTDBTarget, tmp_path: Path) -> Iterator[Database]:
 
 
 def writer(db: Database, **kw) -> StatusWriter:
-    return StatusWriter(db, **{"flush_interval": 60.0, "backoff": 0.01} | kw)
+    return StatusWriter(db, **{"max_wait": 60.0, "backoff": 0.01} | kw)
 
 
 def publish(status: StatusWriter, book_id: str, content_hash: str = "hash-1") -> None:
@@ -185,7 +186,7 @@ def test_missing_credentials_give_a_hint_and_never_the_secret(
 def test_permission_denied_stops_the_run_with_a_hint(rtdb: RTDBTarget, remote: Database):
     server = rtdb.require_server()
     server.denied.add(rtdb.namespace)
-    status = writer(remote, flush_interval=0.05)
+    status = writer(remote, max_wait=0.05)
     status.processing("a")
     # Once the timer has met the error (after google-auth's own resends), the next call raises
     # it instead of losing it.
@@ -280,7 +281,7 @@ def test_a_custom_path_template(database: Database):
 
 
 def test_the_timer_flushes_without_being_asked(database: Database):
-    status = writer(database, flush_interval=0.1)
+    status = writer(database, max_wait=0.1)
     publish(status, "b1")
     deadline = time.monotonic() + 10
     while status.record("b1") is None and time.monotonic() < deadline:
@@ -301,11 +302,45 @@ def test_a_thousand_books_take_a_handful_of_requests(rtdb: RTDBTarget, remote: D
     assert status.close() == []
 
     patches = server.requests(rtdb.namespace, "PATCH")
-    assert len(patches) == 4  # 2 x 1000 updates, at most 500 books a request
+    assert len(patches) <= 2000 / 250  # 2 x 1000 updates
     assert all(r.body_bytes <= 1_000_000 for r in patches)
     books = rtdb.rest("GET", "books")
     assert sorted(books) == ids
     assert all(r[STATUS] == "ready" and r.keys() >= READY_FIELDS for r in books.values())
+
+
+def test_a_burst_is_sent_as_soon_as_a_batch_is_full_not_when_the_timer_fires(
+    rtdb: RTDBTarget, remote: Database
+):
+    server = rtdb.require_server()
+    status = writer(remote, batch_books=250, max_wait=60.0)
+    for i in range(600):
+        publish(status, f"b{i:03d}")
+    deadline = time.monotonic() + 10
+    while len(rtdb.rest("GET", "books") or {}) < 500 and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert len(rtdb.rest("GET", "books")) >= 500  # two full batches, long before 60 s
+    assert status.close() == []
+    patches = server.requests(rtdb.namespace, "PATCH")
+    assert len(patches) <= 3 and len(rtdb.rest("GET", "books")) == 600
+
+
+def test_books_trickling_in_share_a_request_every_max_wait(rtdb: RTDBTarget, remote: Database):
+    server = rtdb.require_server()
+    status = writer(remote, max_wait=0.5)
+    started = time.monotonic()
+    for i in range(30):  # 20 books/s for 1.5 s
+        publish(status, f"b{i:02d}")
+        time.sleep(0.05)
+    deadline = time.monotonic() + 10
+    while len(rtdb.rest("GET", "books") or {}) < 30 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    waited = time.monotonic() - started
+
+    assert len(rtdb.rest("GET", "books")) == 30 and waited < 1.5 + 0.5 + 1.0  # none lags long
+    assert len(server.requests(rtdb.namespace, "PATCH")) <= 4
+    status.close()
 
 
 def test_batches_respect_both_bounds(rtdb: RTDBTarget, remote: Database):
@@ -452,11 +487,42 @@ def test_the_local_status_file_is_replaced_atomically_and_survives_reopening(tmp
     publish(status, "b1")
     status.close()
     assert json.loads(path.read_text())["books"]["b1"][STATUS] == "ready"
-    assert [p.name for p in path.parent.iterdir()] == ["status.json"]  # no temp file left
+    assert [p.name for p in path.parent.iterdir() if p.name != ".status.json.lock"] == [
+        "status.json"
+    ]  # no temp file left
 
     reopened = writer(LocalStatusFile(path))
     assert reopened.record("b1")["narrativeContentHash"] == "hash-1"
     reopened.close()
+
+
+def _write_statuses(path: str, prefix: str, count: int) -> None:
+    """One shard of a run without --database: its own writer on the shared status file."""
+    status = StatusWriter(LocalStatusFile(Path(path)), batch_books=3, max_wait=0.01)
+    for i in range(count):
+        status.processing(f"{prefix}{i}")
+        publish(status, f"{prefix}{i}")
+        time.sleep(0.002)
+    assert status.close() == []
+
+
+def test_two_processes_sharing_a_status_file_keep_every_book(tmp_path: Path):
+    path = tmp_path / "out" / "status.json"
+    LocalStatusFile(path).update({"books/earlier/narrativeAudioStatus": "ready"})
+    context = multiprocessing.get_context("spawn")
+    shards = [
+        context.Process(target=_write_statuses, args=(str(path), prefix, 40))
+        for prefix in ("a", "b")
+    ]
+    for shard in shards:
+        shard.start()
+    for shard in shards:
+        shard.join(60)
+
+    assert [shard.exitcode for shard in shards] == [0, 0]
+    books = json.loads(path.read_text())["books"]
+    assert len(books) == 81
+    assert all(books[f"{p}{i}"][STATUS] == "ready" for p in "ab" for i in range(40))
 
 
 def test_a_corrupt_status_file_is_reported(tmp_path: Path):
