@@ -167,6 +167,7 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
     import os
 
     from narrate.plan import Planner, plan_rows, render_summary
+    from narrate.report import EventLog, logging_to
     from narrate.sources import TextFetcher, default_text_root, manifest_rows, voice_lookup
 
     voices = voice_lookup(catalog.engine, catalog.voices_dir)
@@ -177,13 +178,14 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
         catalog.engine, catalog.chunking, catalog.plan, voices=voices, text_loader=texts
     )
     rows = manifest_rows(manifest, max_text_chars=catalog.chunking.max_text_chars)
-    summary = plan_rows(
-        rows,
-        planner,
-        total_rows=rows.total_rows,
-        jobs=jobs or os.cpu_count() or 1,
-        progress=sys.stderr.isatty(),
-    )
+    with logging_to(EventLog()):  # a manifest's warnings, as a run would log them
+        summary = plan_rows(
+            rows,
+            planner,
+            total_rows=rows.total_rows,
+            jobs=jobs or os.cpu_count() or 1,
+            progress=sys.stderr.isatty(),
+        )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render_summary(summary))
     sys.exit(EXIT_SOME_FAILED if summary.rows_rejected else EXIT_OK)
 
@@ -508,6 +510,7 @@ def run(
     storage, database, model or devices fail.
     """
     from narrate.atomic import write_atomic
+    from narrate.report import EventLog, logging_to
     from narrate.run import exit_code
     from narrate.run import run as run_catalog
 
@@ -523,7 +526,15 @@ def run(
         url_style=url_style,
         force=force,
     )
-    report = run_catalog(options)
+    log = EventLog()
+    with logging_to(log):
+        try:
+            report = run_catalog(options, log)
+        except NarrateError as exc:  # the run's stderr stays one stream of events
+            if log.tty:
+                raise
+            log.event("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+            sys.exit(exc.exit_code)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
     click.echo(json.dumps(report.totals()))

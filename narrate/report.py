@@ -6,9 +6,13 @@ log collectors can index events without parsing prose.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import sys
 import time
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal, TextIO
 
@@ -108,7 +112,7 @@ class EventLog:
 
     def event(self, name: str, **fields: object) -> None:
         if self.tty:
-            if name in ("book_failed", "run_interrupted", "row_rejected", "warning"):
+            if name in ("book_failed", "run_interrupted", "row_rejected", "warning", "error"):
                 from tqdm import tqdm
 
                 detail = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
@@ -144,3 +148,80 @@ class EventLog:
         for bar in self._bars.values():
             bar.close()  # type: ignore[attr-defined]
         self._bars.clear()
+
+
+# Library loggers whose only records at a level below INFO are the ones an operator wants:
+# google-api-core logs each storage retry ("Retrying due to ..., sleeping ...") at DEBUG.
+_RETRY_LOGGERS = ("google.api_core.retry",)
+# google-api-core cuts the "google" logger off from the root logger when it first sets up its
+# own logging, unless that logger was configured before (a level set counts): so it is set here
+_GOOGLE = "google"
+
+
+class LogEvents(logging.Handler):
+    """stdlib logging records (narrate's modules and the libraries under them: google-cloud-
+    storage, google-auth, urllib3, firebase-admin) as `log` events of an EventLog, so stderr
+    carries one stream: JSON lines off a terminal, with the record's level and logger kept.
+    On a terminal only warnings and worse are printed, among the progress bars."""
+
+    def __init__(self, log: EventLog) -> None:
+        super().__init__(logging.DEBUG)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.log.tty and record.levelno < logging.WARNING:
+            return
+        try:
+            fields: dict[str, object] = {
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+            if record.exc_info and record.exc_info[1] is not None:
+                error = record.exc_info[1]
+                fields["message"] = f"{fields['message']} ({type(error).__name__}: {error})"
+                # the whole traceback, in one JSON string: the line stays one line
+                fields["traceback"] = "".join(traceback.format_exception(*record.exc_info))
+            self.log.event("log", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def route_logging(log: EventLog) -> Callable[[], None]:
+    """Route every stdlib logging record (INFO and up; storage retries too) and every Python
+    warning into `log`; returns what restores the previous set-up (a worker process never
+    needs it: its logging is the run's for as long as it lives)."""
+    root = logging.getLogger()
+    handler = LogEvents(log)
+    google = logging.getLogger(_GOOGLE)
+    retry_loggers = [logging.getLogger(name) for name in _RETRY_LOGGERS]
+    saved = (root.level, google.level, google.propagate, [r.level for r in retry_loggers])
+    root.addHandler(handler)  # with a handler in place, logging's bare-text fallback is unused
+    root.setLevel(logging.INFO)
+    google.setLevel(logging.INFO)
+    google.propagate = True
+    for logger in retry_loggers:
+        logger.setLevel(logging.DEBUG)
+    logging.captureWarnings(True)
+
+    def restore() -> None:
+        root_level, google_level, google_propagates, retry_levels = saved
+        logging.captureWarnings(False)
+        root.removeHandler(handler)
+        root.setLevel(root_level)
+        google.setLevel(google_level)
+        google.propagate = google_propagates
+        for logger, level in zip(retry_loggers, retry_levels, strict=True):
+            logger.setLevel(level)
+
+    return restore
+
+
+@contextlib.contextmanager
+def logging_to(log: EventLog) -> Iterator[None]:
+    """`route_logging` for the duration of a block."""
+    restore = route_logging(log)
+    try:
+        yield
+    finally:
+        restore()

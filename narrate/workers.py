@@ -20,6 +20,7 @@ from narrate.cache import ChunkCache
 from narrate.config import EngineConfig
 from narrate.errors import EngineError, NarrateError, UsageError, first_line
 from narrate.records import Batch, ChunkOutcome
+from narrate.report import EventLog, route_logging
 from narrate.storage import open_storage
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def worker_main(
     """Load the engine once, then synthesize batches until a None arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a Ctrl-C ends
     parent = os.getppid()
+    route_logging(EventLog())  # the worker shares the run's stderr: one stream of events
     try:
         import torch
 
