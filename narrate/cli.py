@@ -571,11 +571,18 @@ def doctor(
     Pass the options the run will use (it declares the same option groups as `run`; those no
     check depends on are accepted and ignored). Exit 0 when nothing failed, 1 otherwise.
     """
-    from narrate.doctor import Targets, healthy, render, run_checks, to_json
+    import os
+
+    from narrate.doctor import Targets, abandoned, healthy, render, run_checks, to_json
 
     checks = run_checks(Targets.of(catalog, outputs, workers))
     click.echo(to_json(checks) if as_json else render(checks))
-    sys.exit(EXIT_OK if healthy(checks) else EXIT_SOME_FAILED)
+    code = EXIT_OK if healthy(checks) else EXIT_SOME_FAILED
+    if abandoned():  # a blocked probe may hold threads that interpreter exit would wait for
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 @cli.command()

@@ -20,6 +20,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -39,6 +40,8 @@ from narrate.options import CatalogOptions, DeviceOptions, OutputOptions
 
 Status = Literal["ok", "fail", "skip"]
 
+PROBE_TIMEOUT_S = 60.0  # longest any one check may take
+_THREAD_PREFIX = "narrate-doctor-"
 PROBE_PAYLOAD = 0b1010_0101_1100_0011  # any 16-bit value
 PROBE_PREFIX = "narrate-doctor"  # "." is not allowed in database keys nor in our object names
 _CORE_PACKAGES = ("torch", "torchaudio", "transformers", "moshi", "audioseal")
@@ -482,24 +485,56 @@ CHECKS: tuple[tuple[str, Callable[[Targets], str]], ...] = (
 )
 
 
-def run_checks(targets: Targets) -> list[Check]:
-    """Every check, in order; one failing never stops the others."""
-    results = []
-    for name, check in CHECKS:
-        try:
-            # loaders print progress on stdout (torch.hub downloads): keep it for our report
-            with contextlib.redirect_stdout(sys.stderr):
-                detail = check(targets)
-            results.append(Check(name, "ok", detail))
-        except Skipped as skip:
-            results.append(Check(name, "skip", skip.detail, skip.hint))
-        except NarrateError as exc:
-            results.append(Check(name, "fail", exc.message, exc.hint))
-        except ImportError as exc:
-            results.append(Check(name, "fail", f"cannot import: {exc}", _REINSTALL_HINT))
-        except Exception as exc:  # a doctor reports every problem; it never stops at one
-            results.append(Check(name, "fail", f"{type(exc).__name__}: {first_line(exc)}"))
-    return results
+def run_checks(targets: Targets, *, timeout_s: float = PROBE_TIMEOUT_S) -> list[Check]:
+    """Every check, in order; one failing never stops the others, and none runs longer than
+    `timeout_s`: a target that never answers (offline, a firewall dropping packets) fails its
+    check instead of holding up the report while client libraries retry for minutes."""
+    # loaders print progress on stdout (torch.hub downloads): keep it for our report
+    with contextlib.redirect_stdout(sys.stderr):
+        return [_bounded(name, check, targets, timeout_s) for name, check in CHECKS]
+
+
+def _bounded(
+    name: str, check: Callable[[Targets], str], targets: Targets, timeout_s: float
+) -> Check:
+    """The check's result, or a failure once it has run `timeout_s`. A check that overruns
+    is left running on its daemon thread: nothing can stop a blocked network call, and
+    `abandoned()` lets the caller exit without waiting for it."""
+    results: list[Check] = []
+    thread = threading.Thread(
+        target=lambda: results.append(_run_check(name, check, targets)),
+        name=f"{_THREAD_PREFIX}{name}",
+        daemon=True,
+    )
+    thread.start()
+    thread.join(timeout_s)
+    if results:
+        return results[0]
+    return Check(
+        name,
+        "fail",
+        f"no answer within {timeout_s:g} s",
+        "the target did not respond: check the network, DNS, firewall or proxy between this "
+        "machine and it, and that it is up",
+    )
+
+
+def _run_check(name: str, check: Callable[[Targets], str], targets: Targets) -> Check:
+    try:
+        return Check(name, "ok", check(targets))
+    except Skipped as skip:
+        return Check(name, "skip", skip.detail, skip.hint)
+    except NarrateError as exc:
+        return Check(name, "fail", exc.message, exc.hint)
+    except ImportError as exc:
+        return Check(name, "fail", f"cannot import: {exc}", _REINSTALL_HINT)
+    except Exception as exc:  # a doctor reports every problem; it never stops at one
+        return Check(name, "fail", f"{type(exc).__name__}: {first_line(exc)}")
+
+
+def abandoned() -> bool:
+    """Whether a check that overran is still blocked in the background."""
+    return any(t.name.startswith(_THREAD_PREFIX) and t.is_alive() for t in threading.enumerate())
 
 
 def healthy(checks: list[Check]) -> bool:

@@ -3,9 +3,14 @@ RTDB test server; broken targets give FAIL lines with hints and a non-zero exit.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import socket
+import threading
+import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +19,14 @@ from support.gcs import FakeGcs
 from support.rtdb_server import RTDBTarget
 
 from narrate.cli import cli
-from narrate.doctor import CHECKS, PROBE_PREFIX, Skipped, Targets, check_compiler
+from narrate.doctor import (
+    CHECKS,
+    PROBE_PREFIX,
+    Skipped,
+    Targets,
+    check_compiler,
+    run_checks,
+)
 from narrate.errors import EngineError
 
 PREVIEW_ON_CPU = ["--engine", "preview", "--devices", "cpu"]
@@ -55,8 +67,9 @@ def test_local_preview_targets_pass_and_leave_nothing_behind(tmp_path: Path) -> 
     assert "write, read and delete work" in checks["storage"]["detail"]
     for name in ("devices", "model", "watermark"):
         assert checks[name]["status"] == "skip", checks[name]
+    status_files = ("status.json", ".status.json.lock")  # the lock lets shards share the file
     leftovers = [
-        p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "status.json"
+        p for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name not in status_files
     ]
     assert leftovers == [] and list((tmp_path / "cache").rglob("*.probe")) == []
     assert json.loads((tmp_path / "out" / "status.json").read_text()) == {}
@@ -258,3 +271,49 @@ def test_the_compiler_check_is_skipped_without_a_cuda_worker(
     for targets in (Targets(devices="cpu"), Targets(engine="preview", devices="cuda:0")):
         with pytest.raises(Skipped):
             check_compiler(targets)
+
+
+@pytest.fixture
+def unanswering_server() -> Iterator[str]:
+    """A host:port that accepts connections and never answers (a firewall that swallows
+    replies, a proxy that hangs): clients wait out their timeouts and retries."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                held.append(listener.accept()[0])
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for connection in held:
+        connection.close()
+    listener.close()
+
+
+def test_a_storage_that_never_answers_fails_its_check_within_the_probe_bound(
+    unanswering_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", unanswering_server)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
+    targets = Targets(
+        engine="preview",
+        devices="cpu",
+        out="gs://narrate-unanswered",
+        cache=str(tmp_path / "cache"),
+        watermark=False,
+    )
+    started = time.monotonic()
+
+    checks = {check.name: check for check in run_checks(targets, timeout_s=3)}
+
+    assert time.monotonic() - started < 45
+    assert checks["storage"].status == "fail"
+    assert checks["storage"].detail == "no answer within 3 s" and checks["storage"].hint
+    assert checks["cache"].status == "ok"  # the others still ran
