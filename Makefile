@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint bench bench-plan bench-spoken bench-synth bench-run bench-publish bench-quality demo demo-csm clean
+.PHONY: install test lint bench bench-plan bench-spoken bench-synth bench-run bench-publish bench-quality bench-formats demo demo-csm clean
 
 install: $(VENV)/.installed
 
@@ -21,7 +21,7 @@ lint: install
 	$(VENV)/bin/ruff check narrate tests bench
 	$(VENV)/bin/ruff format --check narrate tests bench
 
-bench: bench-plan bench-spoken bench-synth bench-run bench-publish bench-quality
+bench: bench-plan bench-spoken bench-synth bench-run bench-publish bench-quality bench-formats
 
 bench-plan: install
 	$(PY) bench/plan_scale.py
@@ -41,6 +41,9 @@ bench-publish: install
 
 bench-quality: install
 	$(PY) bench/quality.py
+
+bench-formats: install
+	$(PY) bench/formats.py
 
 # The demos skip the AudioSeal watermark: its weights cannot be downloaded on a fresh offline
 # machine, and a watermark from untrained weights would mean nothing. The opt-out is logged and
