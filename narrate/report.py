@@ -102,6 +102,12 @@ class RunReport:
         }
 
 
+# events printed among the progress bars on a terminal (a log event only at WARNING and up)
+_SHOWN_ON_TTY = frozenset(
+    {"book_failed", "run_interrupted", "row_rejected", "warning", "error", "log"}
+)
+
+
 class EventLog:
     """Progress for humans on a TTY, JSON lines for machines otherwise."""
 
@@ -112,7 +118,7 @@ class EventLog:
 
     def event(self, name: str, **fields: object) -> None:
         if self.tty:
-            if name in ("book_failed", "run_interrupted", "row_rejected", "warning", "error"):
+            if name in _SHOWN_ON_TTY:
                 from tqdm import tqdm
 
                 detail = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)

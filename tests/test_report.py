@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from dataclasses import replace
 
 from narrate.records import RowError
-from narrate.report import BookResult, RunReport
+from narrate.report import BookResult, EventLog, RunReport, logging_to
 
 
 def test_audio_and_real_time_factor_count_ready_books_only_and_follow_replacements() -> None:
@@ -48,3 +51,22 @@ def test_rejected_rows_are_objects_in_the_report() -> None:
         {"row": 3, "book_id": "b3", "reason": "empty_text", "message": "text is empty"}
     ]
     assert report.totals()["rows_rejected"] == 1
+
+
+def test_log_records_become_json_events_off_a_terminal_and_warnings_only_on_one() -> None:
+    machine, human = io.StringIO(), io.StringIO()
+    for stream, tty in ((machine, False), (human, True)):
+        with logging_to(EventLog(stream, tty=tty)):
+            logging.getLogger("narrate.database").info("retry 1/5 in 0.50s")
+            logging.getLogger("urllib3.connectionpool").warning("connection pool is full")
+            logging.getLogger("google.api_core.retry").debug("Retrying due to 503")
+            logging.getLogger("google.auth").debug("token refreshed")  # below INFO: not kept
+    logging.getLogger("narrate.database").warning("after the block: not routed")
+
+    events = [json.loads(line) for line in machine.getvalue().splitlines()]
+    assert [(e["event"], e["level"], e["logger"]) for e in events] == [
+        ("log", "info", "narrate.database"),
+        ("log", "warning", "urllib3.connectionpool"),
+        ("log", "debug", "google.api_core.retry"),
+    ]
+    assert human.getvalue().count("\n") == 1 and "connection pool is full" in human.getvalue()
