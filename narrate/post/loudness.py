@@ -40,7 +40,10 @@ def sample_peaks(audio: np.ndarray) -> np.ndarray:
         lo, hi = max(0, start - _BLOCK_MARGIN), min(len(audio), stop + _BLOCK_MARGIN)
         upsampled = resample_poly(audio[lo:hi].astype(np.float32), OVERSAMPLING, 1)
         frames = np.abs(upsampled[: (hi - lo) * OVERSAMPLING]).reshape(-1, OVERSAMPLING)
-        block = np.maximum(frames.max(axis=1), np.abs(audio[lo:hi]))
+        # the maximum over the phases column by column: numpy reduces a 4-wide axis 3x slower
+        block = np.abs(audio[lo:hi]).astype(np.float32)
+        for phase in range(OVERSAMPLING):
+            np.maximum(block, frames[:, phase], out=block)
         peaks[start:stop] = block[start - lo : stop - lo]
     return peaks
 
