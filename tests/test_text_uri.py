@@ -124,7 +124,7 @@ def test_cli_plan_reads_texts_beside_the_manifest_and_refuses_the_rest(library: 
     # the operator may widen the root on purpose; relative paths resolve against it
     result = CliRunner().invoke(cli, [*args, "--text-root", str(library.parent)])
     assert result.exit_code == 1, result.output
-    examples = json.dumps(json.loads(result.output)["rejected_by_reason"])
+    examples = json.dumps(json.loads(result.output)["rejected_rows"])
     assert "'story.txt': No such file" in examples and "'../secret.txt' is outside" in examples
     manifest.write_text(json.dumps({"book_id": "wide", "text_uri": "secret.txt"}) + "\n")
     result = CliRunner().invoke(cli, [*args, "--text-root", str(library.parent)])
@@ -155,7 +155,7 @@ def test_hostile_json_lines_are_row_errors_and_good_rows_survive(tmp_path: Path)
         summary = json.loads(result.output)
         if command[0] == "plan":
             assert summary["books"] == 2 and summary["rows_rejected"] == 3
-            reasons = json.dumps(summary["rejected_by_reason"])
+            reasons = json.dumps(summary["rejected_rows"])
             assert "nested too deeply" in reasons and "too many digits" in reasons
         else:
             assert summary["rejected_rows"] == 3 and summary["pending"] == 2
