@@ -77,6 +77,7 @@ class FrameLoop:
         self.temperature, self.top_k, self.codebook_size = temperature, top_k, codebook_size
         self.repeat_limit, self.check_every = repeat_limit, check_every
         self.heads = model.depth_decoder.codebooks_head.weight.unbind(0)  # views, no copies
+        self.depth_projector = _Linear.of(self.depth.inputs_embeds_projector)
         parameter = model.lm_head.weight
         device, dtype = parameter.device, parameter.dtype
         self.slots = slots
@@ -96,15 +97,9 @@ class FrameLoop:
         self.codes = zeros(slots, self.window, self.codebooks)
         self.rows = torch.arange(slots, device=device)
         self.backbone_rope = _Rope(self.backbone, self.window, device)
-        depth_rope = _Rope(self.depth, self.depth_window, device)
-        # the depth decoder's positions are the same every frame: [0, 1], then 2, ..., 31
-        self.depth_places = [
-            depth_rope.place(torch.arange(2, device=device)[None], self.depth_window, start=0)
-        ]
-        self.depth_places += [
-            depth_rope.place(torch.tensor([[i]], device=device), self.depth_window, start=i)
-            for i in range(2, self.codebooks)
-        ]
+        # the depth decoder's positions are the same every frame (0, 1, ..., 32): their rotary
+        # factors, once, with the attention scaling folded into the query heads' factors
+        self.depth_rotary = _depth_rotary(self.depth, self.depth_stack, self.codebooks, device)
         self.frames_computed = self.frames_kept = 0
         # the backbone attends to the first `span` cache positions, the smallest that holds every
         # row's prompt and cap: one graph per span, all captured now, while every slot is free
@@ -137,15 +132,23 @@ class FrameLoop:
         keys = frame_keys(self.seed, self.frame, self.codebooks)
         code = self._sample(self.model.lm_head(hidden), keys[:, 0])
         sampled = [code]
-        depth_input = torch.stack([hidden, self._depth_embed(code, 0)], 1)
-        for codebook in range(1, self.codebooks):
-            projected = self.depth.inputs_embeds_projector(depth_input)
-            place = self.depth_places[codebook - 1]
-            state = _forward(self.depth_stack, self.depth_caches, projected, place)[:, -1]
-            code = self._sample(state @ self.heads[codebook - 1], keys[:, codebook])
-            sampled.append(code)
-            if codebook + 1 < self.codebooks:
-                depth_input = self._depth_embed(code, codebook)[:, None]
+        # the depth decoder reads [projected hidden state, codebook 0, ..., codebook 30], one
+        # position a step (position 0's output is never read: it only fills the cache)
+        depth_input = hidden
+        for position in range(self.codebooks):
+            projected = self.depth_projector(depth_input)
+            state = _depth_step(
+                self.depth_stack,
+                self.depth_caches,
+                projected,
+                position,
+                self.depth_rotary[position],
+            )
+            if position > 0:
+                code = self._sample(state @ self.heads[position - 1], keys[:, position])
+                sampled.append(code)
+            if position + 1 < self.codebooks:
+                depth_input = self._depth_embed(code, position)
         return torch.stack(sampled, 1)
 
     def _depth_embed(self, code: torch.Tensor, codebook: int) -> torch.Tensor:
@@ -384,6 +387,54 @@ def _forward(
     return _norm(stack.norm, x).view(rows, length, hidden)
 
 
+def _depth_rotary(
+    depth: nn.Module, stack: _Stack, positions: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(cos, sin) [query + key/value heads, head dim] for each depth decoder position, the
+    query rows multiplied by the attention scaling (so that the scores need no extra op)."""
+    rope = _Rope(depth, positions, device)
+    scale = torch.ones(stack.heads + stack.kv_heads, 1, device=device, dtype=rope.cos.dtype)
+    scale[: stack.heads] = stack.layers[0].scaling
+    return [(rope.cos[p] * scale, rope.sin[p] * scale) for p in range(positions)]
+
+
+def _depth_step(
+    stack: _Stack,
+    caches: list[tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    position: int,
+    rotary: tuple[torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The depth decoder on x [rows, hidden], every row at the same `position` (the cache
+    holds this frame's positions 0..position - 1): `_forward` specialized to one query a row,
+    in half its ops. No mask (every cached position is visible to every row), 2-D states,
+    the scores' scaling already in the query's rotary factors."""
+    rows = x.shape[0]
+    heads, kv_heads = stack.heads, stack.kv_heads
+    cos, sin = rotary
+    for layer, (keys, values) in zip(stack.layers, caches, strict=True):
+        h = _norm(layer.input_norm, x)
+        qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, heads + kv_heads, -1)
+        qk = torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
+        keys[:, :, position] = qk[:, heads:]
+        values[:, :, position] = layer.v(h).view(rows, kv_heads, -1)
+        # grouped-query attention: the query heads sharing a key/value head side by side
+        # (3-D batched matmuls over (row, key/value head) pairs: 4-D matmuls cost extra ops)
+        pairs, seen = rows * kv_heads, position + 1
+        q = qk[:, :heads].reshape(pairs, heads // kv_heads, -1)
+        scores = torch.bmm(q, keys[:, :, :seen].view(pairs, seen, -1).transpose(1, 2))
+        if scores.dtype == torch.float32:
+            weights = scores.softmax(-1)
+        else:  # softmax in float32, as transformers does
+            weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+        x = x + layer.o(
+            torch.bmm(weights, values[:, :, :seen].view(pairs, seen, -1)).view(rows, -1)
+        )
+        h = _norm(layer.post_norm, x)
+        x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
+    return _norm(stack.norm, x)
+
+
 def _attend(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, place: _Place, layer: _Layer
 ) -> torch.Tensor:
@@ -410,13 +461,9 @@ def _attend(
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm (transformers' formula, in float32): one fused op on CUDA, its few
-    elementwise ops on the CPU (cheaper there than the fused op's dispatch)."""
+    """The model's RMSNorm (transformers' formula) as torch's one `rms_norm` call: on the
+    CPU too, its ops dispatched from C++ cost less than the formula's eight from Python."""
     eps = getattr(norm, "variance_epsilon", None)
     if eps is None:
         return norm(x)
-    if x.is_cuda:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return norm.weight * h.to(x.dtype)
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
