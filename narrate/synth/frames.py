@@ -100,6 +100,7 @@ class FrameLoop:
         # the depth decoder's positions are the same every frame (0, 1, ..., 32): their rotary
         # factors, once, with the attention scaling folded into the query heads' factors
         self.depth_rotary = _depth_rotary(self.depth, self.depth_stack, self.codebooks, device)
+        self.depth_qkv = _fused_qkv(self.depth_stack)
         self.frames_computed = self.frames_kept = 0
         # the backbone attends to the first `span` cache positions, the smallest that holds every
         # row's prompt and cap: one graph per span, all captured now, while every slot is free
@@ -139,6 +140,7 @@ class FrameLoop:
             projected = self.depth_projector(depth_input)
             state = _depth_step(
                 self.depth_stack,
+                self.depth_qkv,
                 self.depth_caches,
                 projected,
                 position,
@@ -390,16 +392,38 @@ def _forward(
 def _depth_rotary(
     depth: nn.Module, stack: _Stack, positions: int, device: torch.device
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(cos, sin) [query + key/value heads, head dim] for each depth decoder position, the
-    query rows multiplied by the attention scaling (so that the scores need no extra op)."""
+    """(cos, sin) [query + key + value heads, head dim] for each depth decoder position: the
+    query rows multiplied by the attention scaling (so that the scores need no extra op), the
+    value rows 1 and 0 (values pass through unrotated, exactly), so that one op pair rotates
+    a fused q/k/v projection."""
     rope = _Rope(depth, positions, device)
-    scale = torch.ones(stack.heads + stack.kv_heads, 1, device=device, dtype=rope.cos.dtype)
-    scale[: stack.heads] = stack.layers[0].scaling
-    return [(rope.cos[p] * scale, rope.sin[p] * scale) for p in range(positions)]
+    heads, kv_heads = stack.heads, stack.kv_heads
+    scale = torch.ones(heads + 2 * kv_heads, 1, device=device, dtype=rope.cos.dtype)
+    scale[:heads] = stack.layers[0].scaling
+    factors = []
+    for p in range(positions):
+        cos, sin = rope.cos[p] * scale, rope.sin[p] * scale
+        cos[heads + kv_heads :], sin[heads + kv_heads :] = 1, 0
+        factors.append((cos, sin))
+    return factors
+
+
+def _fused_qkv(stack: _Stack) -> list[_Linear]:
+    """Each layer's q, k and v projections as one [q; k; v] projection: one matmul a step
+    instead of three and a cat. A copy of those weights, kept for the depth decoder only
+    (CSM-1B's: about 6M parameters, against its 1B)."""
+    return [
+        _Linear(
+            torch.cat([layer.q.weight, layer.k.weight, layer.v.weight]),
+            None if layer.q.bias is None else torch.cat([layer.q.bias, layer.k.bias, layer.v.bias]),
+        )
+        for layer in stack.layers
+    ]
 
 
 def _depth_step(
     stack: _Stack,
+    qkv: list[_Linear],
     caches: list[tuple[torch.Tensor, torch.Tensor]],
     x: torch.Tensor,
     position: int,
@@ -408,20 +432,22 @@ def _depth_step(
     """The depth decoder on x [rows, hidden], every row at the same `position` (the cache
     holds this frame's positions 0..position - 1): `_forward` specialized to one query a row,
     in half its ops. No mask (every cached position is visible to every row), 2-D states,
-    the scores' scaling already in the query's rotary factors."""
+    fused q/k/v projections (`_fused_qkv`), rotary factors with the scores' scaling in them."""
     rows = x.shape[0]
     heads, kv_heads = stack.heads, stack.kv_heads
     cos, sin = rotary
-    for layer, (keys, values) in zip(stack.layers, caches, strict=True):
+    for layer, project, (keys, values) in zip(stack.layers, qkv, caches, strict=True):
         h = _norm(layer.input_norm, x)
-        qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, heads + kv_heads, -1)
-        qk = torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin)
-        keys[:, :, position] = qk[:, heads:]
-        values[:, :, position] = layer.v(h).view(rows, kv_heads, -1)
+        qkv_heads = project(h).view(rows, heads + 2 * kv_heads, -1)
+        qkv_heads = torch.addcmul(
+            qkv_heads * cos, qkv_heads.roll(qkv_heads.shape[-1] // 2, -1), sin
+        )
+        keys[:, :, position] = qkv_heads[:, heads : heads + kv_heads]
+        values[:, :, position] = qkv_heads[:, heads + kv_heads :]
         # grouped-query attention: the query heads sharing a key/value head side by side
         # (3-D batched matmuls over (row, key/value head) pairs: 4-D matmuls cost extra ops)
         pairs, seen = rows * kv_heads, position + 1
-        q = qk[:, :heads].reshape(pairs, heads // kv_heads, -1)
+        q = qkv_heads[:, :heads].reshape(pairs, heads // kv_heads, -1)
         scores = torch.bmm(q, keys[:, :, :seen].view(pairs, seen, -1).transpose(1, 2))
         if scores.dtype == torch.float32:
             weights = scores.softmax(-1)
