@@ -123,9 +123,15 @@ class FrameLoop:
         ended = (codes[:, :-1] == self.eos).all(-1)  # transformers ignores the last codebook too
         stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
         frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
-        place = self.backbone_rope.place(self.length[:, None], span)
-        hidden = _forward(self.backbone_stack, self.caches, frame_embeds, place)
-        self.hidden.copy_(hidden[:, -1])
+        hidden = _backbone_step(
+            self.backbone_stack,
+            self.caches,
+            frame_embeds[:, 0],
+            self.length,
+            self.backbone_rope,
+            span,
+        )
+        self.hidden.copy_(hidden)
         self.length.add_(live.long()).clamp_(max=self.window - 1)
         self.live.logical_and_(~stop)
 
@@ -387,6 +393,52 @@ def _forward(
         h = _norm(layer.post_norm, x)
         x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
     return _norm(stack.norm, x).view(rows, length, hidden)
+
+
+def _backbone_step(
+    stack: _Stack,
+    caches: list[tuple[torch.Tensor, torch.Tensor]],
+    x: torch.Tensor,
+    positions: torch.Tensor,
+    rope: _Rope,
+    span: int,
+) -> torch.Tensor:
+    """The backbone on x [rows, hidden], each row at its own position (`positions` [rows]),
+    attending to the first `span` cache positions: `_forward` specialized to one query a
+    row, 2-D states, cache writes by scatter (cheaper than index_put), the mask built once."""
+    rows = x.shape[0]
+    heads, kv_heads = stack.heads, stack.kv_heads
+    group, pairs = heads // kv_heads, rows * kv_heads
+    cos, sin = rope.cos[positions][:, None], rope.sin[positions][:, None]
+    head_dim = cos.shape[-1]
+    write = positions.view(rows, 1, 1, 1).expand(rows, kv_heads, 1, head_dim)
+    visible = torch.arange(span, device=x.device) <= positions[:, None]
+    mask = torch.zeros(rows, span, dtype=cos.dtype, device=x.device).masked_fill_(
+        ~visible, -torch.inf
+    )
+    mask = mask[:, None, None].expand(rows, kv_heads, group, span).reshape(pairs, group, span)
+    for layer, (keys, values) in zip(stack.layers, caches, strict=True):
+        h = _norm(layer.input_norm, x)
+        qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, heads + kv_heads, -1)
+        qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin)
+        keys.scatter_(2, write, qk[:, heads:, None])
+        values.scatter_(2, write, layer.v(h).view(rows, kv_heads, 1, head_dim))
+        q = qk[:, :heads].reshape(pairs, group, head_dim)
+        scores = torch.baddbmm(
+            mask,
+            q,
+            keys[:, :, :span].view(pairs, span, head_dim).transpose(1, 2),
+            alpha=layer.scaling,
+        )
+        if scores.dtype == torch.float32:
+            weights = scores.softmax(-1)
+        else:  # softmax in float32, as transformers does
+            weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
+        out = torch.bmm(weights, values[:, :, :span].view(pairs, span, head_dim))
+        x = x + layer.o(out.view(rows, -1))
+        h = _norm(layer.post_norm, x)
+        x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
+    return _norm(stack.norm, x)
 
 
 def _depth_rotary(
