@@ -199,13 +199,11 @@ class FrameLoop:
         embeds = torch.zeros(len(rows), longest, self.hidden.shape[1], device=device, dtype=dtype)
         for n, row in enumerate(rows):
             embeds[n, : len(row.embeds)] = row.embeds
-        positions = torch.arange(longest, device=device).expand(len(rows), -1)
-        place = self.backbone_rope.place(positions, longest, start=0)
         caches = [
             tuple(torch.empty_like(t[: len(rows), :, :longest]) for t in layer)
             for layer in self.caches
         ]
-        out = _forward(self.backbone_stack, caches, embeds, place)
+        out = _prompt_forward(self.backbone_stack, caches, embeds, self.backbone_rope)
         index = torch.tensor(slots, device=device)
         for (keys, values), (new_keys, new_values) in zip(self.caches, caches, strict=True):
             keys[index, :, :longest] = new_keys
@@ -275,40 +273,16 @@ def _caches(
     ]
 
 
-class _Place(NamedTuple):
-    """Where a forward's queries sit: `positions` [rows, T] (all rows at `start`.. when given),
-    their rotary factors and attention mask over the first `span` cache positions."""
-
-    positions: torch.Tensor
-    start: int | None
-    cos: torch.Tensor
-    sin: torch.Tensor
-    mask: torch.Tensor
-    span: int
-
-
 class _Rope:
     """A decoder stack's rotary factors for every position of its window, from its own module."""
 
     def __init__(self, stack: nn.Module, window: int, device: torch.device) -> None:
-        config = stack.config
-        self.group = config.num_attention_heads // config.num_key_value_heads
         probe = torch.zeros(1, device=device, dtype=stack.norm.weight.dtype)
         positions = torch.arange(window, device=device)[None]
         self.cos, sin = (t[0] for t in stack.rotary_emb(probe, positions))
         # rotate_half(x) * sin == roll(x, half) * (sin with its first half negated): one op
         half = sin.shape[-1] // 2
         self.sin = torch.cat([-sin[:, :half], sin[:, half:]], -1)
-
-    def place(self, positions: torch.Tensor, span: int, start: int | None = None) -> _Place:
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]
-        allowed = torch.arange(span, device=positions.device) <= positions[..., None]
-        # grouped-query attention without copying the cache: the query heads that share a
-        # key/value head become extra query positions of that head
-        allowed = allowed[:, None].repeat(1, 1, self.group, 1)  # [rows, 1, group x T, span]
-        mask = torch.zeros(allowed.shape, dtype=self.cos.dtype, device=positions.device)
-        mask.masked_fill_(~allowed, float("-inf"))
-        return _Place(positions, start, cos, sin, mask, span)
 
 
 class _Linear(NamedTuple):
@@ -361,35 +335,30 @@ class _Stack:
         ]
 
 
-def _forward(
+def _prompt_forward(
     stack: _Stack,
     caches: list[tuple[torch.Tensor, torch.Tensor]],
     x: torch.Tensor,
-    place: _Place,
+    rope: _Rope,
 ) -> torch.Tensor:
-    """The decoder stack (backbone or depth) on x [rows, T, hidden] at `place`: writes each
-    layer's keys and values into its cache [rows, kv heads, window, head dim] and attends to
-    the cached positions up to the query's own; returns the final-norm states."""
+    """The decoder stack on whole prompts x [rows, T, hidden] at positions 0..T - 1: writes
+    each layer's keys and values into `caches` [rows, kv heads, T, head dim], returns the
+    final-norm states. Right padding needs no mask: causal attention keeps it out of every
+    real position, so the fused kernel runs causal, without a mask (much the faster)."""
     rows, length, hidden = x.shape
     heads, kv_heads = stack.heads, stack.kv_heads
-    index = None if place.start is not None else torch.arange(rows, device=x.device)[:, None]
+    cos, sin = rope.cos[:length, None], rope.sin[:length, None]  # [T, 1, head dim]
     x = x.reshape(rows * length, hidden)
     for layer, (keys, values) in zip(stack.layers, caches, strict=True):
         h = _norm(layer.input_norm, x)
         qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, length, heads + kv_heads, -1)
-        qk = qk.transpose(1, 2)
-        qk = qk * place.cos + qk.roll(qk.shape[-1] // 2, -1) * place.sin
-        q, k = qk[:, :heads], qk[:, heads:]
-        v = layer.v(h).view(rows, length, kv_heads, -1)
-        if index is None:  # every row at the same positions
-            keys[:, :, place.start : place.start + length] = k
-            values[:, :, place.start : place.start + length] = v.transpose(1, 2)
-        else:
-            keys[index, :, place.positions] = k.transpose(1, 2)
-            values[index, :, place.positions] = v
-        out = _attend(q.reshape(rows, kv_heads, -1, q.shape[-1]), keys, values, place, layer)
-        out = out.view(rows, heads, length, -1).transpose(1, 2).reshape(rows * length, -1)
-        x = x + layer.o(out)
+        qk = torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin).transpose(1, 2)
+        keys.copy_(qk[:, heads:])
+        values.copy_(layer.v(h).view(rows, length, kv_heads, -1).transpose(1, 2))
+        out = F.scaled_dot_product_attention(
+            qk[:, :heads], keys, values, is_causal=True, scale=layer.scaling, enable_gqa=True
+        )
+        x = x + layer.o(out.transpose(1, 2).reshape(rows * length, -1))
         h = _norm(layer.post_norm, x)
         x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
     return _norm(stack.norm, x).view(rows, length, hidden)
@@ -404,8 +373,8 @@ def _backbone_step(
     span: int,
 ) -> torch.Tensor:
     """The backbone on x [rows, hidden], each row at its own position (`positions` [rows]),
-    attending to the first `span` cache positions: `_forward` specialized to one query a
-    row, 2-D states, cache writes by scatter (cheaper than index_put), the mask built once."""
+    attending to the first `span` cache positions. Written for a frame step's one query a
+    row: 2-D states, cache writes by scatter (cheaper than index_put), the mask built once."""
     rows = x.shape[0]
     heads, kv_heads = stack.heads, stack.kv_heads
     group, pairs = heads // kv_heads, rows * kv_heads
@@ -482,9 +451,9 @@ def _depth_step(
     rotary: tuple[torch.Tensor, torch.Tensor],
 ) -> torch.Tensor:
     """The depth decoder on x [rows, hidden], every row at the same `position` (the cache
-    holds this frame's positions 0..position - 1): `_forward` specialized to one query a row,
-    in half its ops. No mask (every cached position is visible to every row), 2-D states,
-    fused q/k/v projections (`_fused_qkv`), rotary factors with the scores' scaling in them."""
+    holds this frame's positions 0..position - 1), in few ops: no mask (every cached
+    position is visible to every row), 2-D states, fused q/k/v projections (`_fused_qkv`),
+    rotary factors with the scores' scaling in them."""
     rows = x.shape[0]
     heads, kv_heads = stack.heads, stack.kv_heads
     cos, sin = rotary
@@ -511,31 +480,6 @@ def _depth_step(
         h = _norm(layer.post_norm, x)
         x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
     return _norm(stack.norm, x)
-
-
-def _attend(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, place: _Place, layer: _Layer
-) -> torch.Tensor:
-    """Masked attention of q [rows, kv heads, queries, head dim] over the first `span` cache
-    positions: plain batched matmuls for a frame step's few queries (much cheaper than the
-    fused kernels' launch and tiling at these sizes), the fused kernel for a prompt."""
-    keys, values = keys[:, :, : place.span], values[:, :, : place.span]
-    if q.shape[2] > 16:
-        mask = place.mask
-        return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=layer.scaling)
-    rows, kv_heads, queries, head_dim = q.shape
-    pairs = rows * kv_heads
-    scores = torch.baddbmm(
-        place.mask.expand(rows, kv_heads, queries, -1).reshape(pairs, queries, -1),
-        q.reshape(pairs, queries, head_dim),
-        keys.reshape(pairs, -1, head_dim).transpose(1, 2),
-        alpha=layer.scaling,
-    )
-    if scores.dtype == torch.float32:
-        weights = scores.softmax(-1)
-    else:  # softmax in float32, as transformers does
-        weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-    return torch.bmm(weights, values.reshape(pairs, -1, head_dim)).view(q.shape)
 
 
 def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
