@@ -131,3 +131,16 @@ def test_a_runaway_row_stops_after_its_first_code_repeats(tiny) -> None:
     codes, _ = run(model, [runaway], slots=1, repeat_limit=1)
     assert len(expected) == 1
     np.testing.assert_array_equal(codes["r"], expected)
+
+
+def test_the_loop_gives_the_reference_codes_whatever_its_fresh_caches_held(tiny) -> None:
+    # the backbone caches are allocated uninitialized and zeroed lazily: garbage such as NaN
+    # past a row's positions must never reach its attention (0 x NaN is NaN)
+    _, model = tiny
+    target = row(tiny, "target", "Rain fell softly all night.", cap=30, seed=11)
+    loop = FrameLoop(model, 2, temperature=TEMPERATURE, top_k=TOP_K, codebook_size=CODEBOOK_SIZE)
+    for keys, values in loop.caches:
+        keys.fill_(float("nan"))
+        values.fill_(float("nan"))
+    codes = [f.codes for group in loop.run(deque([target])) for f in group]
+    np.testing.assert_array_equal(codes[0], reference(model, target, repeat_limit=38))

@@ -23,7 +23,7 @@ input. This is what transformers' CSM `generate` and Sesame's generator.py do; h
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -81,7 +81,9 @@ class FrameLoop:
         parameter = model.lm_head.weight
         device, dtype = parameter.device, parameter.dtype
         self.slots = slots
-        self.caches = _caches(self.backbone, slots, self.window, device, dtype)
+        # the backbone's caches are zeroed lazily, up to the span that rows need (`_clear`)
+        self.caches = _caches(self.backbone, slots, self.window, device, dtype, torch.empty)
+        self.cleared = 0
         self.depth_window = model.depth_decoder.config.max_position_embeddings
         self.depth_caches = _caches(self.depth, slots, self.depth_window, device, dtype)
 
@@ -113,6 +115,7 @@ class FrameLoop:
 
     @torch.inference_mode()
     def step(self, span: int) -> None:
+        self._clear(span)
         codes = self._sample_frame(self.hidden)
         live = self.live
         self.codes[self.rows, self.frame.clamp(max=self.window - 1)] = codes
@@ -159,6 +162,21 @@ class FrameLoop:
                 depth_input = self._depth_embed(code, position)
         return torch.stack(sampled, 1)
 
+    def _span(self, positions: int) -> int:
+        return next(span for span in self.spans if span >= min(positions, self.window))
+
+    def _clear(self, span: int) -> None:
+        """Zero the backbone caches' positions up to `span` the first time anything needs them.
+        Attention weighs the positions past a row's own by exactly 0, but 0 x NaN (which
+        uninitialized memory may hold) is NaN; zeroing the whole window up front costs as
+        much as a prefill at 16 slots. Rows only ever write below `cleared` (their prefill
+        clears up to their prompt + cap), so clearing further never erases a row."""
+        if span > self.cleared:
+            for keys, values in self.caches:
+                keys[:, :, self.cleared : span].zero_()
+                values[:, :, self.cleared : span].zero_()
+            self.cleared = span
+
     def _depth_embed(self, code: torch.Tensor, codebook: int) -> torch.Tensor:
         return self.depth.embed_tokens(code + codebook * self.vocab)
 
@@ -196,6 +214,7 @@ class FrameLoop:
         device, dtype = self.hidden.device, self.hidden.dtype
         lengths = torch.tensor([len(row.embeds) for row in rows], device=device)
         longest = int(lengths.max())
+        self._clear(self._span(max(len(row.embeds) + row.cap for row in rows)))
         embeds = torch.zeros(len(rows), longest, self.hidden.shape[1], device=device, dtype=dtype)
         for n, row in enumerate(rows):
             embeds[n, : len(row.embeds)] = row.embeds
@@ -241,7 +260,7 @@ class FrameLoop:
                     occupant[slot] = row
                 self.prefill(slots, rows)
             longest = max(len(row.embeds) + row.cap for row in occupant if row is not None)
-            span = next(span for span in self.spans if span >= longest)
+            span = self._span(longest)
             for _ in range(self.check_every):
                 self.graphs[span].replay() if self.graphs else self.step(span)
             self.frames_computed += self.check_every * sum(row is not None for row in occupant)
@@ -259,15 +278,20 @@ class FrameLoop:
 
 
 def _caches(
-    stack: nn.Module, slots: int, window: int, device: torch.device, dtype: torch.dtype
+    stack: nn.Module,
+    slots: int,
+    window: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    make: Callable[..., torch.Tensor] = torch.zeros,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     config = stack.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     shape = (slots, config.num_key_value_heads, window, head_dim)
     return [
         (
-            torch.zeros(shape, device=device, dtype=dtype),
-            torch.zeros(shape, device=device, dtype=dtype),
+            make(shape, device=device, dtype=dtype),
+            make(shape, device=device, dtype=dtype),
         )
         for _ in stack.layers
     ]
