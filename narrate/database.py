@@ -5,8 +5,8 @@ run moves each book through `processing` -> `ready` | `failed`; `StatusWriter` q
 changes and sends many books in one multi-path PATCH (atomic), flushed every couple of seconds
 by a timer so the site updates soon after a book finishes. All values are idempotent: applying
 an update twice leaves the same record (only `narrativeUpdatedAt` moves), so retries and reruns
-converge.
-(The site's request queue is read by narrate.sources.requested_books.)
+converge. The site's request queue (`narrativeAudioStatus == "requested"`, and `processing`
+records whose run's lease expired) is read by narrate.sources.requested_books.
 
 Talking to the database goes through firebase-admin, which honours
 `FIREBASE_DATABASE_EMULATOR_HOST` (emulator: no credentials needed) and otherwise uses
@@ -33,7 +33,7 @@ from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
 
 from narrate.atomic import write_atomic
-from narrate.errors import DatabaseError, UsageError
+from narrate.errors import DatabaseError, DatabaseUnusable, UsageError
 
 log = logging.getLogger("narrate.database")
 
@@ -51,10 +51,18 @@ AUDIO_FORMAT = "narrativeAudioFormat"
 WATERMARK = "narrativeWatermarkPayload"
 ERROR = "narrativeAudioError"
 CONTENT_HASH = "narrativeContentHash"  # lets a rerun see the record already matches
+# A run working on a book holds a lease on its record: the run's id and a deadline (epoch ms,
+# the writer's clock), renewed while it works. A `processing` record whose lease has expired
+# was left by a run that is gone, and the request queue takes it again.
+LEASE_RUN = "narrativeLeaseRun"
+LEASE_EXPIRES = "narrativeLeaseExpiresAt"
 REQUESTED = "requested"
+PROCESSING = "processing"
+NO_LEASE = {LEASE_RUN: None, LEASE_EXPIRES: None}
 
 MAX_ERROR_CHARS = 300
 _MAX_BACKOFF_S = 30.0
+RETRY_BUDGET_S = 40.0  # no new attempt after this: a database down for good stops a run in < 60 s
 
 CREDENTIALS_HINT = (
     "narrate uses Application Default Credentials: Workload Identity on GKE, "
@@ -69,8 +77,9 @@ PERMISSION_HINT = (
 )
 
 
-class DatabaseUnavailable(DatabaseError):
-    """A failure worth retrying: 5xx, 429, a timeout or a lost connection."""
+class DatabaseUnavailable(DatabaseUnusable):
+    """A failure worth retrying: 5xx, 429, a timeout or a lost connection (still failing after
+    the retries, the database is unusable)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, hint="the database may be overloaded or unreachable; rerun")
@@ -121,7 +130,7 @@ class RealtimeDatabase:
     """A Realtime Database instance, `https://PROJECT.firebaseio.com` (or an emulator URL
     `http://HOST:PORT/?ns=NAME`), through its own named firebase-admin app."""
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 10.0) -> None:
         import firebase_admin
         from firebase_admin import db
 
@@ -200,7 +209,7 @@ class RealtimeDatabase:
             ) from None
         except auth_errors.GoogleAuthError as exc:  # no credentials, or refused ones
             message = f"{what}: no usable Google credentials ({type(exc).__name__}: {exc})"
-            raise DatabaseError(short_error(message), hint=CREDENTIALS_HINT) from None
+            raise DatabaseUnusable(short_error(message), hint=CREDENTIALS_HINT) from None
         except ValueError as exc:  # the SDK refusing a path or an argument
             raise DatabaseRejected(f"{what}: {exc}") from None
 
@@ -211,12 +220,12 @@ class RealtimeDatabase:
         if status is None or status >= 500 or status in (408, 429):
             return DatabaseUnavailable(message)
         if status in (401, 403):
-            return DatabaseError(message, hint=PERMISSION_HINT)
+            return DatabaseUnusable(message, hint=PERMISSION_HINT)
         if status == 404:
-            return DatabaseError(message, hint=f"check that --database {self.url} exists")
+            return DatabaseUnusable(message, hint=f"check that --database {self.url} exists")
         if status == 400 and "Index not defined" in message:
             hint = f'add ".indexOn": ["{STATUS}"] under the books path in the database rules'
-            return DatabaseError(message, hint=hint)
+            return DatabaseUnusable(message, hint=hint)
         return DatabaseRejected(message)
 
 
@@ -290,7 +299,7 @@ class LocalStatusFile:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             handle = open(self.lock_path, "a")  # noqa: SIM115 - closed below
         except OSError as exc:
-            raise DatabaseError(f"cannot lock the status file {self.path}: {exc}") from None
+            raise DatabaseUnusable(f"cannot lock the status file {self.path}: {exc}") from None
         with handle:
             fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
             yield
@@ -328,7 +337,7 @@ class LocalStatusFile:
             write_atomic(self.path, json.dumps(self._data, ensure_ascii=False, indent=1))
             info = self.path.stat()
         except OSError as exc:
-            raise DatabaseError(f"cannot write the status file {self.path}: {exc}") from None
+            raise DatabaseUnusable(f"cannot write the status file {self.path}: {exc}") from None
         self._seen = (info.st_ino, info.st_mtime_ns, info.st_size)
 
 
@@ -374,7 +383,7 @@ def _resolved(value: object, now_ms: int) -> object:
     return value
 
 
-def open_database(url: str | None, *, status_file: Path, timeout: float = 30.0) -> Database:
+def open_database(url: str | None, *, status_file: Path, timeout: float = 10.0) -> Database:
     """`--database URL` -> RealtimeDatabase; none -> LocalStatusFile(status_file)."""
     if url is None:
         return LocalStatusFile(status_file)
@@ -384,15 +393,24 @@ def open_database(url: str | None, *, status_file: Path, timeout: float = 30.0) 
 # ---- retries and error text --------------------------------------------------
 
 
-def with_retries(call: Callable[[], T], *, retries: int, backoff: float, what: str) -> T:
-    """`call()`, retried on DatabaseUnavailable with exponential backoff and jitter."""
+def with_retries(
+    call: Callable[[], T],
+    *,
+    retries: int,
+    backoff: float,
+    what: str,
+    budget_s: float = RETRY_BUDGET_S,
+) -> T:
+    """`call()`, retried on DatabaseUnavailable with exponential backoff and jitter, until
+    `retries` retries or `budget_s` seconds (counted from the first attempt) are spent."""
+    started = time.monotonic()
     for attempt in itertools.count():
         try:
             return call()
         except DatabaseUnavailable as exc:
-            if attempt >= retries:
-                raise
             delay = min(_MAX_BACKOFF_S, backoff * 2**attempt) * random.uniform(0.5, 1.0)
+            if attempt >= retries or time.monotonic() - started + delay > budget_s:
+                raise
             log.info("%s: %s; retry %d/%d in %.2fs", what, exc.message, attempt + 1, retries, delay)
             time.sleep(delay)
     raise AssertionError("unreachable")
@@ -445,9 +463,13 @@ class StatusWriter:
     than `max_wait` behind its book. One PATCH carries up to `max_books` books and `max_bytes`
     of JSON. Updates reach the database in the order they were queued (one flush at a time); a
     book queued twice before a flush is sent once, with its latest fields.
-    `flush()`/`close()` return the books whose update failed after `retries` retries: report
-    them failed; the next run retries them. Credentials or permission problems raise
-    DatabaseError instead (from the next call, when the timer hit them): the run cannot publish.
+    `flush()`/`close()` return the books whose update the database refused: report them
+    failed; the next run retries them. A database that cannot be used (credentials,
+    permissions, still unavailable after retries) raises DatabaseUnusable instead, from the
+    next call or `check()` when the timer hit it: the run cannot publish.
+
+    `processing` takes a lease on the book's record for this writer's `run_id`, renewed every
+    `lease_s / 3` while the book is held; `ready`, `failed` and `requeue` release it.
     """
 
     def __init__(
@@ -461,8 +483,14 @@ class StatusWriter:
         max_bytes: int = 1_000_000,
         retries: int = 5,
         backoff: float = 0.5,
+        run_id: str | None = None,
+        lease_s: float = 600.0,
     ) -> None:
         self.db = db
+        self.run_id = run_id or uuid.uuid4().hex[:16]
+        self.lease_s = lease_s
+        self._held: set[str] = set()  # books whose lease this writer keeps renewing
+        self._renew_at = time.monotonic() + lease_s / 3
         self.path_template = path_template
         self.batch_books = batch_books
         self.max_wait = max_wait
@@ -474,8 +502,10 @@ class StatusWriter:
         self._first_pending: float | None = None  # when the oldest pending update was queued
         self._failed: list[str] = []
         self._fatal: DatabaseError | None = None
-        self._lock = threading.Lock()  # guards _pending, _first_pending, _failed, _fatal
-        self._due = threading.Condition(self._lock)  # the timer's wake-up: a batch is full
+        # guards _pending, _first_pending, _held, _renew_at, _failed, _fatal
+        self._lock = threading.Lock()
+        # the timer's wake-up: a first update queued, a batch full, a first lease held
+        self._due = threading.Condition(self._lock)
         self._send_lock = threading.Lock()  # one flush at a time keeps updates in order
         self._closed = threading.Event()
         self._timer = threading.Thread(
@@ -484,7 +514,27 @@ class StatusWriter:
         self._timer.start()
 
     def processing(self, book_id: str) -> None:
-        self._queue(book_id, {STATUS: "processing"})
+        self._queue(book_id, {STATUS: PROCESSING, LEASE_RUN: self.run_id} | self._deadline())
+        with self._lock:
+            if not self._held:  # the first lease held: its renewal is due lease_s / 3 from now
+                self._renew_at = time.monotonic() + self.lease_s / 3
+                self._due.notify()  # the timer's wait now ends at the renewal too
+            self._held.add(book_id)
+
+    def requeue(self, book_id: str) -> None:
+        """Back to the request queue: this run stops before finishing the book."""
+        self._queue(book_id, {STATUS: REQUESTED} | NO_LEASE)
+
+    def held(self) -> list[str]:
+        """The books this writer holds a lease on (marked processing, not yet settled)."""
+        with self._lock:
+            return sorted(self._held)
+
+    def check(self) -> None:
+        """Raise the error that made the database unusable, if the timer met one."""
+        with self._lock:
+            if self._fatal is not None:
+                raise self._fatal
 
     def ready(
         self,
@@ -499,11 +549,11 @@ class StatusWriter:
     ) -> None:
         fields = {STATUS: "ready", URL: url, DURATION: round(duration_s, 3), AUDIO_PATH: path}
         fields |= {AUDIO_FORMAT: format, WATERMARK: watermark_payload, CONTENT_HASH: content_hash}
-        self._queue(book_id, fields | {ERROR: None})
+        self._queue(book_id, fields | {ERROR: None} | NO_LEASE)
 
     def failed(self, book_id: str, error: str) -> None:
         """Marks the book failed; the audio a previous run published (if any) stays linked."""
-        self._queue(book_id, {STATUS: "failed", ERROR: short_error(error)})
+        self._queue(book_id, {STATUS: "failed", ERROR: short_error(error)} | NO_LEASE)
 
     def flush(self) -> list[str]:
         self._send_pending()
@@ -539,6 +589,8 @@ class StatusWriter:
         with self._lock:
             if self._fatal is not None:
                 raise self._fatal
+            if fields.get(LEASE_RUN, self.run_id) is None:  # ready, failed, requeue: released
+                self._held.discard(book_id)
             self._pending.setdefault(book_id, {}).update(fields, **{UPDATED_AT: SERVER_TIMESTAMP})
             if self._first_pending is None:  # the timer starts counting this one's wait
                 self._first_pending = time.monotonic()
@@ -546,19 +598,33 @@ class StatusWriter:
             elif len(self._pending) >= self.batch_books:
                 self._due.notify()
 
+    def _deadline(self) -> dict[str, object]:
+        return {LEASE_EXPIRES: int((time.time() + self.lease_s) * 1000)}
+
+    def _renew_leases(self, now: float) -> None:
+        """Queue a new deadline for every lease held (the caller holds the lock)."""
+        self._renew_at = now + self.lease_s / 3
+        deadline = self._deadline()
+        for book_id in self._held:
+            self._pending.setdefault(book_id, {}).update(deadline)
+
     def _flush_on_timer(self) -> None:
         while True:
             with self._lock:
                 while not self._closed.is_set():
+                    now = time.monotonic()
+                    if self._held and now >= self._renew_at:
+                        self._renew_leases(now)
+                        break  # sent now, whatever the batch: a short lease must not lapse
                     if len(self._pending) >= self.batch_books:
                         break
-                    if self._first_pending is None:
-                        self._due.wait()
-                        continue
-                    left = self._first_pending + self.max_wait - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._due.wait(left)
+                    timeouts = [self._renew_at - now] if self._held else []
+                    if self._first_pending is not None:
+                        left = self._first_pending + self.max_wait - now
+                        if left <= 0:
+                            break
+                        timeouts.append(left)
+                    self._due.wait(min(timeouts) if timeouts else None)
                 if self._closed.is_set():
                     return  # close() sends what is left
             self._send_pending()
@@ -597,9 +663,9 @@ class StatusWriter:
                 update = functools.partial(self.db.update, updates)
                 with_retries(update, retries=self.retries, backoff=self.backoff, what=what)
                 return
-        except (DatabaseUnavailable, DatabaseRejected) as exc:
+        except DatabaseRejected as exc:
             log.warning("%s; these books are retried by the next run", exc.message)
-        except DatabaseError as exc:
+        except DatabaseError as exc:  # unusable: credentials, permissions, down after retries
             with self._lock:
                 self._fatal = self._fatal or exc
         with self._lock:

@@ -42,12 +42,26 @@ class EngineError(NarrateError):
     """Synthesis failed in a way that is not about one chunk."""
 
 
+class InfrastructureError(NarrateError):
+    """Not about one book: credentials, permissions, a missing bucket or database, a service
+    still unavailable after retries. Every book would fail the same way, so the run stops
+    (exit 3) after flushing what is done instead of failing the catalog book by book."""
+
+
 class StorageError(NarrateError):
-    pass
+    """A problem with one object (its name, a race, a refused write): that book fails."""
+
+
+class StorageUnusable(StorageError, InfrastructureError):
+    """The store itself cannot be used: see InfrastructureError."""
 
 
 class DatabaseError(NarrateError):
     pass
+
+
+class DatabaseUnusable(DatabaseError, InfrastructureError):
+    """The database cannot be used at all: see InfrastructureError."""
 
 
 class AudioError(NarrateError):

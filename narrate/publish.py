@@ -18,7 +18,7 @@ from pathlib import Path
 from narrate.cache import ChunkCache
 from narrate.config import PostConfig, fingerprint
 from narrate.database import CONTENT_HASH, STATUS, Database, StatusWriter, open_database
-from narrate.errors import NarrateError, StorageError, UsageError
+from narrate.errors import InfrastructureError, NarrateError, StorageError, UsageError
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook
 from narrate.records import EncodedBook
@@ -119,6 +119,8 @@ class Uploader:
                     return Upload(book.book_id, name, self._url(stored), uploaded=True)
                 existing = self.storage.stat(name)  # another writer created it meanwhile
             raise StorageError(f"{self.storage.root}/{name} kept changing while narrate wrote it")
+        except InfrastructureError:
+            raise  # the store itself is unusable: every book would fail, the run stops
         except Exception as exc:  # one bad book must not lose the others
             message = exc.message if isinstance(exc, NarrateError) else repr(exc)
             log.warning("upload of %s failed: %s", book.book_id, message)

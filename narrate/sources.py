@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
 import stat
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from narrate.config import ChunkingConfig, EngineConfig
-from narrate.database import REQUESTED, STATUS, Database, with_retries
+from narrate.database import (
+    LEASE_EXPIRES,
+    PROCESSING,
+    REQUESTED,
+    STATUS,
+    Database,
+    with_retries,
+)
 from narrate.errors import UsageError
 from narrate.manifest import ManifestReader, book_id_problem
 from narrate.options import RunOptions
@@ -27,6 +36,8 @@ from narrate.records import Book, RowError
 from narrate.storage import open_uri
 from narrate.synth.voices import VoiceLibrary
 from narrate.text import chunk_book
+
+log = logging.getLogger(__name__)
 
 
 def manifest_rows(manifest: str, *, max_text_chars: int) -> ManifestReader:
@@ -201,23 +212,46 @@ def requested_books(
     max_text_chars: int = 200_000,
     retries: int = 5,
     backoff: float = 0.5,
+    now_ms: float | None = None,
 ) -> Iterator[Book | RowError]:
-    """Books whose status is `requested` (the site's "Generate narrative" button), in key order,
-    read a page at a time with an indexed query. `row` counts them from 1. Invalid records come
-    out as RowErrors for the runner to mark failed.
+    """Books whose status is `requested` (the site's "Generate narrative" button), then books
+    left `processing` by a run that is gone (their lease expired at `now_ms`, or they have
+    none), each in key order, read a page at a time with an indexed query. `row` counts them
+    from 1. Invalid records come out as RowErrors for the runner to mark failed.
     """
-    row, after = 0, None
+    now = time.time() * 1000 if now_ms is None else now_ms
+    row = 0
+    for status in (REQUESTED, PROCESSING):
+        for book_id, record in _records_with_status(
+            db, path, status, page_size=page_size, retries=retries, backoff=backoff
+        ):
+            if status == PROCESSING and not _lease_expired(record, now):
+                continue  # a live run is working on it
+            row += 1
+            if status == PROCESSING:
+                log.info("book %s: its run's lease expired, taking it again", book_id)
+            yield _requested_book(row, book_id, record, text_field, max_text_chars)
+
+
+def _records_with_status(
+    db: Database, path: str, status: str, *, page_size: int, retries: int, backoff: float
+) -> Iterator[tuple[str, object]]:
+    after = None
     while True:
         query = functools.partial(
-            db.query_equal, path, STATUS, REQUESTED, limit=page_size, start_after_key=after
+            db.query_equal, path, STATUS, status, limit=page_size, start_after_key=after
         )
         page = with_retries(query, retries=retries, backoff=backoff, what=f"request queue /{path}")
-        for book_id, record in page.items():
-            row += 1
-            yield _requested_book(row, book_id, record, text_field, max_text_chars)
+        yield from page.items()
         if len(page) < page_size:
             return
         after = next(reversed(page))
+
+
+def _lease_expired(record: object, now_ms: float) -> bool:
+    expires = record.get(LEASE_EXPIRES) if isinstance(record, dict) else None
+    # no lease: left by a run from before leases existed, which is gone too
+    return not isinstance(expires, int | float) or isinstance(expires, bool) or expires < now_ms
 
 
 def _requested_book(

@@ -14,6 +14,7 @@ Workload Identity); with STORAGE_EMULATOR_HOST set, anonymous credentials are us
 from __future__ import annotations
 
 import base64
+import errno
 import functools
 import hashlib
 import json
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO, Protocol
 from urllib.parse import quote
 
 from narrate.atomic import write_atomic
-from narrate.errors import StorageError, UsageError
+from narrate.errors import StorageError, StorageUnusable, UsageError
 
 if TYPE_CHECKING:
     from google.cloud import storage as gcs
@@ -43,6 +44,10 @@ CONTENT_HASH_KEY = "contentHash"  # object metadata: what the file was made from
 SIGNED_URL_LIFETIME = timedelta(days=7)  # the V4 maximum
 _META_DIR = ".narrate-meta"  # local sidecars: content type, cache control and metadata per file
 MAX_RACES = 5  # precondition losses tolerated per put before giving up
+RETRY_BUDGET_S = 45.0
+CONNECT_TIMEOUT_S = 10.0  # an unreachable host fails fast; a slow upload still gets `timeout`
+# local failures about the folder, not the file: every book would meet them
+_FOLDER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EIO}
 _POOL_SIZE = 32  # HTTP connections per client: at least the uploader's worker count
 _FIREBASE_HOST = "https://firebasestorage.googleapis.com"
 _PUBLIC_HOST = "https://storage.googleapis.com"
@@ -222,7 +227,8 @@ def _local_errors(what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        raise StorageError(
+        kind = StorageUnusable if exc.errno in _FOLDER_ERRNOS else StorageError
+        raise kind(
             f"cannot {what}: {exc.strerror or exc}", hint="check the folder's permissions and space"
         ) from exc
 
@@ -242,11 +248,11 @@ class GcsStorage:
         self.prefix = prefix.strip("/")
         self.root = f"gs://{bucket}/{self.prefix}".rstrip("/")
         self.client = client
-        self.timeout = timeout
-        # every call here carries a precondition or is a read, so retrying all of them is safe
-        # the default 120 s budget can run out for one unlucky upload among many on a flaky
-        # network; a batch job prefers waiting longer to failing a book
-        self.retry = DEFAULT_RETRY.with_timeout(300.0)
+        self.timeout = (CONNECT_TIMEOUT_S, timeout)
+        # every call here carries a precondition or is a read, so retrying all of them is safe.
+        # 45 s of retries (6 attempts with the default backoff) rides out a flaky network; a
+        # store still unreachable after that is down, and the run stops (exit 3) within 60 s
+        self.retry = DEFAULT_RETRY.with_timeout(RETRY_BUDGET_S)
         self._bucket = client.bucket(bucket)
         self._warned_signed = False
 
@@ -371,7 +377,7 @@ class GcsStorage:
 
     def _signed_url(self, key: str) -> str:
         if _emulator_host():
-            raise StorageError(
+            raise StorageUnusable(
                 "signed URLs cannot be made against the storage emulator",
                 hint="use --url-style token or public with an emulator",
             )
@@ -381,7 +387,7 @@ class GcsStorage:
                 version="v4", expiration=SIGNED_URL_LIFETIME, method="GET"
             )
         except AttributeError:  # the library's answer to credentials that cannot sign
-            raise StorageError(
+            raise StorageUnusable(
                 "signed URLs need credentials with a private key",
                 hint="use a service-account key (GOOGLE_APPLICATION_CREDENTIALS) "
                 "or --url-style token",
@@ -426,21 +432,25 @@ def _gcs_errors(what: str) -> Iterator[None]:
     except (api.PreconditionFailed, StorageError):
         raise
     except (api.Forbidden, api.Unauthorized) as exc:
-        raise StorageError(f"permission denied: cannot {what}", hint=_PERMISSION_HINT) from exc
+        raise StorageUnusable(f"permission denied: cannot {what}", hint=_PERMISSION_HINT) from exc
     except api.NotFound as exc:
-        raise StorageError(
+        raise StorageUnusable(
             f"cannot {what}: the bucket does not exist",
             hint="create the bucket or fix the gs:// address",
         ) from exc
     except auth.GoogleAuthError as exc:
         # the message of a refresh error can quote the token endpoint's reply; keep it out
-        raise StorageError(
+        raise StorageUnusable(
             f"cannot {what}: no valid Google Cloud credentials ({type(exc).__name__})",
             hint=_CREDENTIALS_HINT,
         ) from None
     except (api.GoogleAPIError, requests.RequestException, OSError) as exc:
         detail = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        raise StorageError(
+        code = getattr(exc, "code", None)
+        if isinstance(code, int) and 400 <= code < 500 and code not in (408, 429):
+            # a request refused for this object (a bad name, metadata or size): that book fails
+            raise StorageError(f"cannot {what}: {detail[:300]}") from exc
+        raise StorageUnusable(
             f"cannot {what}: {detail[:300]}",
             hint="Cloud Storage did not answer after retries; rerun later, finished work is kept",
         ) from exc
@@ -469,7 +479,7 @@ def _client(emulator: str | None, key_file: str | None, pid: int) -> gcs.Client:
             credentials, project = google.auth.default(scopes=scopes)
         except DefaultCredentialsError as exc:
             # the message names the key file, never its content; the chained cause might
-            raise StorageError(
+            raise StorageUnusable(
                 f"no Google Cloud credentials for Cloud Storage: {exc}", hint=_CREDENTIALS_HINT
             ) from None
     session = AuthorizedSession(credentials)

@@ -19,6 +19,8 @@ from support.rtdb_server import EMULATOR_ENV, RTDBServer, RTDBTarget
 from narrate.database import (
     CREDENTIALS_HINT,
     ERROR,
+    LEASE_EXPIRES,
+    LEASE_RUN,
     PERMISSION_HINT,
     STATUS,
     UPDATED_AT,
@@ -29,7 +31,7 @@ from narrate.database import (
     open_database,
     short_error,
 )
-from narrate.errors import DatabaseError, UsageError
+from narrate.errors import DatabaseError, DatabaseUnusable, UsageError
 from narrate.records import Book, RowError
 from narrate.sources import requested_books
 
@@ -218,12 +220,14 @@ def test_a_missing_index_names_the_rule_to_add(monkeypatch: pytest.MonkeyPatch, 
 
 
 def test_lifecycle_fields_exactly_as_specified(database: Database):
-    status = writer(database)
+    status = writer(database, run_id="run-1", lease_s=600)
+    before = time.time() * 1000
     status.processing("b1")
     status.flush()
     record = status.record("b1")
-    assert record.keys() == {STATUS, UPDATED_AT}
-    assert record[STATUS] == "processing"
+    assert record.keys() == {STATUS, UPDATED_AT, LEASE_RUN, LEASE_EXPIRES}
+    assert record[STATUS] == "processing" and record[LEASE_RUN] == "run-1"
+    assert before + 590_000 < record[LEASE_EXPIRES] < time.time() * 1000 + 610_000
     assert isinstance(record[UPDATED_AT], int) and record[UPDATED_AT] > 1.6e12  # epoch ms
 
     status.failed("b1", "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA oom")
@@ -421,18 +425,50 @@ def test_faults_converge_to_the_fault_free_state(
     assert sum(r[STATUS] == "ready" for r in finals["clean"].values()) == 120 - 17
 
 
-def test_updates_that_fail_after_retries_are_returned(rtdb: RTDBTarget, remote: Database):
+def test_a_database_still_unavailable_after_retries_stops_the_writer(
+    rtdb: RTDBTarget, remote: Database
+):
     server = rtdb.require_server()
     status = writer(remote, retries=2, max_books=3)
     with server.faults(throttled=1.0):  # 429 on everything; the SDK itself does not retry it
         for i in range(5):
             status.processing(f"b{i}")
-        failed = status.flush()
-        assert failed == [f"b{i}" for i in range(5)]
-        assert len(server.requests(rtdb.namespace, "PATCH")) == 2 * 3  # 2 batches x 3 tries
-    publish(status, "b0")  # the writer carries on once the database recovers
+        with pytest.raises(DatabaseUnusable, match="429"):
+            status.flush()
+        # the first batch tried 3 times; the second was not sent to a database known down
+        assert len(server.requests(rtdb.namespace, "PATCH")) == 3
+    with pytest.raises(DatabaseUnusable):
+        publish(status, "b0")  # a run stops here rather than failing its books one by one
+    with pytest.raises(DatabaseUnusable):
+        status.check()
+
+
+def test_a_refused_update_fails_only_its_books(rtdb: RTDBTarget, remote: Database):
+    status = writer(remote, max_books=1, path_template="books/{book_id}")
+    status.processing("b0")
+    status.failed("bad.id", "a key the database refuses")  # "." is not allowed in a key
+    status.processing("b2")
+    assert status.flush() == ["bad.id"]
+    status.check()  # the writer carries on
+    publish(status, "b0")
     assert status.close() == []
-    assert rtdb.rest("GET", "books") == {"b0": rtdb.rest("GET", "books/b0")}
+    assert sorted(rtdb.rest("GET", "books")) == ["b0", "b2"]
+
+
+def test_a_lease_is_renewed_while_held_and_released_when_settled(database: Database):
+    status = writer(database, run_id="run-1", lease_s=0.6)
+    status.processing("b1")
+    status.processing("b2")
+    status.flush()
+    first = status.record("b1")[LEASE_EXPIRES]
+    time.sleep(0.5)  # the timer renews after lease_s / 3
+    assert status.record("b1")[LEASE_EXPIRES] > first
+    publish(status, "b1")
+    status.requeue("b2")
+    status.close()
+    assert status.held() == []
+    assert LEASE_RUN not in status.record("b1") and LEASE_EXPIRES not in status.record("b1")
+    assert without_timestamps(status.record("b2")) == {STATUS: "requested"}
 
 
 # ---- the request queue -------------------------------------------------------
@@ -474,8 +510,31 @@ def test_requested_books_read_in_pages(rtdb: RTDBTarget, remote: Database):
     found = list(requested_books(remote, text_field="summary", page_size=10))
     assert [b.text for b in found] == [f"Text {i}." for i in range(23)]
     queries = [r for r in server.requests(rtdb.namespace, "GET") if "orderBy" in r.params]
-    assert len(queries) == 3
     assert all(json.loads(r.params["orderBy"]) == STATUS for r in queries)
+    # three pages of requests, then one (empty) of records left processing
+    asked = [
+        json.loads(r.params.get("equalTo", r.params.get("startAt", "")).split(",")[0])
+        for r in queries
+    ]
+    assert asked == ["requested"] * 3 + ["processing"]
+
+
+def test_the_queue_takes_processing_records_whose_lease_expired(database: Database):
+    now_ms = time.time() * 1000
+    database.update(
+        {f"books/{b}/narrative": f"Text of {b}." for b in ("req", "gone", "old", "live")}
+        | {"books/req/narrativeAudioStatus": "requested"}
+        # left by a killed run: its lease ran out a minute ago
+        | {"books/gone/narrativeAudioStatus": "processing", "books/gone/narrativeLeaseRun": "r1"}
+        | {"books/gone/narrativeLeaseExpiresAt": now_ms - 60_000}
+        # left by a run from before leases
+        | {"books/old/narrativeAudioStatus": "processing"}
+        # a run working on it now
+        | {"books/live/narrativeAudioStatus": "processing", "books/live/narrativeLeaseRun": "r2"}
+        | {"books/live/narrativeLeaseExpiresAt": now_ms + 600_000}
+    )
+    found = list(requested_books(database, page_size=1, now_ms=now_ms))
+    assert [(b.book_id, b.row) for b in found] == [("req", 1), ("gone", 2), ("old", 3)]
 
 
 # ---- the local status file and error text ------------------------------------

@@ -154,7 +154,7 @@ def _as_json(value: object) -> object:
     if not isinstance(value, dict):
         return value
     value = {k: _as_json(v) for k, v in value.items()}
-    if all(k.isdigit() and (k == "0" or not k.startswith("0")) for k in value):
+    if value and all(k.isdigit() and (k == "0" or not k.startswith("0")) for k in value):
         top = max(int(k) for k in value)
         if top < 2 * len(value):
             return [value.get(str(i)) for i in range(top + 1)]
