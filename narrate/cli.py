@@ -486,6 +486,22 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
 @device_options
 @click.option("--force", is_flag=True, help="re-render books even when already published")
 @click.option(
+    "--post-workers",
+    type=click.IntRange(1),
+    default=None,
+    help="threads assembling, watermarking, encoding and publishing books "
+    "[default: the cores the device workers leave free]",
+)
+@click.option(
+    "--lease-seconds",
+    "lease_s",
+    type=click.FloatRange(1),
+    default=600.0,
+    show_default=True,
+    help="a book's record stays this run's for this long without renewal; a record left "
+    "'processing' by a run gone for longer is taken again by --requests",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
@@ -501,6 +517,8 @@ def run(
     text_field: str,
     url_style: str,
     force: bool,
+    post_workers: int | None,
+    lease_s: float,
     report_path: str | None,
 ) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
@@ -525,6 +543,8 @@ def run(
         text_field=text_field,
         url_style=url_style,
         force=force,
+        post_workers=post_workers,
+        lease_s=lease_s,
     )
     log = EventLog()
     with logging_to(log):
@@ -537,7 +557,7 @@ def run(
             sys.exit(exc.exit_code)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
-    click.echo(json.dumps(report.totals()))
+    click.echo(json.dumps(report.totals()))  # the error that stopped a run was an event
     sys.exit(exit_code(report))
 
 

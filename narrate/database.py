@@ -555,20 +555,30 @@ class StatusWriter:
         """Marks the book failed; the audio a previous run published (if any) stays linked."""
         self._queue(book_id, {STATUS: "failed", ERROR: short_error(error)} | NO_LEASE)
 
-    def flush(self) -> list[str]:
-        self._send_pending()
+    def flush(self, timeout: float | None = None) -> list[str]:
+        """Send what is queued; the books whose update was refused. `timeout`: give up (those
+        books count as refused) rather than wait longer for a slow database."""
+        self._send_pending(timeout)
         with self._lock:
-            failed, self._failed = self._failed, []
             if self._fatal is not None:
-                raise self._fatal
+                raise self._fatal  # the refused books stay for unrecorded()
+            failed, self._failed = self._failed, []
         return failed
 
-    def close(self) -> list[str]:
+    def close(self, timeout: float | None = None) -> list[str]:
+        """Flush and stop the timer; a stopping run bounds the wait with `timeout`."""
+        started = time.monotonic()
         with self._lock:
             self._closed.set()
             self._due.notify()
-        self._timer.join()
-        return self.flush()
+        self._timer.join(timeout)
+        left = None if timeout is None else max(0.0, timeout - (time.monotonic() - started))
+        return self.flush(left)
+
+    def unrecorded(self) -> list[str]:
+        """After DatabaseUnusable: the books whose updates were never sent."""
+        with self._lock:
+            return [*self._failed, *self._pending]
 
     def record(self, book_id: str, fields: Sequence[str] | None = None) -> dict | None:
         """The stored record (updates still queued here are not in it yet). With `fields`, only
@@ -629,13 +639,21 @@ class StatusWriter:
                     return  # close() sends what is left
             self._send_pending()
 
-    def _send_pending(self) -> None:
-        with self._send_lock:
+    def _send_pending(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._send_lock.acquire(timeout=-1 if timeout is None else timeout):
+            with self._lock:  # the timer's flush is still retrying: these are not sent
+                self._failed.extend(self._pending)
+                self._pending, self._first_pending = {}, None
+            return
+        try:
             with self._lock:
                 pending, self._pending = self._pending, {}
                 self._first_pending = None
             for books, updates in self._batches(pending):
-                self._send(books, updates)
+                self._send(books, updates, deadline)
+        finally:
+            self._send_lock.release()
 
     def _batches(
         self, pending: dict[str, dict[str, object]]
@@ -656,12 +674,17 @@ class StatusWriter:
         if books:
             yield books, updates
 
-    def _send(self, books: list[str], updates: dict[str, object]) -> None:
+    def _send(
+        self, books: list[str], updates: dict[str, object], deadline: float | None = None
+    ) -> None:
         what = f"status update of {len(books)} books"
+        budget = RETRY_BUDGET_S if deadline is None else deadline - time.monotonic()
         try:
-            if self._fatal is None:
+            if self._fatal is None and budget > 0:
                 update = functools.partial(self.db.update, updates)
-                with_retries(update, retries=self.retries, backoff=self.backoff, what=what)
+                with_retries(
+                    update, retries=self.retries, backoff=self.backoff, what=what, budget_s=budget
+                )
                 return
         except DatabaseRejected as exc:
             log.warning("%s; these books are retried by the next run", exc.message)

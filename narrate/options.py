@@ -53,5 +53,6 @@ class RunOptions:
     text_field: str = "narrative"
     url_style: str = "token"
     force: bool = False
-    post_workers: int = 2
-    stop_grace_s: float = 10.0  # finishing books after SIGTERM; GKE spot gives pods ~15 s
+    post_workers: int | None = None  # None: the cores the device workers leave free
+    stop_grace_s: float = 8.0  # finishing books after SIGTERM; the run exits within 15 s
+    lease_s: float = 600.0  # how long a record stays ours without renewal (see database.py)

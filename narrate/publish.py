@@ -213,7 +213,7 @@ def open_outputs(options: RunOptions, log: EventLog) -> Outputs:
             "warning", message=f"no --database: statuses go to {status_file(options.outputs.out)}"
         )
     db = open_database(options.outputs.database, status_file=status_file(options.outputs.out))
-    status = StatusWriter(db, path_template=options.outputs.path_template)
+    status = StatusWriter(db, path_template=options.outputs.path_template, lease_s=options.lease_s)
     template = options.outputs.object_template or (
         "{book_id}.{ext}" if local_out else "narrations/{book_id}.{ext}"
     )

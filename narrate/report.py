@@ -45,6 +45,8 @@ class RunReport:
     started: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     interrupted: bool = False
+    error: str | None = None  # what stopped the run early (with its hint)
+    exit_code: int | None = None  # that error's exit code
 
     # audio of the ready books in microseconds, kept as books are added: the progress bar shows
     # it after every book, and summing all books each time made a 100k-book run quadratic. An
@@ -92,6 +94,7 @@ class RunReport:
             "chunks_failed": self.chunks_failed,
             "cache_hits": self.cache_hits,
             "interrupted": self.interrupted,
+            "error": self.error,
         }
 
     def to_json(self) -> dict[str, object]:

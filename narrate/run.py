@@ -9,17 +9,22 @@ post-processing.
 
 Resuming needs no state beyond the cache and the published outputs: chunks found in the cache
 are not synthesized again, and books whose file and record already carry their content hash are
-skipped. SIGTERM/SIGINT stop feeding the workers, let finished books publish, and exit with
-EXIT_INTERRUPTED; SIGKILL at any moment loses at most the batches in flight.
+skipped. SIGTERM/SIGINT stop the workers at once, give books in post-processing a few
+seconds, put every book not finished back on the request queue (`requested`), flush the
+status writer last and exit with EXIT_INTERRUPTED within 15 s; SIGKILL at any moment loses at
+most the batches in flight, and the records it leaves `processing` carry a lease that expires.
+An infrastructure error (InfrastructureError: credentials, permissions, a missing bucket or
+database, a service down after retries) stops the run the same way, with exit 3.
 """
 
 from __future__ import annotations
 
+import queue
 import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, replace
 from typing import Any
@@ -28,7 +33,9 @@ from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SOME_FAILED,
+    DatabaseError,
     EngineError,
+    InfrastructureError,
     NarrateError,
 )
 from narrate.ledger import BookJob, Ledger
@@ -38,7 +45,48 @@ from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, RowError
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.sources import planned_windows
-from narrate.workers import WorkerFailed, WorkerPool, WorkerSettings, resolve_devices
+from narrate.workers import (
+    WorkerFailed,
+    WorkerPool,
+    WorkerSettings,
+    default_post_workers,
+    resolve_devices,
+)
+
+STOP_BUDGET_S = 13.0  # from the stop signal to the last status flush: Kubernetes kills at 30 s
+
+
+class DaemonPool:
+    """Threads that never hold the process open: a stopping run abandons the books they are
+    rendering (they go back on the queue and render again from the cache) instead of waiting
+    minutes for a long book, as it would for concurrent.futures threads, which the interpreter
+    joins at exit."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
+        self._closed = threading.Event()
+        for i in range(workers):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, call: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._tasks.put((future, lambda: call(*args)))
+        return future
+
+    def shutdown(self) -> None:
+        """Start nothing more; tasks already running are left to finish or be abandoned."""
+        self._closed.set()
+
+    def _work(self) -> None:
+        while True:
+            future, call = self._tasks.get()
+            if self._closed.is_set():
+                future.cancel()
+            elif future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # handed to whoever reads the future
+                    future.set_exception(exc)
 
 
 class Run:
@@ -55,6 +103,8 @@ class Run:
         self.chunks_planned = 0  # to synthesize, over the windows planned so far (progress total)
         self.devices: list[str] | None = None  # resolved when first needed (it imports torch)
         self.pool: WorkerPool | None = None  # started on the first batch: see _dispatch
+        self.stopped_at: float | None = None  # monotonic time of the stop signal or error
+        self.failure: NarrateError | None = None  # the error that stopped the run
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
         if options.outputs.post.watermark:
@@ -66,7 +116,10 @@ class Run:
             self.watermarker = Watermarker.load(options.outputs.post.watermark_model, device=device)
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
-        self.post_pool = ThreadPoolExecutor(options.post_workers, thread_name_prefix="narrate-post")
+        post_workers = options.post_workers or default_post_workers(
+            self._devices(), options.workers.cpu_threads
+        )
+        self.post_pool = DaemonPool(post_workers, "narrate-post")
 
     def _devices(self) -> list[str]:
         if self.devices is None:
@@ -78,9 +131,9 @@ class Run:
             self.options, self.outputs.db
         )
         previous = self._install_signal_handlers()
-        aborted = True
         try:
             while not self.stop.is_set():
+                self.outputs.status.check()  # a database the timer found unusable stops the run
                 while window_iter is not None and not self.queued and not self.stop.is_set():
                     window = next(window_iter, None)
                     if window is None:
@@ -92,12 +145,23 @@ class Run:
                     break
                 self._collect(timeout=0.1)
                 self._reap_posted()
-            aborted = False
+        except NarrateError as exc:  # infrastructure, a dead worker: every book would fail
+            self._stopped_by(exc)
+            self.stopped_at = time.monotonic()
+            self.log.event("run_stopped", error=exc.message, hint=exc.hint, exit=exc.exit_code)
         finally:
-            self._shutdown(aborted)
+            self._shutdown()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self.report
+
+    def _stopped_by(self, exc: NarrateError) -> None:
+        """Keep the first error that stops the run; it is logged once, as an `error` event like
+        the CLI's for an error raised before the run started (off a terminal, stderr stays one
+        stream of JSON events)."""
+        if self.failure is None:
+            self.failure = exc
+            self.log.event("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
 
     def _install_signal_handlers(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
@@ -105,6 +169,7 @@ class Run:
 
         def request_stop(signum: int, _frame: object) -> None:
             self.log.event("run_interrupted", signal=signal.Signals(signum).name)
+            self.stopped_at = self.stopped_at or time.monotonic()
             self.stop.set()
 
         return {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -141,9 +206,8 @@ class Run:
         for book in todo:
             job, chunks = self.ledger.add_book(book, hashes[book.book.book_id], missing | known)
             new_chunks += chunks
-            if job.waiting:
-                self.outputs.status.processing(job.book_id)
-            else:
+            self.outputs.status.processing(job.book_id)  # the lease: a stop or crash requeues it
+            if not job.waiting:
                 self._finish(job)
         batches = plan_batches(new_chunks, self.options.catalog.plan)
         self.queued.extend(batches)
@@ -250,6 +314,8 @@ class Run:
             url = self.outputs.publisher.publish(
                 encoded, {"model": model, "voice": book.voice or ""}
             )
+        except InfrastructureError:
+            raise  # not this book's fault: the run stops and the book goes back on the queue
         except NarrateError as exc:
             return self._fail(job, exc.message)
         return BookResult(
@@ -264,7 +330,8 @@ class Run:
     def _reap_posted(self) -> None:
         for future in [f for f in self.posting if f.done()]:
             self.posting.discard(future)
-            self._record(future.result())
+            if not future.cancelled():
+                self._record(future.result())  # an InfrastructureError raised here stops the run
 
     def _record(self, result: BookResult) -> None:
         self.report.add(result)
@@ -275,33 +342,55 @@ class Run:
         }
         self.log.progress("books", 1, unit=" books", postfix=postfix)
 
-    def _shutdown(self, aborted: bool) -> None:
-        """Stop workers (at once when interrupted or failing), settle books, flush the database."""
-        interrupted = self.stop.is_set()
+    def _shutdown(self) -> None:
+        """Stop workers, settle books, flush the database last. A stopped run (signal or
+        error) ends within STOP_BUDGET_S of the stop: the workers are stopped at once, books in
+        post-processing get `stop_grace_s`, and whatever is not finished goes back on the queue."""
+        status = self.outputs.status
+        stopped_at = self.stopped_at
         if self.pool is not None:
-            self.pool.close(now=interrupted or aborted)
-        # books already being assembled get a grace period: they are the work closest to done
-        wait(self.posting, timeout=self.options.stop_grace_s if interrupted else None)
-        self._reap_posted()
-        self.post_pool.shutdown(wait=not interrupted, cancel_futures=True)
+            self.pool.close(now=stopped_at is not None)
+        if stopped_at is None:
+            wait(self.posting)
+        else:  # books being assembled are the work closest to done: they get a grace
+            grace = stopped_at + self.options.stop_grace_s - time.monotonic()
+            wait(self.posting, timeout=max(0.0, grace))
+        try:
+            self._reap_posted()
+        except NarrateError as exc:  # a book met an unusable store while the run stopped
+            self._stopped_by(exc)
+        self.post_pool.shutdown()
         unrecorded: list[str] = []
-        try:  # a lost credential raises here; the run's totals are still logged
-            unrecorded = self.outputs.status.close()
-        finally:
-            for book_id in unrecorded:
-                result = self.report.books.get(book_id)
-                if result is not None and result.status == "ready":
-                    error = "database update failed after retries"
-                    self.report.add(replace(result, status="failed", error=error))
-            self.report.interrupted = interrupted
-            self.report.wall_s = time.monotonic() - self.report.started
-            self.log.close()
-            self.log.event("run_finished", **self.report.totals())
+        try:
+            budget = None
+            if stopped_at is not None:
+                for book_id in status.held():  # abandoned: the next run takes it again
+                    status.requeue(book_id)
+                    self.log.event("book_requeued", book_id=book_id)
+                budget = max(0.0, stopped_at + STOP_BUDGET_S - time.monotonic())
+            unrecorded = status.close(budget)
+        except DatabaseError as exc:  # unusable: the leases it holds expire instead
+            self._stopped_by(exc)
+            unrecorded = status.unrecorded()
+        for book_id in unrecorded:
+            result = self.report.books.get(book_id)
+            if result is not None and result.status == "ready":
+                error = "database update failed after retries"
+                self.report.add(replace(result, status="failed", error=error))
+        self.report.interrupted = self.stop.is_set()
+        if self.failure is not None:
+            self.report.error = str(self.failure)
+            self.report.exit_code = self.failure.exit_code
+        self.report.wall_s = time.monotonic() - self.report.started
+        self.log.close()
+        self.log.event("run_finished", **self.report.totals())
 
 
 def exit_code(report: RunReport) -> int:
     if report.interrupted:
         return EXIT_INTERRUPTED
+    if report.exit_code is not None:  # an error stopped the run
+        return report.exit_code
     if report.count("failed") or report.rejected_rows:
         return EXIT_SOME_FAILED
     return EXIT_OK

@@ -6,11 +6,13 @@ only each chunk's outcome.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing as mp
 import os
 import queue
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,12 +65,44 @@ class WorkerSettings:
     cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
 
 
+def default_post_workers(devices: list[str], cpu_threads: int | None) -> int:
+    """Post-processing threads for the cores the device workers leave free: CPU workers take
+    their torch threads, a GPU worker about one core to feed its device."""
+    cores = os.cpu_count() or 1
+    cpu_workers = devices.count("cpu")
+    taken = (cpu_threads or cores // max(1, cpu_workers)) * cpu_workers
+    taken += len(devices) - cpu_workers
+    return max(1, min(32, cores - taken))
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): signal this process when its parent dies
+
+
+def die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this worker when its parent exits, then check the parent is still
+    the one that started it: a parent killed before the request took effect is caught here,
+    and `next_task` polls the same pid later (elsewhere: the poll only)."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
 def worker_main(
-    device: str, cpu_threads: int, settings: WorkerSettings, tasks: Any, results: Any
+    parent: int,
+    device: str,
+    cpu_threads: int,
+    settings: WorkerSettings,
+    tasks: Any,
+    results: Any,
 ) -> None:
-    """Load the engine once, then synthesize batches until a None arrives."""
+    """Load the engine once, then synthesize batches until a None arrives.
+
+    `parent`: the run's pid, passed in rather than read here with os.getppid(): a parent killed
+    before this line ran would otherwise be mistaken for init and waited on forever."""
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a Ctrl-C ends
-    parent = os.getppid()
     route_logging(EventLog())  # the worker shares the run's stderr: one stream of events
     try:
         import torch
@@ -140,7 +174,7 @@ class WorkerPool:
         self.processes = [
             context.Process(
                 target=worker_main,
-                args=(device, threads, settings, self.tasks, self.results),
+                args=(os.getpid(), device, threads, settings, self.tasks, self.results),
                 name=f"narrate-worker-{device}",
                 daemon=True,
             )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from support.runs import preview_args
+from support.runs import alive, children, preview_args
 
 from narrate.cli import cli
 from narrate.errors import EXIT_INTERRUPTED, EXIT_OK
@@ -161,25 +161,6 @@ def spawn_run(tmp_path: Path, manifest: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "narrate.cli", *args], stdout=subprocess.DEVNULL, stderr=log
     )
-
-
-def children(pid: int) -> list[int]:
-    """Process ids whose parent is `pid` (Linux /proc)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:  # a zombie has exited; only its parent has not collected it yet
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def cached_chunks(cache: Path) -> int:

@@ -1,0 +1,195 @@
+"""How runs end early: SIGTERM and SIGKILL on the request queue, infrastructure that cannot be
+used, and workers whose run is gone. Runs are real `narrate run` processes (preview engine)
+against the RTDB test server and fake-gcs-server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.gcs import free_port
+from support.runs import alive, children, preview_args
+
+from narrate.database import LEASE_EXPIRES, LEASE_RUN, STATUS
+from narrate.errors import EXIT_INFRA, EXIT_INTERRUPTED
+
+SENTENCES = [
+    "The river ran past the old mill at dawn.",
+    "Mr. Hale wrote to his sister every evening.",
+    "Nobody in the village had seen the captain since spring.",
+    "She opened the letter, read it twice, and laughed.",
+]
+
+
+def request_queue(n: int, sentences: int = 8) -> dict[str, dict]:
+    """`n` requested books, as the site's "Generate narrative" button leaves them."""
+    return {
+        f"bk{i:03d}": {
+            "narrative": " ".join(SENTENCES[(i + k) % 4] for k in range(sentences)) + f" {i}.",
+            STATUS: "requested",
+        }
+        for i in range(n)
+    }
+
+
+def spawn(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    log = (workdir / "run.log").open("a")  # a file: an unread pipe would block the run
+    return subprocess.Popen(
+        [sys.executable, "-m", "narrate.cli", "run", *args],
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
+
+
+def queue_args(workdir: Path, rtdb, *extra: str) -> list[str]:
+    database = f"--database={rtdb.url}"
+    return ["--requests", *preview_args(workdir, "--batch-size=2", database, *extra)]
+
+
+def statuses(rtdb) -> dict[str, str]:
+    return {k: r.get(STATUS) for k, r in (rtdb.rest("GET", "books") or {}).items()}
+
+
+def wait_until(condition, timeout: float = 120, what: str = "the run") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not get there in time"
+        time.sleep(0.1)
+
+
+def some_ready(rtdb) -> bool:
+    return "ready" in statuses(rtdb).values()
+
+
+@pytest.mark.slow
+def test_sigterm_puts_unfinished_requests_back_and_the_next_run_finishes_them(
+    tmp_path: Path, rtdb
+) -> None:
+    rtdb.rest("PUT", "books", request_queue(16))
+    process = spawn(tmp_path, *queue_args(tmp_path, rtdb))
+    wait_until(lambda: some_ready(rtdb))
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=30) == EXIT_INTERRUPTED
+    assert time.monotonic() - sent < 15
+
+    records = rtdb.rest("GET", "books")
+    left = {k: r[STATUS] for k, r in records.items()}
+    assert set(left.values()) == {"ready", "requested"}  # nothing stuck in processing
+    assert not any(LEASE_RUN in r or LEASE_EXPIRES in r for r in records.values())
+
+    rerun = subprocess.run(
+        [sys.executable, "-m", "narrate.cli", "run", *queue_args(tmp_path, rtdb)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    assert set(statuses(rtdb).values()) == {"ready"}
+    totals = json.loads(rerun.stdout.decode().strip().splitlines()[-1])
+    # the rerun took exactly the requeued books
+    assert totals["ready"] == sum(s == "requested" for s in left.values())
+
+
+@pytest.mark.slow
+def test_requests_left_processing_by_a_killed_run_are_taken_once_its_lease_expires(
+    tmp_path: Path, rtdb
+) -> None:
+    rtdb.rest("PUT", "books", request_queue(16))
+    process = spawn(tmp_path, *queue_args(tmp_path, rtdb, "--lease-seconds=3"))
+    wait_until(lambda: some_ready(rtdb) and "processing" in statuses(rtdb).values())
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    stuck = [k for k, s in statuses(rtdb).items() if s == "processing"]
+    assert stuck
+
+    # while the lease runs, a new run leaves those records alone
+    early = subprocess.run(
+        [sys.executable, "-m", "narrate.cli", "run", *queue_args(tmp_path, rtdb)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert early.returncode == 0, early.stderr.decode()[-2000:]
+    if time.time() * 1000 < min(rtdb.rest("GET", f"books/{k}/{LEASE_EXPIRES}") for k in stuck):
+        assert [k for k, s in statuses(rtdb).items() if s == "processing"] == stuck
+    time.sleep(3.5)
+    late = subprocess.run(
+        [sys.executable, "-m", "narrate.cli", "run", *queue_args(tmp_path, rtdb)],
+        capture_output=True,
+        timeout=300,
+    )
+    assert late.returncode == 0, late.stderr.decode()[-2000:]
+    assert set(statuses(rtdb).values()) == {"ready"}
+
+
+@pytest.mark.slow
+def test_workers_exit_when_their_run_is_killed_before_they_start(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"book_id": "b1", "text": SENTENCES[0]}) + "\n")
+    process = spawn(tmp_path, str(manifest), *preview_args(tmp_path))
+    # kill the run the moment its first child exists: the worker has not run a line of
+    # narrate yet (the interpreter is still starting)
+    deadline = time.monotonic() + 120
+    while not (started := children(process.pid)):
+        assert time.monotonic() < deadline and process.poll() is None, "no worker started"
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.monotonic() + 20
+    while any(alive(pid) for pid in started):
+        assert time.monotonic() < deadline, "a worker outlived its killed run"
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_a_database_down_for_the_whole_run_stops_it_with_exit_3_and_a_report(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = (json.dumps({"book_id": f"b{i}", "text": SENTENCES[i % 4]}) for i in range(4))
+    manifest.write_text("\n".join(rows) + "\n")
+    env = os.environ | {"FIREBASE_DATABASE_EMULATOR_HOST": f"127.0.0.1:{free_port()}"}
+    report = tmp_path / "report.json"
+    args = preview_args(tmp_path, "--database=https://nowhere.firebaseio.com", f"--report={report}")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "narrate.cli", "run", str(manifest), *args],
+        capture_output=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == EXIT_INFRA, result.stderr.decode()[-2000:]
+    assert time.monotonic() - started < 60
+    totals = json.loads(report.read_text())["totals"]
+    assert "Failed to establish a connection" in totals["error"]
+    assert totals["ready"] == 0  # nothing is reported ready that the site cannot see
+    assert totals["real_time_factor"] < 100
+    assert result.stderr.decode().count("Traceback") == 0
+
+
+@pytest.mark.slow
+def test_a_missing_bucket_stops_the_run_with_exit_3_instead_of_failing_every_book(
+    tmp_path: Path, gcs_bucket: str, rtdb
+) -> None:
+    rtdb.rest("PUT", "books", request_queue(6, sentences=2))
+    report = tmp_path / "report.json"
+    args = queue_args(tmp_path, rtdb, f"--report={report}")
+    args[args.index(f"--out={tmp_path / 'out'}")] = f"--out=gs://{gcs_bucket}-missing/audio"
+    result = subprocess.run(
+        [sys.executable, "-m", "narrate.cli", "run", *args],
+        capture_output=True,
+        timeout=300,
+    )
+    assert result.returncode == EXIT_INFRA, result.stderr.decode()[-2000:]
+    assert "bucket does not exist" in result.stderr.decode()
+    totals = json.loads(report.read_text())["totals"]
+    assert totals["failed"] == 0
+    # no book was marked failed for it: every one is still (or again) on the queue
+    assert set(statuses(rtdb).values()) == {"requested"}
