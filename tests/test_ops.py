@@ -368,9 +368,9 @@ def test_failure_policies_act_on_narrate_exit_codes() -> None:
 
 
 def test_pods_get_more_grace_than_narrate_needs_to_stop() -> None:
-    from narrate.options import RunOptions
+    from narrate.run import STOP_BUDGET_S
 
-    needed = RunOptions().stop_grace_s + 5  # + stopping workers and flushing the database
+    needed = STOP_BUDGET_S + 2  # the stop budget ends with the last database flush; + exit
     for name, resource in workloads():
         if job_spec(resource).get("podFailurePolicy"):
             assert pod_spec(resource)["terminationGracePeriodSeconds"] >= needed, name
