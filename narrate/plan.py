@@ -2,8 +2,9 @@
 
 Rows of a batch are padded to its longest row (CSM generates every row to the batch's largest
 frame cap), so grouping chunks of similar length is what keeps accelerators busy. A catalog is
-planned in windows of books: each window is sorted on its own, so books finish and publish while
-the run goes on and memory stays bounded on a 1M-row manifest.
+planned in windows of books, and a run sorts each window in groups of consecutive books just
+large enough to keep padding efficiency >= 0.95 (`plan_book_batches`), so books finish and
+publish throughout the run and memory stays bounded on a 1M-row manifest.
 """
 
 from __future__ import annotations
@@ -176,6 +177,60 @@ def plan_batches(chunks: Iterable[Chunk], config: PlanConfig, *, sort: bool = Tr
     return [Batch(tuple(ordered[start:end])) for start, end in itertools.pairwise(bounds)]
 
 
+MIN_GROUP_BATCHES = 4  # a sort group holds at least this many full batches of chunks
+MIN_GROUP_EFFICIENCY = 0.95
+
+
+def plan_book_batches(books: Sequence[Sequence[Chunk]], config: PlanConfig) -> list[Batch]:
+    """Batches for consecutive books (each its chunks still to synthesize), sorted in groups
+    of books (`book_groups`) rather than across the whole window, so the first books finish
+    after the first group's batches instead of at the window's end."""
+    batches: list[Batch] = []
+    positions = [[c.positions for c in chunks] for chunks in books]
+    for start, end in book_groups(positions, config):
+        batches += plan_batches([c for chunks in books[start:end] for c in chunks], config)
+    return batches
+
+
+def book_groups(
+    books: Sequence[Sequence[int]], config: PlanConfig, min_efficiency: float = MIN_GROUP_EFFICIENCY
+) -> list[tuple[int, int]]:
+    """Ranges of consecutive books (by the positions of their distinct chunks) sorted together.
+
+    A group closes once its own plan keeps `min_efficiency` of padding efficiency (tried when
+    it holds MIN_GROUP_BATCHES batches' worth of chunks, then each time it doubles); a last
+    group that cannot is joined to the one before it. `narrate plan` and a run group alike.
+    """
+    groups: list[tuple[int, int]] = []
+    start, group = 0, []
+    next_try = MIN_GROUP_BATCHES * config.batch_size
+    for end, positions in enumerate(books, 1):
+        group.extend(positions)
+        if len(group) < next_try:
+            continue
+        if sorted_efficiency(group, config) >= min_efficiency:
+            groups.append((start, end))
+            start, group = end, []
+            next_try = MIN_GROUP_BATCHES * config.batch_size
+        else:
+            next_try = 2 * len(group)
+    if start < len(books):
+        if groups and sorted_efficiency(group, config) < min_efficiency:
+            start = groups.pop()[0]
+        groups.append((start, len(books)))
+    return groups
+
+
+def sorted_efficiency(positions: Sequence[int], config: PlanConfig) -> float:
+    """Padding efficiency of these chunk positions sorted longest first and batched."""
+    ordered = sorted(positions, reverse=True)
+    computed, i = 0, 0
+    for size in batch_lengths(ordered, config, descending=True):
+        computed += ordered[i] * size
+        i += size
+    return sum(ordered) / computed if computed else 1.0
+
+
 def batch_lengths(
     positions: Sequence[int], config: PlanConfig, *, descending: bool = False
 ) -> list[int]:
@@ -235,7 +290,7 @@ class PlanSummary:
         plan: PlanConfig,
     ) -> None:
         """Count one window's books and the batches its distinct chunks make (as a run would:
-        identical chunks once, longest first, `batch_lengths`)."""
+        identical chunks once, in `book_groups`, each longest first, `batch_lengths`)."""
         import numpy as np
 
         self.books += len(books)
@@ -246,14 +301,23 @@ class PlanSummary:
         positions = np.frombuffer(b"".join(b.positions for b in books), dtype=np.int32)
         hashes = np.frombuffer(b"".join(b.text_hashes for b in books), dtype=np.uint64)
         _, first = np.unique(hashes, return_index=True)
-        distinct = np.sort(positions[first])[::-1].astype(np.int64)
-        self.unique_chunks += len(distinct)
-        lengths = batch_lengths(distinct.tolist(), plan, descending=True)
-        self.batches += len(lengths)
-        sizes = np.asarray(lengths, dtype=np.int64)
-        widest = distinct[np.cumsum(sizes) - sizes]  # each batch's first row
-        self.useful_positions += int(distinct.sum())
-        self.computed_positions += int((widest * sizes).sum())
+        is_first = np.zeros(len(positions), dtype=bool)
+        is_first[first] = True  # a chunk is synthesized for the first book that has it
+        ends = np.cumsum([b.chunks for b in books])[:-1]
+        per_book = [
+            p[f].tolist()
+            for p, f in zip(np.split(positions, ends), np.split(is_first, ends), strict=True)
+        ]
+        for start, end in book_groups(per_book, plan):  # sorted in groups, as a run does
+            group = [p for book in per_book[start:end] for p in book]
+            distinct = np.sort(np.asarray(group, dtype=np.int64))[::-1]
+            self.unique_chunks += len(distinct)
+            lengths = batch_lengths(distinct.tolist(), plan, descending=True)
+            self.batches += len(lengths)
+            sizes = np.asarray(lengths, dtype=np.int64)
+            widest = distinct[np.cumsum(sizes) - sizes]  # each batch's first row
+            self.useful_positions += int(distinct.sum())
+            self.computed_positions += int((widest * sizes).sum())
 
     def merge(self, other: PlanSummary) -> None:
         """Add another part of the catalog (summaries of consecutive windows, in order)."""

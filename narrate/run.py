@@ -40,7 +40,7 @@ from narrate.errors import (
 )
 from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
-from narrate.plan import PlannedBook, plan_batches
+from narrate.plan import PlannedBook, plan_book_batches
 from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, RowError
 from narrate.report import BookResult, EventLog, RunReport
@@ -202,14 +202,14 @@ class Run:
                 self.log.event(
                     "book_skipped", book_id=book.book.book_id, reason="already published"
                 )
-        new_chunks = []
+        new_chunks = []  # per book, in window order: batches are sorted in groups of books
         for book in todo:
             job, chunks = self.ledger.add_book(book, hashes[book.book.book_id], missing | known)
-            new_chunks += chunks
+            new_chunks.append(chunks)
             self.outputs.status.processing(job.book_id)  # the lease: a stop or crash requeues it
             if not job.waiting:
                 self._finish(job)
-        batches = plan_batches(new_chunks, self.options.catalog.plan)
+        batches = plan_book_batches(new_chunks, self.options.catalog.plan)
         self.queued.extend(batches)
         to_synthesize = sum(len(b) for b in batches)
         self.log.event(

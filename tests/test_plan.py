@@ -21,9 +21,10 @@ from narrate.plan import (
     chunk_books,
     padding_efficiency,
     plan_batches,
+    plan_book_batches,
     shard_rows,
 )
-from narrate.records import Book, RowError
+from narrate.records import Book, RowError, unique_chunks
 from narrate.sources import TextFetcher
 
 CHUNKING = ChunkingConfig()
@@ -51,6 +52,35 @@ def planned(books: list[Book]) -> list[PlannedBook]:
 
 def all_chunks(books: list[PlannedBook]) -> list:
     return [c for b in books for c in b.chunks]
+
+
+def first_seen(books: list[PlannedBook]) -> list[list]:
+    """Each book's chunks that no earlier book has: what a run plans for it."""
+    seen: set[str] = set()
+    per_book = []
+    for book in books:
+        new = [c for c in unique_chunks(book.chunks) if c.chunk_id not in seen]
+        seen.update(c.chunk_id for c in new)
+        per_book.append(new)
+    return per_book
+
+
+def test_books_finish_early_in_the_window_with_padding_kept() -> None:
+    books = planned(catalog(200, seed=4))
+    config = PlanConfig(batch_size=8)
+    grouped = plan_book_batches(first_seen(books), config)
+    whole = plan_batches(all_chunks(books), config)
+
+    def done_after(batches: list, book: PlannedBook) -> int:
+        """Batches run before every chunk of `book` is synthesized."""
+        ids = {c.chunk_id for c in book.chunks}
+        return 1 + max(i for i, b in enumerate(batches) if ids & {c.chunk_id for c in b.chunks})
+
+    assert done_after(grouped, books[0]) < len(grouped) / 4
+    assert done_after(whole, books[0]) > len(whole) / 2  # sorted across the window: late
+    assert padding_efficiency(grouped) >= 0.95
+    planned_ids = sorted(c.chunk_id for b in grouped for c in b.chunks)
+    assert planned_ids == sorted({c.chunk_id for c in all_chunks(books)})
 
 
 def test_sorted_batching_beats_input_order_on_padding() -> None:
@@ -105,7 +135,7 @@ def test_plan_summary_counts_what_a_run_would_synthesize() -> None:
         chunk_books(books, chunking=CHUNKING, engine_fingerprint=planner.engine.fingerprint())
     )
     built = [i for i in items if isinstance(i, PlannedBook)]
-    batches = plan_batches(all_chunks(built), plan)
+    batches = plan_book_batches(first_seen(built), plan)
     assert summary.books == len(built) == len(books) - 1
     wide = next(b for b in built if b.book.book_id == "wide")
     assert (

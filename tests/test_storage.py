@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 import pytest
 from support.gcs import FakeGcs, FaultyProxy
 
-from narrate.errors import StorageError, UsageError
+from narrate.errors import StorageError, StorageUnusable, UsageError
 from narrate.publish import Uploader
 from narrate.records import Book, EncodedBook
 from narrate.storage import (
@@ -399,8 +399,19 @@ def test_permission_denied_names_the_role(
         with pytest.raises(StorageError, match="permission denied") as error:
             storage.put("a.wav", b"x")
         assert "roles/storage" in (error.value.hint or "")
+        # not one book's problem: the uploader stops instead of failing every book in turn
+        with pytest.raises(StorageUnusable, match="permission denied"):
+            Uploader(storage).upload([book("b1"), book("b2")], COMMON_META)
+
+
+def test_a_request_refused_for_one_object_fails_only_that_book(
+    gcs_bucket: str, fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with FaultyProxy(fake_gcs.url, fixed_status=400) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        storage = open_storage(f"gs://{gcs_bucket}")
         (upload,) = Uploader(storage).upload([book("b1")], COMMON_META)
-    assert not upload.ok and upload.url is None and "permission denied" in (upload.error or "")
+    assert not upload.ok and upload.url is None and "cannot stat" in (upload.error or "")
 
 
 # --- Uploader ---------------------------------------------------------------------------
