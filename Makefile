@@ -38,6 +38,7 @@ bench-run: install
 bench-publish: install
 	$(PY) bench/publish.py
 	$(PY) bench/publish_db.py
+	$(PY) bench/publish_run.py
 
 bench-quality: install
 	$(PY) bench/quality.py

@@ -493,6 +493,13 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "[default: the cores the device workers leave free]",
 )
 @click.option(
+    "--upload-workers",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="uploads in flight, shared by every book (each costs a few storage round trips)",
+)
+@click.option(
     "--lease-seconds",
     "lease_s",
     type=click.FloatRange(1),
@@ -518,6 +525,7 @@ def run(
     url_style: str,
     force: bool,
     post_workers: int | None,
+    upload_workers: int,
     lease_s: float,
     report_path: str | None,
 ) -> None:
@@ -544,6 +552,7 @@ def run(
         url_style=url_style,
         force=force,
         post_workers=post_workers,
+        upload_workers=upload_workers,
         lease_s=lease_s,
     )
     log = EventLog()

@@ -56,3 +56,4 @@ class RunOptions:
     post_workers: int | None = None  # None: the cores the device workers leave free
     stop_grace_s: float = 8.0  # finishing books after SIGTERM; the run exits within 15 s
     lease_s: float = 600.0  # how long a record stays ours without renewal (see database.py)
+    upload_workers: int = 16  # one pool shared by every book: uploads are round-trip bound

@@ -25,7 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -42,7 +42,7 @@ from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook, plan_book_batches
 from narrate.publish import content_hash, open_outputs
-from narrate.records import Batch, RowError
+from narrate.records import Batch, EncodedBook, RowError
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.sources import planned_windows
 from narrate.workers import (
@@ -57,10 +57,10 @@ STOP_BUDGET_S = 13.0  # from the stop signal to the last status flush: Kubernete
 
 
 class DaemonPool:
-    """Threads that never hold the process open: a stopping run abandons the books they are
-    rendering (they go back on the queue and render again from the cache) instead of waiting
-    minutes for a long book, as it would for concurrent.futures threads, which the interpreter
-    joins at exit."""
+    """Threads that never hold the process open (post-processing, uploads): a stopping run
+    abandons the books they are rendering or uploading (they go back on the queue and render
+    again from the cache) instead of waiting minutes for a long book, as it would for
+    concurrent.futures threads, which the interpreter joins at exit."""
 
     def __init__(self, workers: int, name: str) -> None:
         self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
@@ -120,6 +120,8 @@ class Run:
             self._devices(), options.workers.cpu_threads
         )
         self.post_pool = DaemonPool(post_workers, "narrate-post")
+        self.upload_pool = DaemonPool(options.upload_workers, "narrate-upload")
+        self.upload_slots = threading.BoundedSemaphore(2 * options.upload_workers)
 
     def _devices(self) -> list[str]:
         if self.devices is None:
@@ -286,7 +288,7 @@ class Run:
         if job.error:
             self._record(self._fail(job, job.error))
             return
-        self.posting.add(self.post_pool.submit(self._render_and_publish, job))
+        self.posting.add(self.post_pool.submit(self._render, job))
 
     def _fail(self, job: BookJob, error: str) -> BookResult:
         self.outputs.status.failed(job.book_id, error)
@@ -294,11 +296,13 @@ class Run:
             job.book_id, "failed", chunks=len(job.planned.chunks), retries=job.retries, error=error
         )
 
-    def _render_and_publish(self, job: BookJob) -> BookResult:
+    def _render(self, job: BookJob) -> BookResult | Future[BookResult]:
+        """Assemble, watermark and encode (a post-processing thread), then hand the file to
+        the shared upload pool: round trips to storage overlap across books, and this thread
+        goes on to the next book. Waits while 2 x upload_workers files are already queued."""
         from narrate.post import render_book
 
         book = job.planned.book
-        engine = self.options.catalog.engine
         try:
             audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
             encoded = render_book(
@@ -310,14 +314,27 @@ class Run:
                 content_hash=job.content_hash,
                 title=book.title,
             )
-            model = engine.model if engine.engine == "csm" else "espeak-ng"
-            url = self.outputs.publisher.publish(
-                encoded, {"model": model, "voice": book.voice or ""}
-            )
         except InfrastructureError:
             raise  # not this book's fault: the run stops and the book goes back on the queue
         except NarrateError as exc:
             return self._fail(job, exc.message)
+        self.upload_slots.acquire()  # bounds the encoded files held in memory
+        return self.upload_pool.submit(self._publish, job, encoded)
+
+    def _publish(self, job: BookJob, encoded: EncodedBook) -> BookResult:
+        book = job.planned.book
+        engine = self.options.catalog.engine
+        model = engine.model if engine.engine == "csm" else "espeak-ng"
+        try:
+            url = self.outputs.publisher.publish(
+                encoded, {"model": model, "voice": book.voice or ""}
+            )
+        except InfrastructureError:
+            raise
+        except NarrateError as exc:
+            return self._fail(job, exc.message)
+        finally:
+            self.upload_slots.release()
         return BookResult(
             book.book_id,
             "ready",
@@ -330,8 +347,13 @@ class Run:
     def _reap_posted(self) -> None:
         for future in [f for f in self.posting if f.done()]:
             self.posting.discard(future)
-            if not future.cancelled():
-                self._record(future.result())  # an InfrastructureError raised here stops the run
+            if future.cancelled():
+                continue
+            result = future.result()  # an InfrastructureError raised here stops the run
+            if isinstance(result, Future):  # rendered: now uploading
+                self.posting.add(result)
+            else:
+                self._record(result)
 
     def _record(self, result: BookResult) -> None:
         self.report.add(result)
@@ -350,16 +372,21 @@ class Run:
         stopped_at = self.stopped_at
         if self.pool is not None:
             self.pool.close(now=stopped_at is not None)
-        if stopped_at is None:
-            wait(self.posting)
-        else:  # books being assembled are the work closest to done: they get a grace
-            grace = stopped_at + self.options.stop_grace_s - time.monotonic()
-            wait(self.posting, timeout=max(0.0, grace))
-        try:
-            self._reap_posted()
-        except NarrateError as exc:  # a book met an unusable store while the run stopped
-            self._stopped_by(exc)
+        # books being assembled or uploaded are the work closest to done: a stopped run gives
+        # them `stop_grace_s`, then abandons them
+        deadline = None if stopped_at is None else stopped_at + self.options.stop_grace_s
+        while self.posting:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            wait(self.posting, timeout=left, return_when=FIRST_COMPLETED)
+            try:
+                self._reap_posted()
+            except NarrateError as exc:  # a book met an unusable store while the run stopped
+                self._stopped_by(exc)
+                break
         self.post_pool.shutdown()
+        self.upload_pool.shutdown()
         unrecorded: list[str] = []
         try:
             budget = None
