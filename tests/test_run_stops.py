@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -39,14 +40,22 @@ def request_queue(n: int, sentences: int = 8) -> dict[str, dict]:
     }
 
 
-def spawn(workdir: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    log = (workdir / "run.log").open("a")  # a file: an unread pipe would block the run
-    return subprocess.Popen(
-        [sys.executable, "-m", "narrate.cli", "run", *args],
-        stdout=log,
-        stderr=log,
-        env=env,
-    )
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen]]:
+    """Starts `narrate run` processes; any still running when the test ends is killed."""
+    started: list[subprocess.Popen] = []
+
+    def start(workdir: Path, *args: str) -> subprocess.Popen:
+        log = (workdir / "run.log").open("a")  # a file: an unread pipe would block the run
+        command = [sys.executable, "-m", "narrate.cli", "run", *args]
+        started.append(subprocess.Popen(command, stdout=log, stderr=log))
+        return started[-1]
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def queue_args(workdir: Path, rtdb, *extra: str) -> list[str]:
@@ -71,7 +80,7 @@ def some_ready(rtdb) -> bool:
 
 @pytest.mark.slow
 def test_sigterm_puts_unfinished_requests_back_and_the_next_run_finishes_them(
-    tmp_path: Path, rtdb
+    tmp_path: Path, rtdb, spawn
 ) -> None:
     rtdb.rest("PUT", "books", request_queue(16))
     process = spawn(tmp_path, *queue_args(tmp_path, rtdb))
@@ -98,9 +107,42 @@ def test_sigterm_puts_unfinished_requests_back_and_the_next_run_finishes_them(
     assert totals["ready"] == sum(s == "requested" for s in left.values())
 
 
+def events(workdir: Path) -> list[dict]:
+    lines = (workdir / "run.log").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def synthesized_everything(workdir: Path) -> bool:
+    found = events(workdir)
+    planned = sum(e["chunks_to_synthesize"] for e in found if e["event"] == "window_planned")
+    done = sum(e["chunks"] for e in found if e["event"] == "batch_done")
+    return planned > 0 and done == planned
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_long_books_post_processing_exits_within_15_s(
+    tmp_path: Path, rtdb, spawn
+) -> None:
+    long_text = " ".join(SENTENCES[k % 4] for k in range(600))  # about 45 minutes of speech
+    rtdb.rest("PUT", "books", {"long": {"narrative": long_text, STATUS: "requested"}})
+    args = queue_args(tmp_path, rtdb, "--format=mp3")
+    args[args.index("--batch-size=2")] = "--batch-size=32"
+    process = spawn(tmp_path, *args)
+    wait_until(lambda: synthesized_everything(tmp_path), timeout=600)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)  # the book is being assembled and encoded now
+    assert process.wait(timeout=30) == EXIT_INTERRUPTED
+    assert time.monotonic() - sent < 15
+    # abandoned, not lost: back on the queue, and every chunk stays cached for the next night
+    assert rtdb.rest("GET", "books/long") == {"narrative": long_text, STATUS: "requested"} | {
+        "narrativeUpdatedAt": rtdb.rest("GET", "books/long/narrativeUpdatedAt")
+    }
+    assert any(e["event"] == "book_requeued" for e in events(tmp_path))
+
+
 @pytest.mark.slow
 def test_requests_left_processing_by_a_killed_run_are_taken_once_its_lease_expires(
-    tmp_path: Path, rtdb
+    tmp_path: Path, rtdb, spawn
 ) -> None:
     rtdb.rest("PUT", "books", request_queue(16))
     process = spawn(tmp_path, *queue_args(tmp_path, rtdb, "--lease-seconds=3"))
@@ -130,7 +172,7 @@ def test_requests_left_processing_by_a_killed_run_are_taken_once_its_lease_expir
 
 
 @pytest.mark.slow
-def test_workers_exit_when_their_run_is_killed_before_they_start(tmp_path: Path) -> None:
+def test_workers_exit_when_their_run_is_killed_before_they_start(tmp_path: Path, spawn) -> None:
     manifest = tmp_path / "m.jsonl"
     manifest.write_text(json.dumps({"book_id": "b1", "text": SENTENCES[0]}) + "\n")
     process = spawn(tmp_path, str(manifest), *preview_args(tmp_path))
