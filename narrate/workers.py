@@ -89,6 +89,14 @@ def die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
+def worker_process(parent: int, *args: Any) -> None:
+    """A worker process's entry point. `parent`: the run's pid, passed in rather than read here
+    with os.getppid(): a parent killed before this line ran would otherwise be mistaken for
+    init and waited on forever."""
+    die_with_parent(parent)
+    worker_main(parent, *args)
+
+
 def worker_main(
     parent: int,
     device: str,
@@ -97,11 +105,8 @@ def worker_main(
     tasks: Any,
     results: Any,
 ) -> None:
-    """Load the engine once, then synthesize batches until a None arrives.
-
-    `parent`: the run's pid, passed in rather than read here with os.getppid(): a parent killed
-    before this line ran would otherwise be mistaken for init and waited on forever."""
-    die_with_parent(parent)
+    """Load the engine once, then synthesize batches until a None arrives, or until the
+    process `parent` is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a Ctrl-C ends
     route_logging(EventLog())  # the worker shares the run's stderr: one stream of events
     try:
@@ -173,7 +178,7 @@ class WorkerPool:
         threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // cpu_workers)
         self.processes = [
             context.Process(
-                target=worker_main,
+                target=worker_process,
                 args=(os.getpid(), device, threads, settings, self.tasks, self.results),
                 name=f"narrate-worker-{device}",
                 daemon=True,

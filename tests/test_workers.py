@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 from collections.abc import Iterator, Sequence
@@ -54,7 +55,7 @@ def run_worker(tmp_path: Path, batches: list[Batch]) -> list[object]:
         tasks.put((number, task))
     tasks.put(None)
     settings = WorkerSettings(PREVIEW, str(tmp_path / "voices"), str(tmp_path / "cache"))
-    worker_main("cpu", 1, settings, tasks, results)
+    worker_main(os.getppid(), "cpu", 1, settings, tasks, results)
     return [results.get_nowait() for _ in range(results.qsize())]
 
 
