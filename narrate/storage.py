@@ -250,9 +250,9 @@ class GcsStorage:
         self.client = client
         self.timeout = (CONNECT_TIMEOUT_S, timeout)
         # every call here carries a precondition or is a read, so retrying all of them is safe.
-        # 45 s of retries (6 attempts with the default backoff) rides out a flaky network; a
-        # store still unreachable after that is down, and the run stops (exit 3) within 60 s
-        self.retry = DEFAULT_RETRY.with_timeout(RETRY_BUDGET_S)
+        # 45 s of retries, delays capped at 8 s (about 9 attempts), rides out a flaky network;
+        # a store still unreachable after that is down, and the run stops (exit 3) within 60 s
+        self.retry = DEFAULT_RETRY.with_delay(initial=0.5, maximum=8.0).with_timeout(RETRY_BUDGET_S)
         self._bucket = client.bucket(bucket)
         self._warned_signed = False
 
