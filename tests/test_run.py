@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from click.testing import CliRunner
-from support.runs import alive, children, preview_args
+from support.runs import assert_gone_within, children, preview_args
 
 from narrate.cli import cli
 from narrate.errors import EXIT_INTERRUPTED, EXIT_OK
@@ -194,10 +194,7 @@ def test_sigkill_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_pa
         process.send_signal(signal.SIGKILL)
         process.wait()
         # orphaned workers notice and exit: nothing keeps running (or holding a GPU)
-        deadline = time.monotonic() + 30
-        while any(alive(pid) for pid in workers):
-            assert time.monotonic() < deadline, "a worker outlived its killed run"
-            time.sleep(0.2)
+        assert_gone_within(workers, 30)
     cached = cached_chunks(killed / "cache")
     assert 0 < cached < total_chunks
     final = run_cli(killed, manifest, "--batch-size", "2", report="final.json")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import parse_qs, quote, urlsplit
@@ -390,12 +392,20 @@ def test_signed_and_token_urls_for_real_cloud_storage(
         storage.url(obj, "ftp")
 
 
+@contextlib.contextmanager
+def bucket_answering(
+    status: int, gcs_bucket: str, fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Storage]:
+    """The bucket behind a proxy that answers every request with `status`."""
+    with FaultyProxy(fake_gcs.url, fixed_status=status) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        yield open_storage(f"gs://{gcs_bucket}")
+
+
 def test_permission_denied_names_the_role(
     gcs_bucket: str, fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FaultyProxy(fake_gcs.url, fixed_status=403) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        storage = open_storage(f"gs://{gcs_bucket}")
+    with bucket_answering(403, gcs_bucket, fake_gcs, monkeypatch) as storage:
         with pytest.raises(StorageError, match="permission denied") as error:
             storage.put("a.wav", b"x")
         assert "roles/storage" in (error.value.hint or "")
@@ -407,9 +417,7 @@ def test_permission_denied_names_the_role(
 def test_a_request_refused_for_one_object_fails_only_that_book(
     gcs_bucket: str, fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with FaultyProxy(fake_gcs.url, fixed_status=400) as proxy:
-        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        storage = open_storage(f"gs://{gcs_bucket}")
+    with bucket_answering(400, gcs_bucket, fake_gcs, monkeypatch) as storage:
         (upload,) = Uploader(storage).upload([book("b1")], COMMON_META)
     assert not upload.ok and upload.url is None and "cannot stat" in (upload.error or "")
 

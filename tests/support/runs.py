@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -34,3 +35,11 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def assert_gone_within(pids: list[int], seconds: float) -> None:
+    """Wait for the processes `pids` (a killed run's workers) to exit; fail after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while any(alive(pid) for pid in pids):
+        assert time.monotonic() < deadline, "a worker outlived its killed run"
+        time.sleep(0.2)
