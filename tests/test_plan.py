@@ -226,7 +226,7 @@ def test_cli_plan_reports_and_exits_zero_on_a_clean_manifest(tmp_path: Path) -> 
     assert "padding efficiency" in result.output
 
     result = CliRunner().invoke(cli, ["plan", str(manifest), "--json", "--engine", "preview"])
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["books"] == 5 and summary["rows_rejected"] == 0
     assert summary["chunks"] >= 5 and summary["batches"] >= 1
     assert 0 < summary["padding_efficiency"] <= 1
@@ -243,7 +243,7 @@ def test_cli_plan_exits_one_and_names_rejected_rows(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(cli, ["plan", str(manifest), "--json"])
     assert result.exit_code == 1, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["books"] == 1 and summary["rows_rejected"] == 2
     assert summary["rejected_by_reason"] == {"invalid_id": 1, "empty_text": 1}
     rows = [(r["row"], r["book_id"], r["reason"]) for r in summary["rejected_rows"]]
@@ -257,7 +257,7 @@ def test_plan_lists_every_rejected_row_in_text_and_json(tmp_path: Path) -> None:
     args = ["plan", str(manifest), "--engine", "preview", "--window", "7", "--jobs", "2"]
 
     text = CliRunner().invoke(cli, args).output
-    listed = CliRunner().invoke(cli, [*args, "--json"]).output
+    listed = CliRunner().invoke(cli, [*args, "--json"]).stdout
 
     empty = [i for i in range(1, 41) if i % 2]
     assert [r["row"] for r in json.loads(listed)["rejected_rows"]] == empty
@@ -279,8 +279,8 @@ def test_parallel_planning_reports_exactly_what_one_process_does(tmp_path: Path)
     one = CliRunner().invoke(cli, [*args, "--jobs", "1"])
     two = CliRunner().invoke(cli, [*args, "--jobs", "2"])
     assert one.exit_code == two.exit_code == 1
-    assert json.loads(one.output) == json.loads(two.output)
-    summary = json.loads(one.output)
+    assert json.loads(one.stdout) == json.loads(two.stdout)
+    summary = json.loads(one.stdout)
     assert summary["books"] == 38 and summary["rows_rejected"] == 2
     assert summary["batches"] >= 7  # seven windows, each batched on its own
 

@@ -118,17 +118,17 @@ def test_cli_plan_reads_texts_beside_the_manifest_and_refuses_the_rest(library: 
     args = ["plan", str(manifest), "--json", "--engine", "preview", "--jobs", "1"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1, result.output
-    summary = json.loads(result.output)
+    summary = json.loads(result.stdout)
     assert summary["books"] == 1 and summary["rows_rejected"] == 2
 
     # the operator may widen the root on purpose; relative paths resolve against it
     result = CliRunner().invoke(cli, [*args, "--text-root", str(library.parent)])
     assert result.exit_code == 1, result.output
-    examples = json.dumps(json.loads(result.output)["rejected_rows"])
+    examples = json.dumps(json.loads(result.stdout)["rejected_rows"])
     assert "'story.txt': No such file" in examples and "'../secret.txt' is outside" in examples
     manifest.write_text(json.dumps({"book_id": "wide", "text_uri": "secret.txt"}) + "\n")
     result = CliRunner().invoke(cli, [*args, "--text-root", str(library.parent)])
-    assert result.exit_code == 0 and json.loads(result.output)["books"] == 1, result.output
+    assert result.exit_code == 0 and json.loads(result.stdout)["books"] == 1, result.output
 
 
 def test_hostile_json_lines_are_row_errors_and_good_rows_survive(tmp_path: Path) -> None:
@@ -152,7 +152,7 @@ def test_hostile_json_lines_are_row_errors_and_good_rows_survive(tmp_path: Path)
             ),
         )
         assert result.exception is None or isinstance(result.exception, SystemExit), result.output
-        summary = json.loads(result.output)
+        summary = json.loads(result.stdout)
         if command[0] == "plan":
             assert summary["books"] == 2 and summary["rows_rejected"] == 3
             reasons = json.dumps(summary["rejected_rows"])
