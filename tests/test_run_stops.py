@@ -63,6 +63,20 @@ def queue_args(workdir: Path, rtdb, *extra: str) -> list[str]:
     return ["--requests", *preview_args(workdir, "--batch-size=2", database, *extra)]
 
 
+def start_on_queue(workdir: Path, rtdb, spawn, books: dict, *extra: str) -> subprocess.Popen:
+    """Put `books` on the request queue and start a run on it in the background."""
+    rtdb.rest("PUT", "books", books)
+    return spawn(workdir, *queue_args(workdir, rtdb, *extra))
+
+
+def run_queue_to_the_end(workdir: Path, rtdb) -> subprocess.CompletedProcess:
+    """`narrate run --requests` in the foreground; it must succeed."""
+    command = [sys.executable, "-m", "narrate.cli", "run", *queue_args(workdir, rtdb)]
+    result = subprocess.run(command, capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    return result
+
+
 def statuses(rtdb) -> dict[str, str]:
     return {k: r.get(STATUS) for k, r in (rtdb.rest("GET", "books") or {}).items()}
 
@@ -94,8 +108,7 @@ def test_sigterm_puts_unfinished_requests_back_and_the_next_run_finishes_them(
     tmp_path: Path, rtdb, spawn
 ) -> None:
     # more books than the post-processing grace can finish after the first is ready
-    rtdb.rest("PUT", "books", request_queue(48))
-    process = spawn(tmp_path, *queue_args(tmp_path, rtdb))
+    process = start_on_queue(tmp_path, rtdb, spawn, request_queue(48))
     wait_until(lambda: some_book_ready(tmp_path))
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
@@ -107,12 +120,7 @@ def test_sigterm_puts_unfinished_requests_back_and_the_next_run_finishes_them(
     assert set(left.values()) == {"ready", "requested"}  # nothing stuck in processing
     assert not any(LEASE_RUN in r or LEASE_EXPIRES in r for r in records.values())
 
-    rerun = subprocess.run(
-        [sys.executable, "-m", "narrate.cli", "run", *queue_args(tmp_path, rtdb)],
-        capture_output=True,
-        timeout=300,
-    )
-    assert rerun.returncode == 0, rerun.stderr.decode()[-2000:]
+    rerun = run_queue_to_the_end(tmp_path, rtdb)
     assert set(statuses(rtdb).values()) == {"ready"}
     totals = json.loads(rerun.stdout.decode().strip().splitlines()[-1])
     # the rerun took exactly the requeued books
@@ -151,8 +159,7 @@ def test_sigterm_during_a_long_books_post_processing_exits_within_15_s(
 def test_requests_left_processing_by_a_killed_run_are_taken_once_its_lease_expires(
     tmp_path: Path, rtdb, spawn
 ) -> None:
-    rtdb.rest("PUT", "books", request_queue(16))
-    process = spawn(tmp_path, *queue_args(tmp_path, rtdb, "--lease-seconds=3"))
+    process = start_on_queue(tmp_path, rtdb, spawn, request_queue(16), "--lease-seconds=3")
     wait_until(lambda: some_ready(rtdb) and "processing" in statuses(rtdb).values())
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -160,21 +167,11 @@ def test_requests_left_processing_by_a_killed_run_are_taken_once_its_lease_expir
     assert stuck
 
     # while the lease runs, a new run leaves those records alone
-    early = subprocess.run(
-        [sys.executable, "-m", "narrate.cli", "run", *queue_args(tmp_path, rtdb)],
-        capture_output=True,
-        timeout=300,
-    )
-    assert early.returncode == 0, early.stderr.decode()[-2000:]
+    run_queue_to_the_end(tmp_path, rtdb)
     if time.time() * 1000 < min(rtdb.rest("GET", f"books/{k}/{LEASE_EXPIRES}") for k in stuck):
         assert [k for k, s in statuses(rtdb).items() if s == "processing"] == stuck
     time.sleep(3.5)
-    late = subprocess.run(
-        [sys.executable, "-m", "narrate.cli", "run", *queue_args(tmp_path, rtdb)],
-        capture_output=True,
-        timeout=300,
-    )
-    assert late.returncode == 0, late.stderr.decode()[-2000:]
+    run_queue_to_the_end(tmp_path, rtdb)
     assert set(statuses(rtdb).values()) == {"ready"}
 
 
