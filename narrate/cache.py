@@ -61,7 +61,7 @@ class ChunkCache:
             for name in self.storage.list(f"{folder}/")
         }
 
-    def put(self, chunk: ChunkAudio) -> None:
+    def put(self, chunk: ChunkAudio, *, quality_score: float | None = None) -> None:
         buffer = io.BytesIO()
         sf.write(
             buffer, np.clip(chunk.audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16"
@@ -72,6 +72,8 @@ class ChunkCache:
             "seed": str(chunk.seed),
             "attempts": str(chunk.attempts),
         }
+        if quality_score is not None:  # a resumed run's book scores read it back
+            metadata["qualityScore"] = f"{quality_score:.4f}"
         self.storage.put(
             self.name(chunk.chunk_id),
             buffer.getvalue(),
@@ -79,6 +81,12 @@ class ChunkCache:
             metadata=metadata,
             overwrite=False,
         )
+
+    def quality_score(self, chunk_id: str) -> float | None:
+        """The quality check's score stored with a cached chunk; None: cached unchecked."""
+        stored = self.storage.stat(self.name(chunk_id))
+        score = stored.metadata.get("qualityScore") if stored else None
+        return float(score) if score else None
 
     def get(self, chunk_id: str) -> np.ndarray:
         data = self.storage.get(self.name(chunk_id))

@@ -509,6 +509,22 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "'processing' by a run gone for longer is taken again by --requests",
 )
 @click.option(
+    "--quality",
+    type=click.Choice(["on", "strict", "off"]),
+    default="on",
+    show_default=True,
+    help="check that each chunk's audio says its text (pocketsphinx alignment) before caching "
+    "it, retrying failures with the next seed; on: keep the best take and mark the book; "
+    "strict: fail the book instead; off: no check",
+)
+@click.option(
+    "--quality-retries",
+    type=click.IntRange(0),
+    default=2,
+    show_default=True,
+    help="takes after the first for a chunk that fails the check",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
@@ -527,6 +543,8 @@ def run(
     post_workers: int | None,
     upload_workers: int,
     lease_s: float,
+    quality: str,
+    quality_retries: int,
     report_path: str | None,
 ) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
@@ -554,6 +572,8 @@ def run(
         post_workers=post_workers,
         upload_workers=upload_workers,
         lease_s=lease_s,
+        quality=quality,  # type: ignore[arg-type]  # click.Choice checked it
+        quality_retries=quality_retries,
     )
     log = EventLog()
     with logging_to(log):
@@ -576,7 +596,8 @@ def run(
 @output_options
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
 def status(manifest: str, catalog: CatalogOptions, outputs: OutputOptions, as_json: bool) -> None:
-    """Where MANIFEST stands: books done, cached, partly cached, pending, failed.
+    """Where MANIFEST stands: books done (and below the quality threshold), cached, partly
+    cached, pending, failed.
 
     Reads the cache and the outputs only; no model is loaded.
     """

@@ -8,7 +8,7 @@ settles all of them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from narrate.plan import PlannedBook
 from narrate.records import Chunk, ChunkOutcome, unique_chunks
@@ -16,13 +16,16 @@ from narrate.records import Chunk, ChunkOutcome, unique_chunks
 
 @dataclass
 class BookJob:
-    """A book being rendered: the chunks it still waits for, retries spent, its first error."""
+    """A book being rendered: the chunks it still waits for, retries spent, its first error,
+    and the quality check's scores of the chunks checked in this run."""
 
     planned: PlannedBook
     content_hash: str
     waiting: set[str]
     retries: int = 0
     error: str | None = None
+    scores: dict[str, float] = field(default_factory=dict)  # chunk id -> score
+    chunks_retried: int = 0  # chunks that needed more than one take to pass (or never did)
 
     @property
     def book_id(self) -> str:
@@ -66,6 +69,9 @@ class Ledger:
             if job is None:  # a book id listed twice, settled by the first listing
                 continue
             job.retries += outcome.attempts - 1
+            if outcome.score is not None:
+                job.scores[outcome.chunk_id] = outcome.score
+            job.chunks_retried += outcome.takes > 1
             if outcome.error and job.error is None:
                 index = next(c.index for c in job.planned.chunks if c.chunk_id == outcome.chunk_id)
                 job.error = f"chunk {index}: {outcome.error}"

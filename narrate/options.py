@@ -4,6 +4,7 @@ shared group of options yields one object), the library takes them. Defaults mat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig
 from narrate.plan import Shard
@@ -57,3 +58,6 @@ class RunOptions:
     stop_grace_s: float = 8.0  # finishing books after SIGTERM; the run exits within 15 s
     lease_s: float = 600.0  # how long a record stays ours without renewal (see database.py)
     upload_workers: int = 16  # one pool shared by every book: uploads are round-trip bound
+    quality: Literal["on", "strict", "off"] = "on"  # the check of every take before caching
+    quality_retries: int = 2  # takes after the first for a chunk failing the check
+    quality_workers: int | None = None  # checking processes (default: see narrate.run)

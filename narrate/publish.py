@@ -168,11 +168,17 @@ class Publisher:
         return self.storage.key(name)
 
     def is_published(self, book_id: str, fmt: str, content_hash: str) -> bool:
+        return self.published(book_id, fmt, content_hash) is not None
+
+    def published(self, book_id: str, fmt: str, content_hash: str) -> Mapping[str, str] | None:
+        """The stored object's metadata when the book is published with this content, else
+        None (`narrate status` reads the quality score there)."""
         stored = self.storage.stat(self.uploader.object_name(book_id, fmt))
         if stored is None or stored.metadata.get(CONTENT_HASH_KEY) != content_hash:
-            return False
+            return None
         record = self.status.record(book_id, LIFECYCLE_FIELDS) or {}
-        return record.get(STATUS) == "ready" and record.get(CONTENT_HASH) == content_hash
+        ready = record.get(STATUS) == "ready" and record.get(CONTENT_HASH) == content_hash
+        return stored.metadata if ready else None
 
     def publish(self, book: EncodedBook, metadata: Mapping[str, str]) -> str:
         """Upload (skipped when the same content is stored) and queue the `ready` patch."""

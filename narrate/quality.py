@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -439,6 +439,10 @@ class QualityPool:
 
     def submit(self, audio: np.ndarray, sample_rate: int, text: str) -> Future[Verdict]:
         return self._pool.submit(check, audio, sample_rate, text)
+
+    def call(self, function: Callable[..., Verdict], *args: object) -> Future[Verdict]:
+        """Any module-level function that checks (a run's check-then-cache) in these processes."""
+        return self._pool.submit(function, *args)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -137,11 +137,14 @@ class ChunkAudio:
 
 @dataclass(frozen=True, slots=True)
 class ChunkOutcome:
-    """How one chunk's synthesis ended, as a worker reports it (its audio is in the cache)."""
+    """How one chunk's synthesis ended, as a worker (or the quality gate) reports it (its audio
+    is in the cache)."""
 
     chunk_id: str
     error: str | None
     attempts: int
+    score: float | None = None  # the quality check's score of the kept take; None: unchecked
+    takes: int = 1  # takes the quality check heard (more than 1: the chunk needed retries)
 
 
 @dataclass(slots=True)

@@ -30,6 +30,20 @@ class BookResult:
     retries: int = 0
     error: str | None = None
     url: str | None = None
+    quality_score: float | None = None  # the worst chunk's (1.0: every chunk passed the check)
+    chunks_retried: int = 0  # chunks the quality check sent back for another take
+    chunk_scores: list[float | None] | None = None  # by chunk index; None: unchecked chunk
+
+    @property
+    def below_threshold(self) -> bool:
+        """Marked: a chunk failed every take of the check and its best take was kept."""
+        return self.quality_score is not None and self.quality_score < 1.0
+
+    def event_fields(self) -> dict[str, object]:
+        """What the log's book_* event carries: everything but the per-chunk scores."""
+        fields = asdict(self)
+        del fields["chunk_scores"]
+        return fields
 
 
 @dataclass
@@ -85,6 +99,7 @@ class RunReport:
             "ready": self.count("ready"),
             "failed": self.count("failed"),
             "skipped": self.count("skipped"),
+            "below_quality_threshold": sum(r.below_threshold for r in self.books.values()),
             "rows_rejected": len(self.rejected_rows),
             "audio_seconds": round(self.audio_seconds, 2),
             "wall_seconds": round(self.wall_s, 2),

@@ -1,7 +1,10 @@
 """`narrate run`: manifest -> chunks -> batches -> engine workers -> books -> published files.
 
-One process per device synthesizes batches (narrate.workers) and writes every finished chunk
-straight into the chunk cache, which is the checkpoint. The main process plans windows of books,
+One process per device synthesizes batches (narrate.workers). Each take goes to the quality
+gate (narrate.gate: checks in CPU processes while the engines go on), which caches the good
+ones, sends failing ones back for another take, and keeps the best take after the last; with
+`--quality off` the workers write every finished chunk straight into the chunk cache, which is
+the checkpoint. The main process plans windows of books,
 feeds the workers (longest batches first, a bounded number in flight), keeps the chunk -> book
 ledger (narrate.ledger), and hands each book whose chunks are all settled to a small thread pool
 that assembles, watermarks, encodes and publishes it, so the accelerators never wait on
@@ -19,6 +22,7 @@ database, a service down after retries) stops the run the same way, with exit 3.
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import threading
@@ -26,7 +30,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import Any
 
 from narrate.errors import (
@@ -38,11 +42,12 @@ from narrate.errors import (
     InfrastructureError,
     NarrateError,
 )
+from narrate.gate import QualityGate, Retry
 from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
-from narrate.plan import PlannedBook, plan_book_batches
+from narrate.plan import PlannedBook, plan_batches, plan_book_batches
 from narrate.publish import content_hash, open_outputs
-from narrate.records import Batch, EncodedBook, RowError
+from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.sources import planned_windows
 from narrate.workers import (
@@ -105,6 +110,7 @@ class Run:
         self.pool: WorkerPool | None = None  # started on the first batch: see _dispatch
         self.stopped_at: float | None = None  # monotonic time of the stop signal or error
         self.failure: NarrateError | None = None  # the error that stopped the run
+        self.gate: QualityGate | None = None  # started with the pool, unless --quality off
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
         if options.outputs.post.watermark:
@@ -143,9 +149,12 @@ class Run:
                     else:
                         self._open_window(window)
                 self._dispatch()
-                if window_iter is None and not (self.queued or self.inflight or self.posting):
+                if window_iter is None and not (
+                    self.queued or self.inflight or self.posting or self.gate
+                ):
                     break
                 self._collect(timeout=0.1)
+                self._take_checked()
                 self._reap_posted()
         except NarrateError as exc:  # infrastructure, a dead worker: every book would fail
             self._stopped_by(exc)
@@ -240,13 +249,23 @@ class Run:
         if not self.queued or self.stop.is_set():
             return
         if self.pool is None:  # a run with nothing to synthesize loads no model
+            checked = self.options.quality != "off"
             settings = WorkerSettings(
                 self.options.catalog.engine,
                 self.options.catalog.voices_dir,
                 self.options.outputs.cache,
                 self.options.workers.compile,
                 self.options.workers.cpu_threads,
+                check_takes=checked,
             )
+            if checked:
+                devices = self._devices()
+                self.gate = QualityGate(
+                    self.options.outputs.cache,
+                    takes=1 + self.options.quality_retries,
+                    strict=self.options.quality == "strict",
+                    workers=self.options.quality_workers or default_quality_workers(devices),
+                )
             self.pool = WorkerPool(self._devices(), settings)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
             batch = self.queued.popleft()
@@ -254,34 +273,63 @@ class Run:
             self.inflight[self.batch_counter] = batch
             self.report.useful_positions += batch.useful_positions
             self.report.computed_positions += batch.computed_positions
-            self.pool.submit(self.batch_counter, batch)
+            attempts = self.gate.first_attempts(batch) if self.gate else {}
+            self.pool.submit(self.batch_counter, batch, attempts)
             self.log.event("batch_started", batch=self.batch_counter, chunks=len(batch))
 
     def _collect(self, timeout: float) -> None:
         if self.pool is None or not self.inflight:
-            time.sleep(timeout if self.posting else 0)
+            time.sleep(timeout if self.posting or self.gate else 0)
             return
         result = self.pool.next_result(timeout)
         if result is None:
             return
         if isinstance(result, WorkerFailed):
             raise EngineError(f"worker on {result.device} could not start: {result.message}")
-        self.inflight.pop(result.batch_no)
+        batch = self.inflight.pop(result.batch_no)
         self.report.synth_seconds += result.seconds
         self.log.event(
             "batch_done",
             batch=result.batch_no,
-            chunks=len(result.outcomes),
+            chunks=len(result.outcomes) + len(result.takes),
             seconds=round(result.seconds, 3),
         )
+        if result.takes:
+            assert self.gate is not None  # workers hand takes back only when there is a gate
+            chunks = {c.chunk_id: c for c in batch.chunks}
+            for take in result.takes:
+                self.gate.submit(chunks[take.chunk_id], take)
         for outcome in result.outcomes:
-            if outcome.error:
-                self.report.chunks_failed += 1
+            checked = self.gate.synthesis_failed(outcome) if self.gate and outcome.error else None
+            self._settle(checked.outcome if checked else outcome)
+
+    def _take_checked(self) -> None:
+        """Settle the chunks whose checks decided, and queue the retries they asked for."""
+        if self.gate is None:
+            return
+        retries = []
+        for decided in self.gate.ready():
+            if isinstance(decided, Retry):
+                retries.append(decided.chunk)
+                self.log.event(
+                    "chunk_retried",
+                    chunk_id=decided.chunk.chunk_id,
+                    attempt=decided.first_attempt,
+                    reason="failed the quality check",
+                )
             else:
-                self.report.chunks_synthesized += 1
-            for job in self.ledger.settle(outcome):
-                self._finish(job)
-        self.log.progress("chunks", len(result.outcomes), unit=" chunks")
+                self._settle(decided.outcome)
+        if retries:  # before the rest: their books are waiting for them alone
+            self.queued.extendleft(reversed(plan_batches(retries, self.options.catalog.plan)))
+
+    def _settle(self, outcome: ChunkOutcome) -> None:
+        if outcome.error:
+            self.report.chunks_failed += 1
+        else:
+            self.report.chunks_synthesized += 1
+        for job in self.ledger.settle(outcome):
+            self._finish(job)
+        self.log.progress("chunks", 1, unit=" chunks")
 
     def _finish(self, job: BookJob) -> None:
         """All of the book's chunks are settled: fail it, or hand it to post-processing."""
@@ -305,6 +353,7 @@ class Run:
         book = job.planned.book
         try:
             audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
+            scores = self._chunk_scores(job)
             encoded = render_book(
                 book.book_id,
                 job.planned.chunks,
@@ -319,16 +368,21 @@ class Run:
         except NarrateError as exc:
             return self._fail(job, exc.message)
         self.upload_slots.acquire()  # bounds the encoded files held in memory
-        return self.upload_pool.submit(self._publish, job, encoded)
+        return self.upload_pool.submit(self._publish, job, encoded, scores)
 
-    def _publish(self, job: BookJob, encoded: EncodedBook) -> BookResult:
+    def _publish(
+        self, job: BookJob, encoded: EncodedBook, scores: list[float | None]
+    ) -> BookResult:
         book = job.planned.book
         engine = self.options.catalog.engine
         model = engine.model if engine.engine == "csm" else "espeak-ng"
+        metadata = {"model": model, "voice": book.voice or ""}
+        score = min((s for s in scores if s is not None), default=None)  # book_score
+        if score is not None:
+            metadata["qualityScore"] = f"{score:.4f}"
+            metadata["qualityRetries"] = str(job.chunks_retried)
         try:
-            url = self.outputs.publisher.publish(
-                encoded, {"model": model, "voice": book.voice or ""}
-            )
+            url = self.outputs.publisher.publish(encoded, metadata)
         except InfrastructureError:
             raise
         except NarrateError as exc:
@@ -342,7 +396,21 @@ class Run:
             chunks=len(job.planned.chunks),
             retries=job.retries,
             url=url,
+            quality_score=None if score is None else round(score, 4),
+            chunks_retried=job.chunks_retried,
+            chunk_scores=None if score is None else [_rounded(s) for s in scores],
         )
+
+    def _chunk_scores(self, job: BookJob) -> list[float | None]:
+        """Each chunk's score: checked in this run, else stored with the cached chunk by the
+        run that checked it (None: cached by a run with --quality off)."""
+        if self.options.quality == "off":
+            return [None] * len(job.planned.chunks)
+        scores = dict(job.scores)
+        for chunk in job.planned.chunks:
+            if chunk.chunk_id not in scores:
+                scores[chunk.chunk_id] = self.outputs.cache.quality_score(chunk.chunk_id)
+        return [scores[c.chunk_id] for c in job.planned.chunks]
 
     def _reap_posted(self) -> None:
         for future in [f for f in self.posting if f.done()]:
@@ -357,7 +425,7 @@ class Run:
 
     def _record(self, result: BookResult) -> None:
         self.report.add(result)
-        self.log.event(f"book_{result.status}", **asdict(result))
+        self.log.event(f"book_{result.status}", **result.event_fields())
         postfix = {
             "audio_s": round(self.report.audio_seconds),
             "rtf": round(self.report.real_time_factor, 2),
@@ -372,6 +440,8 @@ class Run:
         stopped_at = self.stopped_at
         if self.pool is not None:
             self.pool.close(now=stopped_at is not None)
+        if self.gate is not None:
+            self.gate.close()
         # books being assembled or uploaded are the work closest to done: a stopped run gives
         # them `stop_grace_s`, then abandons them
         deadline = None if stopped_at is None else stopped_at + self.options.stop_grace_s
@@ -411,6 +481,16 @@ class Run:
         self.report.wall_s = time.monotonic() - self.report.started
         self.log.close()
         self.log.event("run_finished", **self.report.totals())
+
+
+def _rounded(score: float | None) -> float | None:
+    return None if score is None else round(score, 4)
+
+
+def default_quality_workers(devices: list[str]) -> int:
+    """Checking processes: two per device (a check runs at ~60x real time per core, far
+    ahead of any engine), within half of the cores."""
+    return max(1, min(2 * len(devices), (os.cpu_count() or 2) // 2))
 
 
 def exit_code(report: RunReport) -> int:

@@ -9,6 +9,7 @@ from narrate.database import STATUS
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook
 from narrate.publish import LIFECYCLE_FIELDS, content_hash, open_outputs
+from narrate.quality import PASS_SCORE
 from narrate.records import RowError
 from narrate.report import EventLog
 from narrate.sources import planned_windows
@@ -19,6 +20,7 @@ class CatalogStatus:
     """Where a catalog stands, from the cache and the outputs alone (no model is loaded)."""
 
     done: int = 0
+    below_quality: int = 0  # of the done books: a chunk failed every take of the check
     cached: int = 0  # every chunk cached: only assembly and publishing are left
     partly_cached: int = 0
     pending: int = 0
@@ -45,8 +47,13 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
         book_id = book.book.book_id
         ids = {c.chunk_id for c in book.chunks}
         cached = len(ids - missing)
-        if outputs.publisher.is_published(book_id, fmt, content_hash(book, options.outputs.post)):
-            return "done", len(ids), cached
+        metadata = outputs.publisher.published(
+            book_id, fmt, content_hash(book, options.outputs.post)
+        )
+        if metadata is not None:  # the score the run that published it stored with the file
+            score = metadata.get("qualityScore")
+            below = bool(score) and float(score) < PASS_SCORE
+            return "below_quality" if below else "done", len(ids), cached
         record = outputs.status.record(book_id, LIFECYCLE_FIELDS) or {}
         if record.get(STATUS) == "failed":
             return "failed", len(ids), cached
@@ -61,6 +68,8 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
             missing = outputs.cache.missing(wanted, lookups.map)
             states = lookups.map(book_state, books, [missing] * len(books))
             for state, chunks, cached in states:
+                if state == "below_quality":
+                    summary.done += 1
                 setattr(summary, state, getattr(summary, state) + 1)
                 summary.chunks += chunks
                 summary.chunks_cached += cached

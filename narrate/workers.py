@@ -1,7 +1,9 @@
 """Device workers: one spawned process per device loads the engine once and synthesizes batches.
 
-Every finished chunk goes straight into the chunk cache (the checkpoint); the parent gets back
-only each chunk's outcome.
+Without the quality check every finished chunk goes straight into the chunk cache (the
+checkpoint) and the parent gets back only each chunk's outcome. With it, the worker hands its
+takes back (`BatchDone.takes`): the run has them checked in other processes and caches the good
+ones, so the engine goes on with the next batch meanwhile.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 from narrate.cache import ChunkCache
 from narrate.config import EngineConfig
 from narrate.errors import EngineError, NarrateError, UsageError, first_line
-from narrate.records import Batch, ChunkOutcome
+from narrate.records import Batch, ChunkAudio, ChunkOutcome
 from narrate.report import EventLog, route_logging
 from narrate.storage import open_storage
 
@@ -44,8 +46,9 @@ def resolve_devices(spec: str) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class BatchDone:
     batch_no: int
-    outcomes: tuple[ChunkOutcome, ...]
+    outcomes: tuple[ChunkOutcome, ...]  # chunks settled here: failed, or cached unchecked
     seconds: float
+    takes: tuple[ChunkAudio, ...] = ()  # synthesized chunks not cached yet: to be checked
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,7 @@ class WorkerSettings:
     cache_uri: str
     compile: bool = False  # CUDA workers capture the frame step as CUDA graphs
     cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
+    check_takes: bool = False  # hand takes back for the quality check instead of caching them
 
 
 def default_post_workers(devices: list[str], cpu_threads: int | None) -> int:
@@ -132,10 +136,11 @@ def worker_main(
         results.put(WorkerFailed(device, unexpected(exc)))
         return
     while (task := next_task(tasks, parent)) is not None:
-        batch_no, batch = task
+        batch_no, batch, attempts = task
         started = time.monotonic()
+        takes: tuple[ChunkAudio, ...] = ()
         try:
-            audios = engine.synthesize(batch)
+            audios = engine.synthesize(batch, attempts=attempts)
         except NarrateError as exc:
             outcomes = tuple(ChunkOutcome(c.chunk_id, exc.message, 1) for c in batch.chunks)
         except Exception as exc:  # fails this batch's chunks; the worker and the run go on
@@ -143,11 +148,14 @@ def worker_main(
             error = unexpected(exc)
             outcomes = tuple(ChunkOutcome(c.chunk_id, error, 1) for c in batch.chunks)
         else:
+            if settings.check_takes:
+                takes = tuple(a for a in audios if a.ok)
+                audios = [a for a in audios if not a.ok]
             for audio in audios:
                 if audio.ok:
                     cache.put(audio)
             outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
-        results.put(BatchDone(batch_no, outcomes, time.monotonic() - started))
+        results.put(BatchDone(batch_no, outcomes, time.monotonic() - started, takes))
     engine.close()
 
 
@@ -156,7 +164,9 @@ def unexpected(exc: BaseException) -> str:
     return f"unexpected {type(exc).__name__} in the engine: {first_line(exc)}"
 
 
-def next_task(tasks: Any, parent: int, poll_s: float = 1.0) -> tuple[int, Batch] | None:
+def next_task(
+    tasks: Any, parent: int, poll_s: float = 1.0
+) -> tuple[int, Batch, dict[str, int]] | None:
     """The next batch, or None when told to stop or when the parent has died (a SIGKILLed
     run must not leave workers holding a GPU, waiting on a queue nobody feeds)."""
     while True:
@@ -170,8 +180,10 @@ def next_task(tasks: Any, parent: int, poll_s: float = 1.0) -> tuple[int, Batch]
 class WorkerPool:
     """One spawned process per device, fed from one queue: a free worker takes the next batch."""
 
+    start_method = "spawn"  # CUDA cannot be used in forked children
+
     def __init__(self, devices: list[str], settings: WorkerSettings) -> None:
-        context = mp.get_context("spawn")  # CUDA cannot be used in forked children
+        context = mp.get_context(self.start_method)
         self.tasks = context.Queue()
         self.results = context.Queue()
         cpu_workers = max(1, devices.count("cpu"))
@@ -188,8 +200,9 @@ class WorkerPool:
         for process in self.processes:
             process.start()
 
-    def submit(self, batch_no: int, batch: Batch) -> None:
-        self.tasks.put((batch_no, batch))
+    def submit(self, batch_no: int, batch: Batch, attempts: dict[str, int] | None = None) -> None:
+        """`attempts`: the first attempt of chunks asked for again (the Engine protocol)."""
+        self.tasks.put((batch_no, batch, attempts or {}))
 
     def next_result(self, timeout: float) -> BatchDone | WorkerFailed | None:
         try:

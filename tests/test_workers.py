@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import queue
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
+import narrate.gate
+import narrate.quality
 import narrate.synth
 from narrate.config import EngineConfig
 from narrate.records import Batch, Chunk, ChunkAudio
@@ -27,10 +29,16 @@ class RaisingEngine:
         self.engine = engine
         self.config = engine.config
 
-    def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
+    def synthesize(
+        self,
+        batch: Batch,
+        *,
+        context: Sequence[Turn] = (),
+        attempts: Mapping[str, int] | None = None,
+    ) -> list[ChunkAudio]:
         if any(c.text == "boom" for c in batch.chunks):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
-        return self.engine.synthesize(batch, context=context)
+        return self.engine.synthesize(batch, context=context, attempts=attempts)
 
     def close(self) -> None:
         self.engine.close()
@@ -47,14 +55,16 @@ def batch(*texts: str) -> Batch:
     return Batch(tuple(Chunk(f"{i:08x}{t}", "b", i, t) for i, t in enumerate(texts)))
 
 
-def run_worker(tmp_path: Path, batches: list[Batch]) -> list[object]:
+def run_worker(tmp_path: Path, batches: list[Batch], *, check_takes: bool = False) -> list[object]:
     """worker_main in this process, fed these batches; what it reported."""
     tasks: queue.Queue = queue.Queue()
     results: queue.Queue = queue.Queue()
     for number, task in enumerate(batches, 1):
-        tasks.put((number, task))
+        tasks.put((number, task, {}))
     tasks.put(None)
-    settings = WorkerSettings(PREVIEW, str(tmp_path / "voices"), str(tmp_path / "cache"))
+    settings = WorkerSettings(
+        PREVIEW, str(tmp_path / "voices"), str(tmp_path / "cache"), check_takes=check_takes
+    )
     worker_main(os.getppid(), "cpu", 1, settings, tasks, results)
     return [results.get_nowait() for _ in range(results.qsize())]
 
@@ -86,3 +96,19 @@ def test_an_engine_that_cannot_start_for_an_unexpected_reason_is_reported(
     assert failed == WorkerFailed(
         "cpu", "unexpected ImportError in the engine: libcudnn.so.9: cannot open shared object file"
     )
+
+
+def test_with_the_quality_check_the_worker_hands_takes_back_unchecked_and_uncached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_restored: None
+) -> None:
+    def no_check_here(*args: object) -> None:
+        raise AssertionError("the engine's process must not run the quality check")
+
+    monkeypatch.setattr(narrate.quality, "check", no_check_here)
+    monkeypatch.setattr(narrate.gate, "check", no_check_here)
+    synthesized = batch("Hello.", "Good evening.")
+    (done,) = run_worker(tmp_path, [synthesized], check_takes=True)
+    assert isinstance(done, BatchDone) and done.outcomes == ()
+    assert [t.chunk_id for t in done.takes] == [c.chunk_id for c in synthesized.chunks]
+    assert all(len(t.audio) > 0 for t in done.takes)
+    assert not list((tmp_path / "cache").rglob("*.flac"))  # cached only once checked

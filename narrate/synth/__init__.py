@@ -7,7 +7,7 @@ NG) implement it. Importing this package does not import torch: engines load on 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -41,8 +41,18 @@ class Turn:
 class Engine(Protocol):
     config: EngineConfig
 
-    def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
-        """One result per chunk, same order: mono float32 at 24 kHz, or an error."""
+    def synthesize(
+        self,
+        batch: Batch,
+        *,
+        context: Sequence[Turn] = (),
+        attempts: Mapping[str, int] | None = None,
+    ) -> list[ChunkAudio]:
+        """One result per chunk, same order: mono float32 at 24 kHz, or an error.
+
+        `attempts`: a chunk's first attempt number (default 0), the seed being
+        `chunk_seed(chunk_id, attempt)`; the run asks for a take that failed the quality check
+        again from its next attempt. `ChunkAudio.attempts` is its last attempt number + 1."""
         ...
 
     def close(self) -> None: ...

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -68,6 +68,7 @@ class _Attempt:
     chunk: Chunk
     attempt: int
     embeds: torch.Tensor  # the prompt, kept for a retry
+    first: int = 0  # the batch's first attempt of this chunk: MAX_ATTEMPTS count from it
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,15 @@ class CsmEngine:
 
     # --- the batch ----------------------------------------------------------------------
 
-    def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
-        """One waveform per chunk, in order. `context`: turns spoken before every chunk."""
+    def synthesize(
+        self,
+        batch: Batch,
+        *,
+        context: Sequence[Turn] = (),
+        attempts: Mapping[str, int] | None = None,
+    ) -> list[ChunkAudio]:
+        """One waveform per chunk, in order. `context`: turns spoken before every chunk;
+        `attempts`: each chunk's first attempt (the Engine protocol)."""
         done: dict[str, ChunkAudio] = {}
         rows: list[Row] = []
         for chunk in unique_chunks(batch.chunks):
@@ -165,7 +173,8 @@ class CsmEngine:
                 )
                 done[chunk.chunk_id] = _failed(chunk, reason, 0)
                 continue
-            rows.append(self._row(_Attempt(chunk, 0, embeds)))
+            first = (attempts or {}).get(chunk.chunk_id, 0)
+            rows.append(self._row(_Attempt(chunk, first, embeds, first)))
         rows.sort(key=lambda row: len(row.embeds) + row.cap, reverse=True)  # longest first
         self._generate(deque(rows), lambda *args: self._settle(done, *args))
         return [done[c.chunk_id] for c in batch.chunks]
@@ -241,9 +250,10 @@ class CsmEngine:
             )
             if isinstance(outcome, ChunkAudio):
                 done[chunk.chunk_id] = outcome
-            elif outcome.retry and attempt.attempt + 1 < MAX_ATTEMPTS:
+            elif outcome.retry and attempt.attempt + 1 < attempt.first + MAX_ATTEMPTS:
                 log.info("retrying chunk %s with its next seed: %s", chunk.chunk_id, outcome.reason)
-                queue.append(self._row(_Attempt(chunk, attempt.attempt + 1, attempt.embeds)))
+                retry = _Attempt(chunk, attempt.attempt + 1, attempt.embeds, attempt.first)
+                queue.append(self._row(retry))
             else:
                 done[chunk.chunk_id] = _failed(chunk, outcome.reason, attempt.attempt)
 

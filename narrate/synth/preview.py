@@ -13,7 +13,7 @@ import os
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,14 +39,22 @@ class PreviewEngine:
         engine.speak("ok")  # fails here, with the install hint, when eSpeak NG is missing
         return engine
 
-    def synthesize(self, batch: Batch, *, context: Sequence[Turn] = ()) -> list[ChunkAudio]:
+    def synthesize(
+        self,
+        batch: Batch,
+        *,
+        context: Sequence[Turn] = (),
+        attempts: Mapping[str, int] | None = None,
+    ) -> list[ChunkAudio]:
+        """eSpeak NG is deterministic: a later attempt gives the same audio (its seed differs)."""
+        firsts = [(attempts or {}).get(c.chunk_id, 0) for c in batch.chunks]
         with ThreadPoolExecutor(self.workers) as pool:
-            return list(pool.map(self._chunk, batch.chunks))
+            return list(pool.map(self._chunk, batch.chunks, firsts))
 
     def close(self) -> None:
         """Nothing is held between batches."""
 
-    def _chunk(self, chunk: Chunk) -> ChunkAudio:
+    def _chunk(self, chunk: Chunk, attempt: int = 0) -> ChunkAudio:
         try:
             audio = self.speak(chunk.text, chunk.speaker)
         except ModelError as exc:
@@ -59,7 +67,8 @@ class PreviewEngine:
             audio=np.pad(audio, (0, frames * SAMPLES_PER_FRAME - len(audio))),
             frames=frames,
             stop_reason="failed" if error else "eos",
-            seed=chunk_seed(chunk.chunk_id),
+            seed=chunk_seed(chunk.chunk_id, attempt),
+            attempts=attempt + 1,
             error=error,
         )
 

@@ -1,0 +1,135 @@
+"""The quality gate of a run: every synthesized take is checked before it enters the cache.
+
+The run hands each take a worker synthesized to `QualityGate.submit` and goes on at once: the
+check runs in the processes of a `QualityPool` (never on an engine's thread), and a take that
+passes is written to the cache there, in the same call. `ready` returns what the finished
+checks decided: a chunk to synthesize again from its next attempt (a new seed), or a settled
+chunk with its score. After the last take the best-scoring one is kept and cached (`strict`:
+the chunk fails instead, and its book with it).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from functools import cache
+
+from narrate.cache import ChunkCache
+from narrate.config import SAMPLE_RATE
+from narrate.errors import NarrateError
+from narrate.quality import QualityPool, Verdict, best_take, check
+from narrate.records import Batch, Chunk, ChunkAudio, ChunkOutcome
+from narrate.storage import open_storage
+
+
+@cache
+def _cache(uri: str) -> ChunkCache:  # one per checking process
+    return ChunkCache(open_storage(uri))
+
+
+def check_and_keep(take: ChunkAudio, text: str, cache_uri: str) -> Verdict:
+    """Check a take (in a pool process); a take that passes goes into the cache right here."""
+    verdict = check(take.audio, SAMPLE_RATE, text)
+    if verdict.passed:
+        _cache(cache_uri).put(take, quality_score=verdict.score)
+    return verdict
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Synthesize this chunk again, from attempt `first_attempt` (its next seed)."""
+
+    chunk: Chunk
+    first_attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """A chunk settled by the gate: its outcome for the ledger (`score` and `takes` filled in;
+    an error when strict rejects it) and the verdict of the take that was kept."""
+
+    outcome: ChunkOutcome
+    verdict: Verdict | None  # None: the check itself failed
+
+
+@dataclass
+class _Chunk:
+    chunk: Chunk
+    takes: list[tuple[ChunkAudio, Verdict]] = field(default_factory=list)
+    next_attempt: int = 0
+
+
+class QualityGate:
+    def __init__(self, cache_uri: str, *, takes: int, strict: bool, workers: int) -> None:
+        self.cache_uri = cache_uri
+        self.max_takes = max(1, takes)
+        self.strict = strict
+        self.pool = QualityPool(workers)
+        self._chunks: dict[str, _Chunk] = {}  # chunks with a take being checked or to retry
+        self._checking: dict[Future[Verdict], ChunkAudio] = {}
+
+    def first_attempts(self, batch: Batch) -> dict[str, int]:
+        """The attempt each retried chunk of `batch` starts from (the Engine protocol's
+        `attempts`; chunks on their first take are left out: they start from 0)."""
+        return {
+            chunk.chunk_id: self._chunks[chunk.chunk_id].next_attempt
+            for chunk in batch.chunks
+            if chunk.chunk_id in self._chunks
+        }
+
+    def submit(self, chunk: Chunk, take: ChunkAudio) -> None:
+        """Queue a synthesized take for its check; returns at once."""
+        state = self._chunks.setdefault(take.chunk_id, _Chunk(chunk))
+        state.next_attempt = max(state.next_attempt + 1, take.attempts)
+        future = self.pool.call(check_and_keep, take, chunk.text, self.cache_uri)
+        self._checking[future] = take
+
+    def synthesis_failed(self, outcome: ChunkOutcome) -> Checked | None:
+        """A retry's synthesis failed: settle on the best earlier take. None: no earlier take,
+        the failure is the chunk's."""
+        state = self._chunks.get(outcome.chunk_id)
+        if state is None or not state.takes:
+            return None
+        return self._settle(state)
+
+    def ready(self) -> list[Retry | Checked]:
+        """What the checks finished since the last call decided."""
+        decided: list[Retry | Checked] = []
+        for future in [f for f in self._checking if f.done()]:
+            take = self._checking.pop(future)
+            state = self._chunks[take.chunk_id]
+            try:
+                verdict = future.result()
+            except NarrateError:
+                raise  # the cache's storage is unusable: the run stops
+            except Exception as exc:  # e.g. audio the aligner cannot take: this chunk fails
+                del self._chunks[take.chunk_id]
+                error = f"unexpected {type(exc).__name__} in the quality check: {exc}"
+                decided.append(Checked(ChunkOutcome(take.chunk_id, error, take.attempts), None))
+                continue
+            state.takes.append((take, verdict))
+            if verdict.passed or len(state.takes) >= self.max_takes:
+                decided.append(self._settle(state))
+            else:
+                decided.append(Retry(state.chunk, state.next_attempt))
+        return decided
+
+    def _settle(self, state: _Chunk) -> Checked:
+        del self._chunks[state.chunk.chunk_id]
+        take, verdict = state.takes[best_take([v for _, v in state.takes])]
+        count = len(state.takes)
+        error = None
+        if not verdict.passed:
+            if self.strict:
+                error = f"failed the quality check in {count} takes ({verdict.reason})"
+            else:  # the best of the failing takes is kept, and the book is marked
+                _cache(self.cache_uri).put(take, quality_score=verdict.score)
+        outcome = ChunkOutcome(take.chunk_id, error, take.attempts, verdict.score, count)
+        return Checked(outcome, verdict)
+
+    def __len__(self) -> int:
+        """Chunks the gate has not settled yet (checking, or waiting for a retry)."""
+        return len(self._chunks)
+
+    def close(self) -> None:
+        self.pool.close()
