@@ -124,7 +124,8 @@ class QualityGate:
                 error = f"failed the quality check in {count} takes ({verdict.reason})"
             else:  # the best of the failing takes is kept, and the book is marked
                 _cache(self.cache_uri).put(take, quality_score=verdict.score)
-        outcome = ChunkOutcome(take.chunk_id, error, take.attempts, verdict.score, count)
+        spent = max(t.attempts for t, _ in state.takes)  # attempts, whichever take is kept
+        outcome = ChunkOutcome(take.chunk_id, error, spent, verdict.score, count)
         return Checked(outcome, verdict)
 
     def __len__(self) -> int:
