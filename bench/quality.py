@@ -4,15 +4,27 @@
    clean chunks, one row per kind of corruption (target >= 95 % each).
 2. The check's speed in x real time per core: seconds of clean audio checked per second of
    this process's CPU time, min / median / max over --repeats passes.
+3. Does the check slow a run? `narrate run` end to end on the first --books books of the demo
+   catalog with a random CSM (narrate.synth.tiny, scaled up so that synthesis dominates as on a
+   GPU), `--quality on` against `--quality off`, run alternately --repeats times, fresh cache
+   each time.
+   Retries are off (`--quality-retries 0`): random-weight audio never aligns, and every chunk
+   would be synthesized three times. Target: on / off <= 1.10. On this CPU-only machine the
+   checking process competes with the CPU worker for the same cores; on a GPU node it uses a
+   core the engine leaves idle, so the ratio here is an upper bound.
 
-    python bench/quality.py [--every 1] [--repeats 3]
+    python bench/quality.py [--every 1] [--repeats 3] [--books 8]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,13 +35,66 @@ from support.corruptions import render_demo, trials  # noqa: E402
 
 from narrate.config import SAMPLE_RATE  # noqa: E402
 from narrate.quality import check  # noqa: E402
+from narrate.synth.tiny import Sizes, build_tiny_model  # noqa: E402
+
+DEMO = ROOT / "manifests" / "demo.jsonl"
+# synthesis-bound on a CPU core: per-frame compute well above the run's fixed costs
+SYNTH_BOUND = Sizes(hidden=512, layers=4, heads=8, depth_hidden=256, depth_layers=2, depth_heads=4)
+
+
+def figures(values: list[float], digits: int = 2) -> str:
+    return " / ".join(
+        f"{v:.{digits}f}" for v in (min(values), statistics.median(values), max(values))
+    )
+
+
+def end_to_end(books: int, repeats: int) -> None:
+    """Section 3: wall seconds of `narrate run` with the check on and off, alternately."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_tiny_model(root / "model", sizes=SYNTH_BOUND)
+        manifest = root / "catalog.jsonl"
+        manifest.write_text("".join(DEMO.read_text().splitlines(keepends=True)[:books]))
+        walls: dict[str, list[float]] = {"on": [], "off": []}
+        totals: dict[str, object] = {}
+        for repeat in range(repeats):
+            for mode in ("off", "on") if repeat % 2 else ("on", "off"):
+                workdir = root / f"{mode}-{repeat}"
+                args = [sys.executable, "-m", "narrate.cli", "run", str(manifest)]
+                args += ["--model", str(model), "--devices=cpu", "--cpu-threads=1"]
+                args += ["--no-watermark", f"--out={workdir / 'out'}", f"--cache={workdir / 'c'}"]
+                args += [f"--report={workdir / 'report.json'}"]
+                args += ["--quality", mode, "--quality-retries", "0"]
+                started = time.perf_counter()
+                subprocess.run(
+                    args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+                walls[mode].append(time.perf_counter() - started)
+                totals = json.loads((workdir / "report.json").read_text())["totals"]
+        ratios = [on / off for on, off in zip(walls["on"], walls["off"], strict=True)]
+        print(
+            f"end to end, random CSM {SYNTH_BOUND}, {books} demo books, "
+            f"{totals['chunks_synthesized']} chunks, "
+            f"{totals['audio_seconds']:.0f} s of audio, 1 CPU worker (1 torch thread), "
+            f"{os.cpu_count()} cores, retries off, {repeats} repeats, min / median / max:"
+        )
+        print(f"  --quality off  {figures(walls['off'], 1)} s")
+        print(f"  --quality on   {figures(walls['on'], 1)} s")
+        print(f"  on / off       {figures(ratios)}  (target <= 1.10)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--every", type=int, default=1, help="use every N-th demo chunk")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--books", type=int, default=2, help="demo books of the end-to-end runs")
+    parser.add_argument(
+        "--only-run", action="store_true", help="only section 3 (the end-to-end runs)"
+    )
     args = parser.parse_args()
+    if args.only_run:
+        end_to_end(args.books, args.repeats)
+        return
 
     rendered = render_demo(every=args.every)
     print(f"demo catalog: {len(rendered)} chunks, preview engine (eSpeak NG), 1 process")
@@ -53,7 +118,9 @@ def main() -> None:
         f"{args.repeats} passes: min {min(speeds):.0f} / median {statistics.median(speeds):.0f}"
         f" / max {max(speeds):.0f}  (target >= 60)"
     )
+    end_to_end(args.books, args.repeats)
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     main()
