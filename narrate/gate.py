@@ -10,13 +10,13 @@ the chunk fails instead, and its book with it).
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+from concurrent.futures import BrokenExecutor, Future
 from dataclasses import dataclass, field
 from functools import cache
 
 from narrate.cache import ChunkCache
 from narrate.config import SAMPLE_RATE
-from narrate.errors import NarrateError
+from narrate.errors import EngineError, NarrateError
 from narrate.quality import QualityPool, Verdict, best_take, check
 from narrate.records import Batch, Chunk, ChunkAudio, ChunkOutcome
 from narrate.storage import open_storage
@@ -41,6 +41,7 @@ class Retry:
 
     chunk: Chunk
     first_attempt: int
+    reason: str  # why its last take failed the check
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,11 @@ class QualityGate:
                 verdict = future.result()
             except NarrateError:
                 raise  # the cache's storage is unusable: the run stops
+            except BrokenExecutor:  # every later check would fail too
+                raise EngineError(
+                    "a quality check process died",
+                    "out of host memory? or run with --quality off",
+                ) from None
             except Exception as exc:  # e.g. audio the aligner cannot take: this chunk fails
                 del self._chunks[take.chunk_id]
                 error = f"unexpected {type(exc).__name__} in the quality check: {exc}"
@@ -111,7 +117,7 @@ class QualityGate:
             if verdict.passed or len(state.takes) >= self.max_takes:
                 decided.append(self._settle(state))
             else:
-                decided.append(Retry(state.chunk, state.next_attempt))
+                decided.append(Retry(state.chunk, state.next_attempt, verdict.reason))
         return decided
 
     def _settle(self, state: _Chunk) -> Checked:

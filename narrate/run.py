@@ -315,7 +315,7 @@ class Run:
                     "chunk_retried",
                     chunk_id=decided.chunk.chunk_id,
                     attempt=decided.first_attempt,
-                    reason="failed the quality check",
+                    reason=decided.reason,
                 )
             else:
                 self._settle(decided.outcome)
