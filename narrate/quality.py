@@ -16,7 +16,10 @@ model's generic speech phone), so they never fail a chunk on their own.
 from __future__ import annotations
 
 import math
+import os
 import re
+import threading
+import time
 import unicodedata
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -417,8 +420,16 @@ def book_score(verdicts: Sequence[Verdict]) -> float:
     return min((verdict.score for verdict in verdicts), default=PASS_SCORE)
 
 
-def _warm_worker() -> None:
+def _warm_worker(parent: int) -> None:
+    # a SIGKILLed run cannot shut its pool down: its checkers notice and exit within a second
+    threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
     _aligner()._decoder(False)  # load the model before the first chunk arrives
+
+
+def _exit_with(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 class QualityPool:
@@ -435,6 +446,7 @@ class QualityPool:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_warm_worker,
+            initargs=(os.getpid(),),
         )
 
     def submit(self, audio: np.ndarray, sample_rate: int, text: str) -> Future[Verdict]:

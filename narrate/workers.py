@@ -157,6 +157,8 @@ def worker_main(
             outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
         results.put(BatchDone(batch_no, outcomes, time.monotonic() - started, takes))
     engine.close()
+    if os.getppid() != parent:  # nobody reads the takes still buffered: exit without them
+        results.cancel_join_thread()
 
 
 def unexpected(exc: BaseException) -> str:
