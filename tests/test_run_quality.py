@@ -120,6 +120,12 @@ def test_a_chunk_that_fails_the_check_is_retried_then_kept_and_its_book_marked(
     counts = json.loads(status.stdout)
     assert (counts["done"], counts["below_quality"]) == (2, 1)
 
+    # rendered again from the cache, nothing synthesized: the scores stored with the chunks
+    (tmp_path / "report.json").unlink()
+    again, _ = run_books(tmp_path, "--force")
+    assert again["marked"]["quality_score"] == marked["quality_score"]
+    assert again["marked"]["chunk_scores"] == marked["chunk_scores"]
+
 
 @pytest.mark.slow
 def test_quality_strict_fails_the_book_whose_chunk_never_passes(
