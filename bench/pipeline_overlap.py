@@ -2,7 +2,7 @@
 run, and what does a SIGKILL cost?
 
 Per repeat (side by side, same catalog, same engine, same threads):
-1. Synthesis only: the engine (a scaled-down random CSM, as in synth_batching.py) synthesizes
+1. Synthesis only: the engine (a scaled-down random CSM, narrate.synth.tiny.SYNTH_BOUND) synthesizes
    every batch of the catalog's plan, model load included.
 2. End to end: `narrate run` on the catalog (worker process, cache, assembly, loudness,
    encoding, local publishing). Target: end-to-end / synthesis-only <= 1.10. Also printed: when
@@ -40,13 +40,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from synth_batching import SCALED, SENTENCES
+from synth_batching import SENTENCES
 
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig
 from narrate.plan import PlannedBook, chunk_books, plan_batches
 from narrate.records import Book
 from narrate.synth import load_engine
-from narrate.synth.tiny import build_tiny_model
+from narrate.synth.tiny import SYNTH_BOUND, build_tiny_model
 
 
 def write_catalog(path: Path, books: int) -> list[Book]:
@@ -188,7 +188,7 @@ def main() -> None:
     fmt = f"--format={args.format}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model = build_tiny_model(root / "model", sizes=SCALED)
+        model = build_tiny_model(root / "model", sizes=SYNTH_BOUND)
         books = write_catalog(root / "catalog.jsonl", args.books)
         rows = []
         for repeat in range(args.repeats):

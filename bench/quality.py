@@ -35,11 +35,10 @@ from support.corruptions import render_demo, trials  # noqa: E402
 
 from narrate.config import SAMPLE_RATE  # noqa: E402
 from narrate.quality import check  # noqa: E402
-from narrate.synth.tiny import Sizes, build_tiny_model  # noqa: E402
+from narrate.synth.tiny import SYNTH_BOUND, build_tiny_model  # noqa: E402
 
 DEMO = ROOT / "manifests" / "demo.jsonl"
 # synthesis-bound on a CPU core: per-frame compute well above the run's fixed costs
-SYNTH_BOUND = Sizes(hidden=512, layers=4, heads=8, depth_hidden=256, depth_layers=2, depth_heads=4)
 
 
 def figures(values: list[float], digits: int = 2) -> str:

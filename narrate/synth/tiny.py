@@ -68,6 +68,11 @@ class Sizes:
     depth_heads: int = 4
 
 
+# A random CSM wide enough that synthesis, not per-frame overhead, dominates a CPU run: what the
+# run benchmarks (bench-run, bench-quality) use to make a run synthesis-bound, as on a GPU.
+SYNTH_BOUND = Sizes(hidden=512, layers=4, heads=8, depth_hidden=256, depth_layers=2, depth_heads=4)
+
+
 def csm_config(sizes: Sizes, text_vocab_size: int, pad_id: int) -> dict:
     """The CsmConfig arguments (32 codebooks of 2048 codes + 3 specials, as CSM-1B)."""
     return dict(
