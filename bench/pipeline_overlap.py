@@ -18,7 +18,9 @@ Once: kill and resume. `narrate run` is SIGKILLed once some chunks are cached, t
 Chunks re-synthesized = dispatched to the worker but not cached when it died; target: no more
 than the batches in flight (one computing + one queued per worker).
 
-The watermark is off (--no-watermark): real AudioSeal weights cannot be downloaded here.
+The watermark is off (--no-watermark): real AudioSeal weights cannot be downloaded here. The
+quality check is off (--quality off): random weights never say the text, so every chunk would be
+retried; its own cost on a run is measured by `make bench-quality`.
 
     python bench/pipeline_overlap.py [--books 16] [--batch-size 4] [--format mp3] [--repeats 3]
 """
@@ -93,6 +95,8 @@ def narrate_run(
         "--batch-size",
         str(batch_size),
         "--no-watermark",
+        "--quality",
+        "off",
         "--out",
         str(workdir / "out"),
         "--cache",
