@@ -2,8 +2,9 @@
 
 The site listens on `/books/{book_id}` and shows the player once `narrativeAudioUrl` is set. A
 run moves each book through `processing` -> `ready` | `failed`; `StatusWriter` queues those
-changes and sends many books in one multi-path PATCH (atomic), flushed every couple of seconds
-by a timer so the site updates soon after a book finishes. All values are idempotent: applying
+changes and sends many books in one multi-path PATCH (atomic) once 250 books wait or the oldest
+has waited 5 s, so a burst costs one request per 250 books and the site still updates within
+seconds of a book finishing. All values are idempotent: applying
 an update twice leaves the same record (only `narrativeUpdatedAt` moves), so retries and reruns
 converge. The site's request queue (`narrativeAudioStatus == "requested"`, and `processing`
 records whose run's lease expired) is read by narrate.sources.requested_books.
