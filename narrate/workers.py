@@ -182,10 +182,8 @@ def next_task(
 class WorkerPool:
     """One spawned process per device, fed from one queue: a free worker takes the next batch."""
 
-    start_method = "spawn"  # CUDA cannot be used in forked children
-
     def __init__(self, devices: list[str], settings: WorkerSettings) -> None:
-        context = mp.get_context(self.start_method)
+        context = mp.get_context("spawn")  # CUDA cannot be used in forked children
         self.tasks = context.Queue()
         self.results = context.Queue()
         cpu_workers = max(1, devices.count("cpu"))

@@ -3,13 +3,13 @@ again with its next seed, then kept at its best and its book marked (or failed w
 strict); --quality off checks nothing.
 
 The engine is the preview engine (eSpeak NG) behind the Engine protocol, except that it speaks
-the wrong words for one chunk. Workers are forked for these tests so that they inherit it.
+the wrong words for one chunk (tests/support/wrong_words.py), installed in the spawned workers.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import os
 from pathlib import Path
 
 import pytest
@@ -22,54 +22,23 @@ import narrate.synth
 from narrate.cli import cli
 from narrate.config import EngineConfig
 from narrate.gate import Checked, QualityGate, Retry
-from narrate.records import Batch, Chunk, ChunkAudio
-from narrate.synth import Engine, Turn
-from narrate.workers import WorkerPool
+from narrate.records import Batch, Chunk
 
-WRONG_TEXT = "harbour"  # the chunk holding this word is spoken as other words
 BOOKS = {
     "marked": "Rain fell softly on the harbour.",
     "clean": "The river ran past the old mill at dawn.",
 }
 
 
-class WrongWordsEngine:
-    """The preview engine, except that chunks holding WRONG_TEXT come out as other words, on
-    every attempt (as a model that keeps garbling one sentence would)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.config = engine.config
-        self.calls: list[dict[str, int]] = []
-
-    def synthesize(
-        self,
-        batch: Batch,
-        *,
-        context: Sequence[Turn] = (),
-        attempts: Mapping[str, int] | None = None,
-    ) -> list[ChunkAudio]:
-        spoken = Batch(
-            tuple(
-                Chunk(c.chunk_id, c.book_id, c.index, "Bananas are yellow and sweet.")
-                if WRONG_TEXT in c.text
-                else c
-                for c in batch.chunks
-            )
-        )
-        return self.engine.synthesize(spoken, context=context, attempts=attempts)
-
-    def close(self) -> None:
-        self.engine.close()
-
-
 @pytest.fixture
 def wrong_words_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    real_load = narrate.synth.load_engine
-    monkeypatch.setattr(
-        narrate.synth, "load_engine", lambda *a, **kw: WrongWordsEngine(real_load(*a, **kw))
-    )
-    monkeypatch.setattr(WorkerPool, "start_method", "fork")  # the worker inherits the patch
+    """Every Python process the run spawns (its workers) loads WrongWordsEngine: the spawn hook
+    folder's sitecustomize installs it at start-up (spawned workers inherit no patches)."""
+    tests = Path(__file__).parent
+    path = [str(tests / "support" / "spawn_hook"), str(tests)]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
 
 
 def run_books(tmp_path: Path, *extra: str, exit_code: int = 0) -> tuple[dict, list[dict]]:
