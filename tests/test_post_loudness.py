@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.signal import resample_poly
 from support.signals import lufs, silence, speechlike, true_peak_dbtp
 
 from narrate.config import SAMPLE_RATE
 from narrate.errors import AudioError
-from narrate.post.loudness import limit_true_peak, master, true_peak_db
+from narrate.post.loudness import (
+    integrated_loudness,
+    limit_true_peak,
+    master,
+    sample_peaks,
+    true_peak_db,
+)
 
 TARGET, CEILING = -18.0, -1.5
 
@@ -91,3 +98,37 @@ def test_non_finite_samples_fail() -> None:
     audio[100] = np.nan
     with pytest.raises(AudioError, match="NaN"):
         master(audio, SAMPLE_RATE, TARGET, CEILING)
+
+
+@pytest.mark.parametrize("seconds", [0.3, 0.73, 3.3, 40.0])
+@pytest.mark.parametrize("level", [0.0005, 0.1])
+def test_loudness_is_the_reference_meters_to_the_last_digits(seconds: float, level: float) -> None:
+    audio = speechlike(seconds, level=level, seed=7)
+    padded = np.pad(audio, (0, max(0, SAMPLE_RATE // 2 - len(audio))))  # the meter's minimum
+    assert integrated_loudness(audio, SAMPLE_RATE) == pytest.approx(lufs(padded), abs=1e-6)
+
+
+def test_digital_silence_has_no_loudness() -> None:
+    assert integrated_loudness(silence(3), SAMPLE_RATE) == -np.inf
+
+
+def test_oversampled_peaks_are_scipys_4x_interpolation_wherever_they_are_looked_for() -> None:
+    audio = with_spikes(speechlike(4, level=0.1, seed=5), 0.6, every_s=0.3)
+    upsampled = np.abs(resample_poly(audio, 4, 1)).reshape(-1, 4)
+    reference = np.maximum(upsampled.max(1), np.abs(audio))
+    np.testing.assert_allclose(sample_peaks(audio), reference, atol=1e-5)
+    above = 0.5
+    screened = sample_peaks(audio, above=above)
+    loud = reference > above + 1e-5
+    assert loud.sum() > 10  # the spikes
+    np.testing.assert_allclose(screened[loud], reference[loud], atol=1e-5)
+    assert np.all(screened[~loud] <= above + 1e-5)
+
+
+def test_audio_already_on_target_still_has_its_peaks_limited() -> None:
+    audio = speechlike(8, level=0.1, seed=2)
+    audio *= np.float32(10 ** ((TARGET - lufs(audio)) / 20))
+    audio[4 * SAMPLE_RATE] = 0.999  # one click over the ceiling, too short to move loudness
+    assert lufs(audio) == pytest.approx(TARGET, abs=0.1)
+    out = master(audio, SAMPLE_RATE, TARGET, CEILING)
+    assert true_peak_dbtp(out) <= CEILING + 0.05

@@ -20,6 +20,7 @@ CONTENT_TYPES = {
 }
 _SOUNDFILE = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
 _FFMPEG = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus")}  # container, encoder
+_SOUNDFILE_MAGIC = (b"RIFF", b"fLaC")  # how WAV and FLAC files begin
 LOSSY = tuple(_FFMPEG)  # formats whose encoder changes the samples
 # LAME's quality 7 ("fast") encodes in half the time of its default 3 at the same bitrate: at
 # 64 kbps mono speech its slower searches bought nothing the gate or a listener noticed, and
@@ -117,6 +118,12 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
 
     Opus always decodes at 48 kHz, the codec's internal rate, whatever rate went in.
     """
+    if data[:4] in _SOUNDFILE_MAGIC:  # libsndfile reads back what it wrote ~10x faster
+        try:
+            audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except RuntimeError as exc:  # soundfile.LibsndfileError
+            raise AudioError(f"encoded audio does not decode: {exc}") from exc
+        return audio.mean(1, dtype=np.float32) if audio.shape[1] > 1 else audio[:, 0], rate
     with _open(data) as container:
         if not container.streams.audio:
             raise AudioError("encoded file has no audio stream")
