@@ -33,6 +33,8 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -46,6 +48,7 @@ from narrate.gate import QualityGate, Retry
 from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook, plan_batches, plan_book_batches
+from narrate.post import Watermarker, render_book
 from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.report import BookResult, EventLog, RunReport
@@ -114,8 +117,6 @@ class Run:
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
         if options.outputs.post.watermark:
-            from narrate.post import Watermarker
-
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
@@ -125,6 +126,9 @@ class Run:
         post_workers = options.post_workers or default_post_workers(
             self._devices(), options.workers.cpu_threads
         )
+        # numpy's BLAS threads would only spin beside the post-processing threads, whose
+        # matrix products are small: they burned more CPU than the books' rendering did
+        self.blas_limit = threadpool_limits(limits=1, user_api="blas")
         self.post_pool = DaemonPool(post_workers, "narrate-post")
         self.upload_pool = DaemonPool(options.upload_workers, "narrate-upload")
         self.upload_slots = threading.BoundedSemaphore(2 * options.upload_workers)
@@ -348,8 +352,6 @@ class Run:
         """Assemble, watermark and encode (a post-processing thread), then hand the file to
         the shared upload pool: round trips to storage overlap across books, and this thread
         goes on to the next book. Waits while 2 x upload_workers files are already queued."""
-        from narrate.post import render_book
-
         book = job.planned.book
         try:
             audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
@@ -479,6 +481,7 @@ class Run:
             self.report.error = str(self.failure)
             self.report.exit_code = self.failure.exit_code
         self.report.wall_s = time.monotonic() - self.report.started
+        self.blas_limit.restore_original_limits()
         self.log.close()
         self.log.event("run_finished", **self.report.totals())
 

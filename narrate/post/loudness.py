@@ -153,16 +153,19 @@ def master(
     """Gain to `target_lufs`, then limit true peak to `ceiling_db`.
 
     Limiting lowers loudness a little when many peaks are caught, so the gain is raised and
-    the limiter recomputed a few times until the result is within 0.1 LU of the target. The
-    peaks of `audio` times a gain are its peaks times that gain, so they are found once (again
-    only if the gain grows past the margin they were found with). Silence-only audio or audio
-    with non-finite samples fails the book instead of being amplified into noise.
+    the limiter recomputed until the result is within 0.1 LU of the target: at most 4
+    measurements, each gain step scaled by the loudness the previous one bought (the limiter
+    eats part of every dB once it bites). The peaks of `audio` times a gain are its peaks
+    times that gain, so they are found once (again only if the gain grows past the margin
+    they were found with). Silence-only audio or audio with non-finite samples fails the book
+    instead of being amplified into noise.
     """
     if not np.all(np.isfinite(audio)):
         raise AudioError("audio contains NaN or infinite samples")
     audio = audio.astype(np.float32)
     ceiling = 10 ** (ceiling_db / 20)
-    out, gain = audio, 1.0
+    out, gain_db = audio, 0.0
+    previous: tuple[float, float] | None = None  # (gain in dB, loudness) measured before
     peaks, exact_above = None, np.inf
     for _ in range(4):
         loudness = integrated_loudness(out, sample_rate)
@@ -173,7 +176,13 @@ def master(
             )
         if abs(loudness - target_lufs) <= 0.1:
             break
-        gain *= 10 ** ((target_lufs - loudness) / 20)
+        slope = 1.0  # LU of loudness per dB of gain: 1 until the limiter bites
+        if previous is not None and gain_db != previous[0]:
+            slope = (loudness - previous[1]) / (gain_db - previous[0])
+            slope = min(1.0, max(0.25, slope))
+        previous = (gain_db, loudness)
+        gain_db += (target_lufs - loudness) / slope
+        gain = 10 ** (gain_db / 20)
         if peaks is None or ceiling / gain < exact_above:
             exact_above = ceiling / gain / 2  # 6 dB of margin for the next rounds' gains
             peaks = sample_peaks(audio, above=exact_above)
