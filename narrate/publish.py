@@ -88,21 +88,35 @@ class Uploader:
     def object_name(self, book_id: str, ext: str) -> str:
         return self.object_template.format(book_id=book_id, ext=ext)
 
-    def upload(self, books: Sequence[EncodedBook], common_meta: Mapping[str, str]) -> list[Upload]:
-        """One Upload per book, in order. Errors are per book: the others still publish."""
+    def upload(
+        self,
+        books: Sequence[EncodedBook],
+        common_meta: Mapping[str, str],
+        seen: Mapping[str, StoredObject | None] | None = None,
+    ) -> list[Upload]:
+        """One Upload per book, in order. Errors are per book: the others still publish.
+
+        `seen`: what a `stat` of a book's object found moments ago (None: no object), by book
+        id; those books skip their own `stat`, so a new object costs one request. A stale
+        entry costs nothing but a retry: every write names the generation it replaces."""
         publish: Callable[[EncodedBook], Upload] = functools.partial(
-            self._publish, common_meta=common_meta
+            self._publish, common_meta=common_meta, seen=seen or {}
         )
         if len(books) <= 1 or self.workers == 1:
             return [publish(book) for book in books]
         with ThreadPoolExecutor(min(self.workers, len(books)), "upload") as pool:
             return list(pool.map(publish, books))
 
-    def _publish(self, book: EncodedBook, common_meta: Mapping[str, str]) -> Upload:
+    def _publish(
+        self,
+        book: EncodedBook,
+        common_meta: Mapping[str, str],
+        seen: Mapping[str, StoredObject | None],
+    ) -> Upload:
         name = book.book_id
         try:
             name = self.object_name(book.book_id, book.format)
-            existing = self.storage.stat(name)
+            existing = seen[book.book_id] if book.book_id in seen else self.storage.stat(name)
             for _ in range(MAX_RACES):
                 if existing and existing.metadata.get(CONTENT_HASH_KEY) == book.content_hash:
                     return Upload(book.book_id, name, self._url(existing), uploaded=False)
@@ -167,22 +181,30 @@ class Publisher:
         Firebase Storage `ref()` takes), or the file name relative to a local output folder."""
         return self.storage.key(name)
 
-    def is_published(self, book_id: str, fmt: str, content_hash: str) -> bool:
-        return self.published(book_id, fmt, content_hash) is not None
+    def lookup(self, book_id: str, fmt: str, content_hash: str) -> tuple[StoredObject | None, bool]:
+        """The book's stored object (None: there is none) and whether the book is published
+        with this content: the object and the database record both carry its hash."""
+        stored = self.storage.stat(self.uploader.object_name(book_id, fmt))
+        if stored is None or stored.metadata.get(CONTENT_HASH_KEY) != content_hash:
+            return stored, False
+        record = self.status.record(book_id, LIFECYCLE_FIELDS) or {}
+        return stored, record.get(STATUS) == "ready" and record.get(CONTENT_HASH) == content_hash
 
     def published(self, book_id: str, fmt: str, content_hash: str) -> Mapping[str, str] | None:
         """The stored object's metadata when the book is published with this content, else
         None (`narrate status` reads the quality score there)."""
-        stored = self.storage.stat(self.uploader.object_name(book_id, fmt))
-        if stored is None or stored.metadata.get(CONTENT_HASH_KEY) != content_hash:
-            return None
-        record = self.status.record(book_id, LIFECYCLE_FIELDS) or {}
-        ready = record.get(STATUS) == "ready" and record.get(CONTENT_HASH) == content_hash
-        return stored.metadata if ready else None
+        stored, published = self.lookup(book_id, fmt, content_hash)
+        return stored.metadata if published and stored is not None else None
 
-    def publish(self, book: EncodedBook, metadata: Mapping[str, str]) -> str:
-        """Upload (skipped when the same content is stored) and queue the `ready` patch."""
-        (upload,) = self.uploader.upload([book], metadata)
+    def publish(
+        self,
+        book: EncodedBook,
+        metadata: Mapping[str, str],
+        seen: Mapping[str, StoredObject | None] | None = None,
+    ) -> str:
+        """Upload (skipped when the same content is stored) and queue the `ready` patch;
+        `seen` as for `Uploader.upload`."""
+        (upload,) = self.uploader.upload([book], metadata, seen)
         if upload.error:
             raise StorageError(f"upload of {upload.name} failed: {upload.error}")
         self.status.ready(

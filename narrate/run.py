@@ -53,6 +53,7 @@ from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.sources import planned_windows
+from narrate.storage import StoredObject
 from narrate.workers import (
     WorkerFailed,
     WorkerPool,
@@ -107,6 +108,9 @@ class Run:
         self.queued: deque[Batch] = deque()
         self.inflight: dict[int, Batch] = {}
         self.posting: set[Future[BookResult]] = set()
+        # each book's stored object (or None) as the window's lookup found it: its upload
+        # then needs no `stat` of its own
+        self.seen: dict[str, StoredObject | None] = {}
         self.batch_counter = 0
         self.chunks_planned = 0  # to synthesize, over the windows planned so far (progress total)
         self.devices: list[str] | None = None  # resolved when first needed (it imports torch)
@@ -198,10 +202,13 @@ class Run:
         fmt = self.options.outputs.post.format
 
         def is_published(book: PlannedBook) -> bool:
+            if self.options.force:
+                return False
             book_id = book.book.book_id
-            return not self.options.force and self.outputs.publisher.is_published(
-                book_id, fmt, hashes[book_id]
-            )
+            stored, published = self.outputs.publisher.lookup(book_id, fmt, hashes[book_id])
+            if not published:  # its upload will not need to look again
+                self.seen[book_id] = stored
+            return published
 
         with ThreadPoolExecutor(16) as lookups:  # object stats and record reads are network calls
             published = list(lookups.map(is_published, books))
@@ -343,6 +350,7 @@ class Run:
         self.posting.add(self.post_pool.submit(self._render, job))
 
     def _fail(self, job: BookJob, error: str) -> BookResult:
+        self.seen.pop(job.book_id, None)
         self.outputs.status.failed(job.book_id, error)
         return BookResult(
             job.book_id, "failed", chunks=len(job.planned.chunks), retries=job.retries, error=error
@@ -383,8 +391,9 @@ class Run:
         if score is not None:
             metadata["qualityScore"] = f"{score:.4f}"
             metadata["qualityRetries"] = str(job.chunks_retried)
+        seen = {book.book_id: self.seen.pop(book.book_id)} if book.book_id in self.seen else None
         try:
-            url = self.outputs.publisher.publish(encoded, metadata)
+            url = self.outputs.publisher.publish(encoded, metadata, seen)
         except InfrastructureError:
             raise
         except NarrateError as exc:

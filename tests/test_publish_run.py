@@ -11,6 +11,7 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner
 from google.cloud import storage as gcs
+from support.gcs import FakeGcs, FaultyProxy
 from support.runs import preview_args
 
 from narrate.cli import cli
@@ -103,6 +104,25 @@ def test_run_publishes_objects_and_records_then_converges(
     assert [n for n in after if after[n] != generations[n]] == ["site/narrations/beta.wav"]
     # the replaced object keeps its token: links already on the site keep working
     assert rtdb.rest("GET", "books/beta/narrativeAudioUrl") == records["beta"]["narrativeAudioUrl"]
+
+
+@pytest.mark.slow
+def test_a_new_book_costs_one_upload_and_no_second_lookup(
+    tmp_path: Path, gcs_bucket: str, fake_gcs: FakeGcs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the window's lookup already asked storage whether each object exists: the upload
+    # trusts that answer (its write names the generation it expects, so a stale answer is
+    # caught) instead of asking again, halving the round trips of a catalog's first render
+    manifest = write_manifest(tmp_path / "m.jsonl", BOOKS)
+    monkeypatch.chdir(tmp_path)  # the local status file
+    with FaultyProxy(fake_gcs.url) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        args = [str(manifest), *preview_args(tmp_path), f"--out=gs://{gcs_bucket}/site"]
+        assert invoke(*args)["ready"] == 3
+    lookups = [e for e in proxy.exchanges if "site%2Fnarrations%2F" in e.path]
+    assert sorted(e.method for e in lookups) == ["GET"] * len(BOOKS)  # one each, at planning
+    uploads = [e for e in proxy.exchanges if e.path.startswith("/upload/")]
+    assert len(uploads) == len(BOOKS)
 
 
 @pytest.mark.slow
