@@ -8,9 +8,14 @@ chunk already cached (so the run only assembles, encodes and publishes), to fake
 Each repeat runs the same catalog twice into fresh buckets, side by side: `--upload-workers 1`
 (sequential) and `--upload-workers N`. The publish phase is timed from the run's
 `window_planned` event (planning, the published-or-not lookups and the cache check are done)
-to its last `book_ready` event. Printed: both times and their ratio, min / median / max.
+to its last `book_ready` event. Printed: both times and their ratio, min / median / max, and
+how busy the machine's cores were during each publish phase (all processes: narrate,
+fake-gcs-server, the proxy, anything else): near 100 % the run is bound by the CPU, not by
+round trips, and more upload workers cannot help it. A cached run starts no engine, so it is given
+every core for post-processing (`--post-workers`, default: all of them).
 
     python bench/publish_run.py [--books 200] [--workers 16] [--latency-ms 30] [--repeats 3]
+        [--post-workers N]
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,6 +53,41 @@ def write_catalog(path: Path, books: int) -> None:
     path.write_text("\n".join(rows) + "\n")
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot (Linux /proc/stat)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+class CpuSampler:
+    """/proc/stat every 50 ms, so that how busy the cores were can be read for any window."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.samples.append((time.time(), *cpu_ticks()))
+
+    def busy(self, start: float, stop: float) -> float:
+        inside = [s for s in self.samples if start <= s[0] <= stop]
+        if len(inside) < 2:
+            return float("nan")
+        (_, busy0, total0), (_, busy1, total1) = inside[0], inside[-1]
+        return (busy1 - busy0) / max(1, total1 - total0)
+
+
 def narrate_run(manifest: Path, out: str, cache: Path, workdir: Path, *extra: str) -> list[dict]:
     """Run narrate in `workdir` (its local status file lands there); returns its log events."""
     args = [sys.executable, "-m", "narrate.cli", "run", str(manifest), "--engine=preview"]
@@ -58,12 +100,12 @@ def narrate_run(manifest: Path, out: str, cache: Path, workdir: Path, *extra: st
     return [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
 
 
-def publish_seconds(events: list[dict], books: int) -> float:
+def publish_window(events: list[dict], books: int) -> tuple[float, float]:
     planned = next(e["ts"] for e in events if e["event"] == "window_planned")
     ready = [e["ts"] for e in events if e["event"] == "book_ready"]
     if len(ready) != books:
         raise SystemExit(f"{len(ready)} of {books} books published")
-    return max(ready) - planned
+    return planned, max(ready)
 
 
 def main() -> None:
@@ -72,6 +114,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=16)
     parser.add_argument("--latency-ms", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--post-workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, fake_gcs_server(Path(tmp) / "gcs.log") as server:
@@ -84,23 +127,33 @@ def main() -> None:
             os.environ["STORAGE_EMULATOR_HOST"] = url
             os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "bench")
             for repeat in range(args.repeats):
-                times = {}
+                times, busy = {}, {}
                 for workers in (1, args.workers):
                     out = f"gs://{server.create_bucket()}/audio"
                     where = root / f"run-{repeat}-{workers}"
-                    events = narrate_run(manifest, out, cache, where, f"--upload-workers={workers}")
-                    times[workers] = publish_seconds(events, args.books)
+                    with CpuSampler() as cpu:
+                        events = narrate_run(
+                            manifest,
+                            out,
+                            cache,
+                            where,
+                            f"--upload-workers={workers}",
+                            f"--post-workers={args.post_workers}",
+                        )
+                    start, stop = publish_window(events, args.books)
+                    times[workers], busy[workers] = stop - start, cpu.busy(start, stop)
                 rows.append((times[1], times[args.workers]))
                 print(
                     f"  repeat {repeat + 1}: sequential {times[1]:.2f} s, "
                     f"{args.workers} workers {times[args.workers]:.2f} s, "
-                    f"{times[1] / times[args.workers]:.1f}x"
+                    f"{times[1] / times[args.workers]:.1f}x (cores busy while publishing: "
+                    f"{busy[1]:.0%} and {busy[args.workers]:.0%})"
                 )
     ratios = sorted(s / c for s, c in rows)
     print(
-        f"narrate run publishing {args.books} cached books (preview engine, WAV) to "
-        f"fake-gcs-server through a +{args.latency_ms:g} ms proxy, {os.cpu_count()} CPU cores, "
-        f"{args.repeats} repeats"
+        f"narrate run publishing {args.books} cached books (preview engine, WAV, "
+        f"{args.post_workers} post workers) to fake-gcs-server through a +{args.latency_ms:g} ms "
+        f"proxy, {os.cpu_count()} CPU cores, {args.repeats} repeats"
     )
     print(
         f"  speed-up of --upload-workers {args.workers} over 1: min {ratios[0]:.1f}x / median "
