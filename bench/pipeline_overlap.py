@@ -2,8 +2,10 @@
 run, and what does a SIGKILL cost?
 
 Per repeat (side by side, same catalog, same engine, same threads):
-1. Synthesis only: the engine (a scaled-down random CSM, narrate.synth.tiny.SYNTH_BOUND) synthesizes
-   every batch of the catalog's plan, model load included.
+1. Synthesis only: a fresh Python process loads the engine (a scaled-down random CSM,
+   narrate.synth.tiny.SYNTH_BOUND) and synthesizes every batch of the catalog's plan: timed
+   from the process's start to its exit, as the end-to-end run is, so both pay the
+   interpreter's start, the imports and the model load.
 2. End to end: `narrate run` on the catalog (worker process, cache, assembly, loudness,
    encoding, local publishing). Target: end-to-end / synthesis-only <= 1.10. Also printed: when
    the first book is ready, as a fraction of the run's time (books must finish throughout the
@@ -22,7 +24,7 @@ The watermark is off (--no-watermark): real AudioSeal weights cannot be download
 quality check is off (--quality off): random weights never say the text, so every chunk would be
 retried; its own cost on a run is measured by `make bench-quality`.
 
-    python bench/pipeline_overlap.py [--books 16] [--batch-size 4] [--format mp3] [--repeats 3]
+    python bench/pipeline_overlap.py [--books 32] [--batch-size 8] [--format mp3] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from narrate.synth import load_engine
 from narrate.synth.tiny import SYNTH_BOUND, build_tiny_model
 
 
-def write_catalog(path: Path, books: int) -> list[Book]:
+def write_catalog(path: Path, books: int) -> None:
     rng = random.Random(5)
     rows = []
     for i in range(books):
@@ -60,11 +62,26 @@ def write_catalog(path: Path, books: int) -> list[Book]:
     path.write_text(
         "".join(json.dumps({"book_id": b.book_id, "text": b.text}) + "\n" for b in rows)
     )
-    return rows
 
 
-def synthesis_only(model: Path, books: list[Book], batch_size: int) -> float:
+def synthesis_only(model: Path, manifest: Path, batch_size: int) -> float:
+    """Seconds from the start of a process that synthesizes the catalog to its exit."""
     started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--synthesize", str(model), str(manifest), str(batch_size)],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def synthesize(model: Path, manifest: Path, batch_size: int) -> None:
+    """Every batch of the catalog's plan through the engine, nothing else (one torch thread,
+    as the run's worker has with --cpu-threads 1)."""
+    torch.set_num_threads(1)
+    lines = manifest.read_text().splitlines()
+    books = [
+        Book(r["book_id"], n + 1, text=r["text"]) for n, r in enumerate(map(json.loads, lines))
+    ]
     engine_config = EngineConfig(model=str(model))
     engine = load_engine(engine_config, device="cpu")
     planned = chunk_books(
@@ -74,7 +91,6 @@ def synthesis_only(model: Path, books: list[Book], batch_size: int) -> float:
     for batch in plan_batches(chunks, PlanConfig(batch_size=batch_size)):
         engine.synthesize(batch)
     engine.close()
-    return time.perf_counter() - started
 
 
 def narrate_run(
@@ -183,20 +199,23 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--books", type=int, default=16)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--books", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--synthesize", nargs=3, help=argparse.SUPPRESS)  # synthesis_only's child
     parser.add_argument("--format", default="mp3", choices=["wav", "flac", "mp3", "opus"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    if args.synthesize:
+        model, manifest, batch_size = args.synthesize
+        return synthesize(Path(model), Path(manifest), int(batch_size))
     fmt = f"--format={args.format}"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model = build_tiny_model(root / "model", sizes=SYNTH_BOUND)
-        books = write_catalog(root / "catalog.jsonl", args.books)
+        write_catalog(root / "catalog.jsonl", args.books)
         rows = []
         for repeat in range(args.repeats):
-            synth = synthesis_only(model, books, args.batch_size)
+            synth = synthesis_only(model, root / "catalog.jsonl", args.batch_size)
             workdir = root / f"e2e-{repeat}"
             run = timed_run(workdir, model, root / "catalog.jsonl", args.batch_size, fmt)
             post = timed_run(

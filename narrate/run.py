@@ -22,6 +22,7 @@ database, a service down after retries) stops the run the same way, with exit 3.
 
 from __future__ import annotations
 
+import importlib
 import os
 import queue
 import signal
@@ -48,7 +49,6 @@ from narrate.gate import QualityGate, Retry
 from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook, plan_batches, plan_book_batches
-from narrate.post import Watermarker, render_book
 from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.report import BookResult, EventLog, RunReport
@@ -120,7 +120,14 @@ class Run:
         self.gate: QualityGate | None = None  # started with the pool, unless --quality off
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
+        # post-processing's imports (torch, scipy, codecs: seconds) overlap planning and the
+        # engines' start instead of delaying the first finished book
+        prefetch = threading.Thread(target=importlib.import_module, args=("narrate.post",))
+        prefetch.daemon = True
+        prefetch.start()
         if options.outputs.post.watermark:
+            from narrate.post import Watermarker
+
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
@@ -360,6 +367,8 @@ class Run:
         """Assemble, watermark and encode (a post-processing thread), then hand the file to
         the shared upload pool: round trips to storage overlap across books, and this thread
         goes on to the next book. Waits while 2 x upload_workers files are already queued."""
+        from narrate.post import render_book
+
         book = job.planned.book
         try:
             audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
