@@ -525,6 +525,12 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="takes after the first for a chunk that fails the check",
 )
 @click.option(
+    "--quality-workers",
+    type=click.IntRange(1),
+    default=None,
+    help="processes checking takes [default: two per device, within half of the cores]",
+)
+@click.option(
     "--report",
     "report_path",
     type=click.Path(dir_okay=False),
@@ -545,6 +551,7 @@ def run(
     lease_s: float,
     quality: str,
     quality_retries: int,
+    quality_workers: int | None,
     report_path: str | None,
 ) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
@@ -574,6 +581,7 @@ def run(
         lease_s=lease_s,
         quality=quality,  # type: ignore[arg-type]  # click.Choice checked it
         quality_retries=quality_retries,
+        quality_workers=quality_workers,
     )
     log = EventLog()
     with logging_to(log):

@@ -143,6 +143,15 @@ class Run:
         self.post_pool = DaemonPool(post_workers, "narrate-post")
         self.upload_pool = DaemonPool(options.upload_workers, "narrate-upload")
         self.upload_slots = threading.BoundedSemaphore(2 * options.upload_workers)
+        self.quality_workers = options.quality_workers or default_quality_workers(self._devices())
+        self.log.event(
+            "run_started",
+            devices=self._devices(),
+            post_workers=post_workers,
+            upload_workers=options.upload_workers,
+            quality=options.quality,
+            quality_workers=self.quality_workers if options.quality != "off" else 0,
+        )
 
     def _devices(self) -> list[str]:
         if self.devices is None:
@@ -277,12 +286,11 @@ class Run:
                 check_takes=checked,
             )
             if checked:
-                devices = self._devices()
                 self.gate = QualityGate(
                     self.options.outputs.cache,
                     takes=1 + self.options.quality_retries,
                     strict=self.options.quality == "strict",
-                    workers=self.options.quality_workers or default_quality_workers(devices),
+                    workers=self.quality_workers,
                 )
             self.pool = WorkerPool(self._devices(), settings)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):

@@ -65,7 +65,9 @@ def object_metadata(tmp_path: Path, book_id: str) -> dict[str, str]:
 def test_a_chunk_that_fails_the_check_is_retried_then_kept_and_its_book_marked(
     tmp_path: Path, wrong_words_engine: None
 ) -> None:
-    books, events = run_books(tmp_path, "--quality-retries=1")
+    books, events = run_books(tmp_path, "--quality-retries=1", "--quality-workers=1")
+    started = next(e for e in events if e["event"] == "run_started")
+    assert (started["quality"], started["quality_workers"]) == ("on", 1)
     marked, clean = books["marked"], books["clean"]
     assert marked["status"] == "ready" and clean["status"] == "ready"
     assert marked["chunks_retried"] == 1 and marked["retries"] == 1  # a second take, new seed
