@@ -61,7 +61,9 @@ class ChunkCache:
             for name in self.storage.list(f"{folder}/")
         }
 
-    def put(self, chunk: ChunkAudio, *, quality_score: float | None = None) -> None:
+    def put(self, chunk: ChunkAudio, *, quality_score: float | None = None, takes: int = 1) -> None:
+        """Store a chunk; `quality_score` and `takes` (how many takes the quality check heard
+        up to this one) are kept with it for the books rendered from it later."""
         buffer = io.BytesIO()
         sf.write(
             buffer, np.clip(chunk.audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16"
@@ -74,6 +76,7 @@ class ChunkCache:
         }
         if quality_score is not None:  # a resumed run's book scores read it back
             metadata["qualityScore"] = f"{quality_score:.4f}"
+            metadata["qualityTakes"] = str(takes)
         self.storage.put(
             self.name(chunk.chunk_id),
             buffer.getvalue(),
@@ -82,11 +85,13 @@ class ChunkCache:
             overwrite=False,
         )
 
-    def quality_score(self, chunk_id: str) -> float | None:
-        """The quality check's score stored with a cached chunk; None: cached unchecked."""
+    def quality(self, chunk_id: str) -> tuple[float | None, int]:
+        """The quality check's score stored with a cached chunk and the takes it needed;
+        (None, 1): cached unchecked."""
         stored = self.storage.stat(self.name(chunk_id))
-        score = stored.metadata.get("qualityScore") if stored else None
-        return float(score) if score else None
+        metadata = stored.metadata if stored else {}
+        score, takes = metadata.get("qualityScore"), metadata.get("qualityTakes", "1")
+        return (float(score) if score else None), int(takes) if takes.isdigit() else 1
 
     def get(self, chunk_id: str) -> np.ndarray:
         data = self.storage.get(self.name(chunk_id))

@@ -27,11 +27,11 @@ def _cache(uri: str) -> ChunkCache:  # one per checking process
     return ChunkCache(open_storage(uri))
 
 
-def check_and_keep(take: ChunkAudio, text: str, cache_uri: str) -> Verdict:
+def check_and_keep(take: ChunkAudio, text: str, cache_uri: str, take_number: int) -> Verdict:
     """Check a take (in a pool process); a take that passes goes into the cache right here."""
     verdict = check(take.audio, SAMPLE_RATE, text)
     if verdict.passed:
-        _cache(cache_uri).put(take, quality_score=verdict.score)
+        _cache(cache_uri).put(take, quality_score=verdict.score, takes=take_number)
     return verdict
 
 
@@ -82,7 +82,8 @@ class QualityGate:
         """Queue a synthesized take for its check; returns at once."""
         state = self._chunks.setdefault(take.chunk_id, _Chunk(chunk))
         state.next_attempt = max(state.next_attempt + 1, take.attempts)
-        future = self.pool.call(check_and_keep, take, chunk.text, self.cache_uri)
+        take_number = len(state.takes) + 1  # a chunk's takes are checked one after another
+        future = self.pool.call(check_and_keep, take, chunk.text, self.cache_uri, take_number)
         self._checking[future] = take
 
     def synthesis_failed(self, outcome: ChunkOutcome) -> Checked | None:
@@ -129,7 +130,7 @@ class QualityGate:
             if self.strict:
                 error = f"failed the quality check in {count} takes ({verdict.reason})"
             else:  # the best of the failing takes is kept, and the book is marked
-                _cache(self.cache_uri).put(take, quality_score=verdict.score)
+                _cache(self.cache_uri).put(take, quality_score=verdict.score, takes=count)
         spent = max(t.attempts for t, _ in state.takes)  # attempts, whichever take is kept
         outcome = ChunkOutcome(take.chunk_id, error, spent, verdict.score, count)
         return Checked(outcome, verdict)

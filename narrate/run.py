@@ -380,7 +380,7 @@ class Run:
         book = job.planned.book
         try:
             audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
-            scores = self._chunk_scores(job)
+            quality = self._chunk_quality(job)
             encoded = render_book(
                 book.book_id,
                 job.planned.chunks,
@@ -395,10 +395,10 @@ class Run:
         except NarrateError as exc:
             return self._fail(job, exc.message)
         self.upload_slots.acquire()  # bounds the encoded files held in memory
-        return self.upload_pool.submit(self._publish, job, encoded, scores)
+        return self.upload_pool.submit(self._publish, job, encoded, *quality)
 
     def _publish(
-        self, job: BookJob, encoded: EncodedBook, scores: list[float | None]
+        self, job: BookJob, encoded: EncodedBook, scores: list[float | None], retried: int
     ) -> BookResult:
         book = job.planned.book
         engine = self.options.catalog.engine
@@ -407,7 +407,7 @@ class Run:
         score = min((s for s in scores if s is not None), default=None)  # book_score
         if score is not None:
             metadata["qualityScore"] = f"{score:.4f}"
-            metadata["qualityRetries"] = str(job.chunks_retried)
+            metadata["qualityRetries"] = str(retried)
         seen = {book.book_id: self.seen.pop(book.book_id)} if book.book_id in self.seen else None
         try:
             url = self.outputs.publisher.publish(encoded, metadata, seen)
@@ -425,20 +425,25 @@ class Run:
             retries=job.retries,
             url=url,
             quality_score=None if score is None else round(score, 4),
-            chunks_retried=job.chunks_retried,
+            chunks_retried=retried,
             chunk_scores=None if score is None else [_rounded(s) for s in scores],
         )
 
-    def _chunk_scores(self, job: BookJob) -> list[float | None]:
-        """Each chunk's score: checked in this run, else stored with the cached chunk by the
-        run that checked it (None: cached by a run with --quality off)."""
+    def _chunk_quality(self, job: BookJob) -> tuple[list[float | None], int]:
+        """Each chunk's score, and how many of the book's chunks needed more than one take:
+        as checked in this run, else as stored with the cached chunk by the run that checked
+        it (None and one take: cached by a run with --quality off)."""
         if self.options.quality == "off":
-            return [None] * len(job.planned.chunks)
-        scores = dict(job.scores)
+            return [None] * len(job.planned.chunks), 0
+        scores, retried = [], job.chunks_retried
         for chunk in job.planned.chunks:
-            if chunk.chunk_id not in scores:
-                scores[chunk.chunk_id] = self.outputs.cache.quality_score(chunk.chunk_id)
-        return [scores[c.chunk_id] for c in job.planned.chunks]
+            if chunk.chunk_id in job.scores:
+                scores.append(job.scores[chunk.chunk_id])
+            else:
+                score, takes = self.outputs.cache.quality(chunk.chunk_id)
+                scores.append(score)
+                retried += takes > 1
+        return scores, retried
 
     def _reap_posted(self) -> None:
         for future in [f for f in self.posting if f.done()]:

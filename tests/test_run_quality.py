@@ -96,6 +96,9 @@ def test_a_chunk_that_fails_the_check_is_retried_then_kept_and_its_book_marked(
     again, _ = run_books(tmp_path, "--force")
     assert again["marked"]["quality_score"] == marked["quality_score"]
     assert again["marked"]["chunk_scores"] == marked["chunk_scores"]
+    # and the takes it needed: the retry is not forgotten because nothing was synthesized
+    assert again["marked"]["chunks_retried"] == 1 and again["clean"]["chunks_retried"] == 0
+    assert object_metadata(tmp_path, "marked")["qualityRetries"] == "1"
 
 
 @pytest.mark.slow
