@@ -51,3 +51,31 @@ def test_a_run_with_an_unknown_column_and_storage_retries_logs_only_json_lines(
     retries = [e for e in logged if e["logger"].startswith("google.api_core.retry")]
     assert retries and all("Retrying" in e["message"] for e in retries)
     assert events[-1]["event"] == "run_finished" and events[-1]["ready"] == len(BOOKS)
+
+
+def test_transformers_warnings_in_an_engine_process_become_json_events(
+    tiny_model_dir: Path,
+) -> None:
+    # a run's worker routes logging, then loads the engine (which imports transformers): a
+    # warning transformers logs there must not reach stderr as a bare text line
+    code = f"""
+from narrate.config import EngineConfig
+from narrate.report import EventLog, route_logging
+from narrate.synth import load_engine
+route_logging(EventLog(tty=False))
+load_engine(EngineConfig(model={str(tiny_model_dir)!r}), device="cpu")
+from transformers.utils import logging
+logging.get_logger("transformers.generation").warning("a generation warning")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    events = [json.loads(line) for line in done.stderr.splitlines()]  # bare text fails here
+    warning = [e for e in events if e.get("message") == "a generation warning"]
+    assert warning and warning[0]["level"] == "warning"
+    assert warning[0]["logger"] == "transformers.generation"

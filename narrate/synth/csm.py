@@ -117,7 +117,12 @@ class CsmEngine:
         compile: bool = False,
     ) -> CsmEngine:
         from transformers import AutoProcessor, CsmForConditionalGeneration
+        from transformers.utils import logging as transformers_logging
 
+        # transformers writes its warnings through its own stderr handler: hand them to the
+        # process's logging instead, which a run turns into its JSON events
+        transformers_logging.disable_default_handler()
+        transformers_logging.enable_propagation()
         torch_device = _check_device(device)
         dtype = torch.bfloat16 if torch_device.type == "cuda" else torch.float32
         try:
