@@ -144,3 +144,30 @@ def test_the_loop_gives_the_reference_codes_whatever_its_fresh_caches_held(tiny)
         values.fill_(float("nan"))
     codes = [f.codes for group in loop.run(deque([target])) for f in group]
     np.testing.assert_array_equal(codes[0], reference(model, target, repeat_limit=38))
+
+
+def test_the_loop_runs_on_the_models_own_weights_and_leaves_its_outputs_unchanged() -> None:
+    # the loop fuses q/k/v and gate/up projections into one matmul each: the model's own
+    # parameters become views of the fused weights, so it holds no second copy, and the
+    # model's forward reads the same values as before
+    tokenizer = build_tokenizer()
+    model = build_csm(tokenizer)  # its own: the fusion changes the model's parameters
+
+    def stored_bytes() -> int:
+        storages = {p.untyped_storage().data_ptr(): p.untyped_storage() for p in model.parameters()}
+        return sum(storage.nbytes() for storage in storages.values())
+
+    embeds = row((tokenizer, model), "r", "Rain fell softly all night.", cap=8, seed=1).embeds
+    with torch.inference_mode():
+        before = model.backbone_model(inputs_embeds=embeds[None]).last_hidden_state
+        size = stored_bytes()
+        loop = FrameLoop(model, 2, temperature=TEMPERATURE, top_k=TOP_K, codebook_size=2048)
+        after = model.backbone_model(inputs_embeds=embeds[None]).last_hidden_state
+    assert stored_bytes() == size
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    attention = model.depth_decoder.model.layers[0].self_attn
+    fused = loop.depth_stack.layers[0].qkv.weight_t
+    assert (
+        attention.q_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
+    )
+    assert attention.v_proj.weight.data_ptr() > attention.q_proj.weight.data_ptr()

@@ -15,9 +15,14 @@ input. This is what transformers' CSM `generate` and Sesame's generator.py do; h
   a runaway row (its first codebook unchanged for `repeat_limit` frames: CSM's endless
   silence). The host reads the live mask every `check_every` frames, hands finished rows back
   and prefills the next rows of the queue into their slots (continuous batching).
-- Sampling: top-k, temperature, then Gumbel-max with noise hashed from (row seed, frame,
-  codebook, code), so a row's codes depend neither on its batch-mates nor on its slot, and a
-  rerun reproduces them (sampling.py).
+- Sampling: top-k, temperature, then Gumbel-max with noise read from a fixed table at an index
+  hashed from (row seed, frame, codebook, code), so a row's codes depend neither on its
+  batch-mates nor on its slot, and a rerun reproduces them (sampling.py).
+- Few ops a step: at a frame step's sizes every op costs more in dispatch than in math, so
+  the steps run plain 2-D ops on the modules' weights: q/k/v and gate/up fused into one
+  matmul each (the modules' weights become views of the fused ones: no copy), projections
+  written into buffers whose slices and reshapes are views made once, cache views made once
+  per position (depth decoder) or span (backbone).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
@@ -76,16 +82,22 @@ class FrameLoop:
         self.window = config.max_position_embeddings
         self.temperature, self.top_k, self.codebook_size = temperature, top_k, codebook_size
         self.repeat_limit, self.check_every = repeat_limit, check_every
-        self.heads = model.depth_decoder.codebooks_head.weight.unbind(0)  # views, no copies
+        # the heads as views of the model's weights [hidden, codes], the codebook's own codes
+        # only (the specials past them are never sampled)
+        self.lm_head = model.lm_head.weight.t()[:, :codebook_size]
+        heads = model.depth_decoder.codebooks_head.weight.unbind(0)
+        self.heads = [head[:, :codebook_size] for head in heads]
         self.depth_projector = _Linear.of(self.depth.inputs_embeds_projector)
+        # the depth decoder embeds codebook c's codes with rows c x vocab.. of one table
+        self.depth_embeddings = self.depth.embed_tokens.weight.split(self.vocab)
         parameter = model.lm_head.weight
         device, dtype = parameter.device, parameter.dtype
         self.slots = slots
         # the backbone's caches are zeroed lazily, up to the span that rows need (`_clear`)
         self.caches = _caches(self.backbone, slots, self.window, device, dtype, torch.empty)
         self.cleared = 0
-        self.depth_window = model.depth_decoder.config.max_position_embeddings
-        self.depth_caches = _caches(self.depth, slots, self.depth_window, device, dtype)
+        depth_window = model.depth_decoder.config.max_position_embeddings
+        depth_caches = _caches(self.depth, slots, depth_window, device, dtype)
 
         def zeros(*shape: int, dtype: torch.dtype = torch.long) -> torch.Tensor:
             return torch.zeros(*shape, dtype=dtype, device=device)
@@ -99,14 +111,19 @@ class FrameLoop:
         self.codes = zeros(slots, self.window, self.codebooks)
         self.rows = torch.arange(slots, device=device)
         self.backbone_rope = _Rope(self.backbone, self.window, device)
-        # the depth decoder's positions are the same every frame (0, 1, ..., 32): their rotary
-        # factors, once, with the attention scaling folded into the query heads' factors
-        self.depth_rotary = _depth_rotary(self.depth, self.depth_stack, self.codebooks, device)
-        self.depth_qkv = _fused_qkv(self.depth_stack)
         self.frames_computed = self.frames_kept = 0
         # the backbone attends to the first `span` cache positions, the smallest that holds every
-        # row's prompt and cap: one graph per span, all captured now, while every slot is free
-        self.spans = sorted({min(span, self.window) for span in (256, 512, 1024, self.window)})
+        # row's prompt and cap. Captured, one graph per span, all now, while every slot is free:
+        # a few spans (each costs a capture); eager, every multiple of 64
+        steps = (256, 384, 512, 768, 1024, 1536) if graphs else range(64, self.window, 64)
+        self.spans = sorted({min(span, self.window) for span in (*steps, self.window)})
+        self.backbone_step = _BackboneStep(
+            self.backbone_stack, self.caches, self.spans, device, dtype
+        )
+        # the depth decoder's positions are the same every frame (0, 1, ..., 31)
+        self.depth_step = _DepthStep(
+            self.depth, self.depth_stack, depth_caches, self.codebooks, device, dtype
+        )
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         for span in self.spans if graphs else ():
             self.graphs[span] = self._capture(span)
@@ -126,40 +143,26 @@ class FrameLoop:
         ended = (codes[:, :-1] == self.eos).all(-1)  # transformers ignores the last codebook too
         stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
         frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
-        hidden = _backbone_step(
-            self.backbone_stack,
-            self.caches,
-            frame_embeds[:, 0],
-            self.length,
-            self.backbone_rope,
-            span,
-        )
+        hidden = self.backbone_step(frame_embeds[:, 0], self.length, self.backbone_rope, span)
         self.hidden.copy_(hidden)
         self.length.add_(live.long()).clamp_(max=self.window - 1)
         self.live.logical_and_(~stop)
 
     def _sample_frame(self, hidden: torch.Tensor) -> torch.Tensor:
-        keys = frame_keys(self.seed, self.frame, self.codebooks)
-        code = self._sample(self.model.lm_head(hidden), keys[:, 0])
+        keys = frame_keys(self.seed, self.frame, self.codebooks).unbind(1)
+        code = self._sample(torch.mm(hidden, self.lm_head), keys[0])
         sampled = [code]
         # the depth decoder reads [projected hidden state, codebook 0, ..., codebook 30], one
         # position a step (position 0's output is never read: it only fills the cache)
-        depth_input = hidden
+        depth_input, norm = hidden, self.depth_stack.norm
         for position in range(self.codebooks):
-            projected = self.depth_projector(depth_input)
-            state = _depth_step(
-                self.depth_stack,
-                self.depth_qkv,
-                self.depth_caches,
-                projected,
-                position,
-                self.depth_rotary[position],
-            )
-            if position > 0:
-                code = self._sample(state @ self.heads[position - 1], keys[:, position])
+            state = self.depth_step(self.depth_projector(depth_input), position)
+            if state is not None:
+                state = self.depth_stack.rms_norm(state, norm)
+                code = self._sample(torch.mm(state, self.heads[position - 1]), keys[position])
                 sampled.append(code)
             if position + 1 < self.codebooks:
-                depth_input = self._depth_embed(code, position)
+                depth_input = F.embedding(code, self.depth_embeddings[position])
         return torch.stack(sampled, 1)
 
     def _span(self, positions: int) -> int:
@@ -176,9 +179,6 @@ class FrameLoop:
                 keys[:, :, self.cleared : span].zero_()
                 values[:, :, self.cleared : span].zero_()
             self.cleared = span
-
-    def _depth_embed(self, code: torch.Tensor, codebook: int) -> torch.Tensor:
-        return self.depth.embed_tokens(code + codebook * self.vocab)
 
     def _sample(self, logits: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
         return sample(
@@ -286,8 +286,7 @@ def _caches(
     make: Callable[..., torch.Tensor] = torch.zeros,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     config = stack.config
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    shape = (slots, config.num_key_value_heads, window, head_dim)
+    shape = (slots, config.num_key_value_heads, window, _head_dim(config))
     return [
         (
             make(shape, device=device, dtype=dtype),
@@ -295,6 +294,10 @@ def _caches(
         )
         for _ in stack.layers
     ]
+
+
+def _head_dim(config: Any) -> int:
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 class _Rope:
@@ -310,59 +313,174 @@ class _Rope:
 
 
 class _Linear(NamedTuple):
-    """A projection: the module's own weight and bias, applied without the module call."""
+    """A projection as a matmul on the transpose (a view) of its weight [out, in]."""
 
-    weight: torch.Tensor
+    weight_t: torch.Tensor
     bias: torch.Tensor | None
 
     @classmethod
     def of(cls, module: nn.Linear) -> _Linear:
-        return cls(module.weight, module.bias)
+        return cls(module.weight.t(), module.bias)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+    def __call__(self, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """x [rows, in] -> [rows, out], into `out` if given."""
+        if self.bias is None:
+            return torch.mm(x, self.weight_t, out=out)
+        return torch.addmm(self.bias, x, self.weight_t, out=out)
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """residual + this projection of x [rows, in]: one addmm for a step's 2-D states."""
+        """residual + this projection of x [rows, in]: one addmm."""
         if self.bias is not None:
             return residual + self(x)
-        return torch.addmm(residual, x, self.weight.t())
+        return torch.addmm(residual, x, self.weight_t)
+
+
+_FUSED: WeakKeyDictionary[nn.Module, _Linear] = WeakKeyDictionary()
+
+
+def _fused(owner: nn.Module, names: tuple[str, ...]) -> _Linear:
+    """The projections `names` of `owner` (same input) as one, their outputs side by side. Their
+    weights become views of the fused weight: one matmul does all of them and the model still
+    holds a single copy of its weights (its own forward reads the same memory). Once per module:
+    every loop built on the model shares it."""
+    if owner not in _FUSED:
+        modules = [getattr(owner, name) for name in names]
+        with torch.no_grad():
+            weight = torch.cat([module.weight for module in modules])
+            bias = None
+            if any(module.bias is not None for module in modules):
+                bias = torch.cat(
+                    [
+                        module.weight.new_zeros(module.out_features)
+                        if module.bias is None
+                        else module.bias
+                        for module in modules
+                    ]
+                )
+        start = 0
+        for module in modules:
+            end = start + module.out_features
+            module.weight = nn.Parameter(weight[start:end], module.weight.requires_grad)
+            if bias is not None:
+                module.bias = nn.Parameter(bias[start:end], requires_grad=False)
+            start = end
+        _FUSED[owner] = _Linear(weight.t(), bias)
+    return _FUSED[owner]
 
 
 class _Layer(NamedTuple):
-    input_norm: nn.Module
-    q: _Linear
-    k: _Linear
-    v: _Linear
+    input_norm: torch.Tensor  # the RMSNorms' weights
+    qkv: _Linear  # [q; k; v]
     o: _Linear
-    post_norm: nn.Module
-    gate: _Linear
-    up: _Linear
+    post_norm: torch.Tensor
+    gate_up: _Linear  # [gate; up]
     down: _Linear
-    act: nn.Module
-    scaling: float
 
 
 class _Stack:
-    """A decoder stack's layers as plain 2-D ops on its own weights: the module calls'
-    reshaping and dispatch cost more than the math at a frame step's sizes."""
+    """A decoder stack's layers as plain 2-D ops on its own weights (q/k/v and gate/up fused,
+    `_fused`): the module calls' reshaping and dispatch cost more than the math at a frame
+    step's sizes."""
 
     def __init__(self, stack: nn.Module) -> None:
         config = stack.config
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.norm = stack.norm
+        self.head_dim = _head_dim(config)
+        self.hidden = config.hidden_size
+        self.intermediate = config.intermediate_size
+        self.eps = stack.norm.variance_epsilon
+        self.norm = stack.norm.weight
+        self.on_cpu = self.norm.device.type == "cpu"
+        self.eps_tensor = torch.full((1, 1), self.eps, dtype=self.norm.dtype)
+        first = stack.layers[0]
+        self.scaling = first.self_attn.scaling
+        act = first.mlp.act_fn
+        self.act = F.silu if isinstance(act, nn.SiLU) else act
         self.layers = [
             _Layer(
-                layer.input_layernorm,
-                *(_Linear.of(getattr(layer.self_attn, n)) for n in ("q_proj", "k_proj", "v_proj")),
+                layer.input_layernorm.weight,
+                _fused(layer.self_attn, ("q_proj", "k_proj", "v_proj")),
                 _Linear.of(layer.self_attn.o_proj),
-                layer.post_attention_layernorm,
-                *(_Linear.of(getattr(layer.mlp, n)) for n in ("gate_proj", "up_proj", "down_proj")),
-                layer.mlp.act_fn,
-                layer.self_attn.scaling,
+                layer.post_attention_layernorm.weight,
+                _fused(layer.mlp, ("gate_proj", "up_proj")),
+                _Linear.of(layer.mlp.down_proj),
             )
             for layer in stack.layers
         ]
+
+    def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """The model's RMSNorm (transformers' formula): x / sqrt(mean(x^2) + eps) x weight."""
+        if not self.on_cpu:
+            return F.rms_norm(x, (self.hidden,), weight, self.eps)
+        # torch's rms_norm is a dozen ops on the CPU (copies among them): five here, with
+        # mean(x^2) as |x|^2 / n (equal to the last bits)
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        scale = torch.addcmul(self.eps_tensor, norm, norm, value=1 / self.hidden).rsqrt_()
+        return torch.mul(x, scale).mul_(weight)
+
+    def mlp(self, layer: _Layer, x: torch.Tensor, scratch: _Scratch | None = None) -> torch.Tensor:
+        """x + the layer's MLP of its post-attention norm of x [rows, hidden]."""
+        h = self.rms_norm(x, layer.post_norm)
+        if scratch is None:
+            gate, up = layer.gate_up(h).split(self.intermediate, -1)
+        else:
+            layer.gate_up(h, out=scratch.gate_up)
+            gate, up = scratch.gate, scratch.up
+        return layer.down.add_to(x, self.act(gate) * up)
+
+
+class _Scratch:
+    """What a one-position step writes a layer's projections into, with the views of them that
+    it reads, made once: one set per stack and slot count, reused by every layer, so that a
+    step spends no op on slicing or reshaping (and a CUDA graph sees the same addresses)."""
+
+    def __init__(self, stack: _Stack, rows: int, device: torch.device, dtype: torch.dtype) -> None:
+        heads, kv_heads, head_dim = stack.heads, stack.kv_heads, stack.head_dim
+
+        def empty(*shape: int) -> torch.Tensor:
+            return torch.empty(*shape, device=device, dtype=dtype)
+
+        self.qkv = empty(rows, (heads + 2 * kv_heads) * head_dim)
+        by_head = self.qkv.view(rows, heads + 2 * kv_heads, head_dim)
+        self.qk = by_head[:, : heads + kv_heads]  # what the rotary factors turn
+        self.v = by_head[:, heads + kv_heads :]
+        self.rotated = empty(rows, heads + kv_heads, head_dim)
+        self.q = self.rotated[:, :heads]
+        self.k = self.rotated[:, heads:]
+        # grouped-query attention: the query heads sharing a key/value head side by side, as
+        # 3-D batched matmuls over (row, key/value head) pairs (4-D matmuls cost extra ops)
+        self.pairs, self.group = rows * kv_heads, heads // kv_heads
+        try:  # one row: the queries' pairs are a view of `rotated`; more rows copy them
+            self.queries: torch.Tensor | None = self.q.view(self.pairs, self.group, head_dim)
+        except RuntimeError:
+            self.queries = None
+        self.attended = empty(self.pairs, self.group, head_dim)
+        self.attended_rows = self.attended.view(rows, heads * head_dim)
+        self.gate_up = empty(rows, 2 * stack.intermediate)
+        self.gate = self.gate_up[:, : stack.intermediate]
+        self.up = self.gate_up[:, stack.intermediate :]
+        self.half = head_dim // 2
+        self.float_softmax = dtype != torch.float32  # softmax in float32, as transformers does
+
+    def project(
+        self, stack: _Stack, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> torch.Tensor:
+        """The layer's q/k/v of x [rows, hidden]; q and k turned by (cos, sin) into `rotated`.
+        Returns the queries [pairs, group, head dim] (a view where the layout allows)."""
+        layer.qkv(stack.rms_norm(x, layer.input_norm), out=self.qkv)
+        torch.addcmul(self.qk * cos, self.qk.roll(self.half, -1), sin, out=self.rotated)
+        if self.queries is None:
+            return self.q.reshape(self.pairs, self.group, -1)
+        return self.queries
+
+    def attend(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """softmax(scores) @ values, as [rows, heads x head dim]."""
+        if self.float_softmax:
+            weights = scores.softmax(-1, dtype=torch.float32).to(scores.dtype)
+        else:
+            weights = scores.softmax(-1)
+        torch.bmm(weights, values, out=self.attended)
+        return self.attended_rows
 
 
 def _prompt_forward(
@@ -380,141 +498,123 @@ def _prompt_forward(
     cos, sin = rope.cos[:length, None], rope.sin[:length, None]  # [T, 1, head dim]
     x = x.reshape(rows * length, hidden)
     for layer, (keys, values) in zip(stack.layers, caches, strict=True):
-        h = _norm(layer.input_norm, x)
-        qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, length, heads + kv_heads, -1)
+        qkv = layer.qkv(stack.rms_norm(x, layer.input_norm))
+        qkv = qkv.view(rows, length, heads + 2 * kv_heads, -1)
+        qk = qkv[:, :, : heads + kv_heads]
         qk = torch.addcmul(qk * cos, qk.roll(qk.shape[-1] // 2, -1), sin).transpose(1, 2)
         keys.copy_(qk[:, heads:])
-        values.copy_(layer.v(h).view(rows, length, kv_heads, -1).transpose(1, 2))
+        values.copy_(qkv[:, :, heads + kv_heads :].transpose(1, 2))
         out = F.scaled_dot_product_attention(
-            qk[:, :heads], keys, values, is_causal=True, scale=layer.scaling, enable_gqa=True
+            qk[:, :heads], keys, values, is_causal=True, scale=stack.scaling, enable_gqa=True
         )
-        x = x + layer.o(out.transpose(1, 2).reshape(rows * length, -1))
-        h = _norm(layer.post_norm, x)
-        x = x + layer.down(layer.act(layer.gate(h)) * layer.up(h))
-    return _norm(stack.norm, x).view(rows, length, hidden)
+        x = layer.o.add_to(x, out.transpose(1, 2).reshape(rows * length, -1))
+        x = stack.mlp(layer, x)
+    return stack.rms_norm(x, stack.norm).view(rows, length, hidden)
 
 
-def _backbone_step(
-    stack: _Stack,
-    caches: list[tuple[torch.Tensor, torch.Tensor]],
-    x: torch.Tensor,
-    positions: torch.Tensor,
-    rope: _Rope,
-    span: int,
-) -> torch.Tensor:
-    """The backbone on x [rows, hidden], each row at its own position (`positions` [rows]),
-    attending to the first `span` cache positions. Written for a frame step's one query a
-    row: 2-D states, cache writes by scatter (cheaper than index_put), the mask built once."""
-    rows = x.shape[0]
-    heads, kv_heads = stack.heads, stack.kv_heads
-    group, pairs = heads // kv_heads, rows * kv_heads
-    cos, sin = rope.cos[positions][:, None], rope.sin[positions][:, None]
-    head_dim = cos.shape[-1]
-    write = positions.view(rows, 1, 1, 1).expand(rows, kv_heads, 1, head_dim)
-    visible = torch.arange(span, device=x.device) <= positions[:, None]
-    mask = torch.zeros(rows, span, dtype=cos.dtype, device=x.device).masked_fill_(
-        ~visible, -torch.inf
-    )
-    mask = mask[:, None, None].expand(rows, kv_heads, group, span).reshape(pairs, group, span)
-    for layer, (keys, values) in zip(stack.layers, caches, strict=True):
-        h = _norm(layer.input_norm, x)
-        qk = torch.cat([layer.q(h), layer.k(h)], 1).view(rows, heads + kv_heads, -1)
-        qk = torch.addcmul(qk * cos, qk.roll(head_dim // 2, -1), sin)
-        keys.scatter_(2, write, qk[:, heads:, None])
-        values.scatter_(2, write, layer.v(h).view(rows, kv_heads, 1, head_dim))
-        q = qk[:, :heads].reshape(pairs, group, head_dim)
-        scores = torch.baddbmm(
-            mask,
-            q,
-            keys[:, :, :span].view(pairs, span, head_dim).transpose(1, 2),
-            alpha=layer.scaling,
+class _BackboneStep:
+    """The backbone on one position a row (x [rows, hidden], each row at its own position),
+    attending to the first `span` cache positions, over views of its caches made once."""
+
+    def __init__(
+        self,
+        stack: _Stack,
+        caches: list[tuple[torch.Tensor, torch.Tensor]],
+        spans: list[int],
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.stack, self.caches = stack, caches
+        rows = caches[0][0].shape[0]
+        self.scratch = scratch = _Scratch(stack, rows, device, dtype)
+        # scatter sources [rows, kv heads, 1, head dim]: a row's key and value at its position
+        self.new_keys, self.new_values = scratch.k[:, :, None], scratch.v[:, :, None]
+        pairs, head_dim = scratch.pairs, stack.head_dim
+        self.read = {
+            span: [
+                (
+                    keys[:, :, :span].view(pairs, span, head_dim).transpose(1, 2),
+                    values[:, :, :span].view(pairs, span, head_dim),
+                )
+                for keys, values in caches
+            ]
+            for span in spans
+        }
+
+    def __call__(
+        self, x: torch.Tensor, positions: torch.Tensor, rope: _Rope, span: int
+    ) -> torch.Tensor:
+        stack, scratch = self.stack, self.scratch
+        rows, kv_heads, group = x.shape[0], stack.kv_heads, scratch.group
+        cos, sin = rope.cos[positions][:, None], rope.sin[positions][:, None]
+        write = positions.view(rows, 1, 1, 1).expand(rows, kv_heads, 1, stack.head_dim)
+        visible = torch.arange(span, device=x.device) <= positions[:, None]
+        mask = torch.zeros(rows, span, dtype=cos.dtype, device=x.device).masked_fill_(
+            ~visible, -torch.inf
         )
-        if scores.dtype == torch.float32:
-            weights = scores.softmax(-1)
-        else:  # softmax in float32, as transformers does
-            weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-        out = torch.bmm(weights, values[:, :, :span].view(pairs, span, head_dim))
-        x = layer.o.add_to(x, out.view(rows, -1))
-        h = _norm(layer.post_norm, x)
-        x = layer.down.add_to(x, layer.act(layer.gate(h)) * layer.up(h))
-    return _norm(stack.norm, x)
+        mask = mask[:, None, None].expand(rows, kv_heads, group, span).reshape(-1, group, span)
+        for layer, (keys, values), (read_keys, read_values) in zip(
+            stack.layers, self.caches, self.read[span], strict=True
+        ):
+            q = scratch.project(stack, layer, x, cos, sin)
+            keys.scatter_(2, write, self.new_keys)
+            values.scatter_(2, write, self.new_values)
+            scores = torch.baddbmm(mask, q, read_keys, alpha=stack.scaling)
+            x = layer.o.add_to(x, scratch.attend(scores, read_values))
+            x = stack.mlp(layer, x, scratch)
+        return stack.rms_norm(x, stack.norm)
 
 
-def _depth_rotary(
-    depth: nn.Module, stack: _Stack, positions: int, device: torch.device
-) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(cos, sin) [query + key + value heads, head dim] for each depth decoder position: the
-    query rows multiplied by the attention scaling (so that the scores need no extra op), the
-    value rows 1 and 0 (values pass through unrotated, exactly), so that one op pair rotates
-    a fused q/k/v projection."""
-    rope = _Rope(depth, positions, device)
-    heads, kv_heads = stack.heads, stack.kv_heads
-    scale = torch.ones(heads + 2 * kv_heads, 1, device=device, dtype=rope.cos.dtype)
-    scale[:heads] = stack.layers[0].scaling
-    factors = []
-    for p in range(positions):
-        cos, sin = rope.cos[p] * scale, rope.sin[p] * scale
-        cos[heads + kv_heads :], sin[heads + kv_heads :] = 1, 0
-        factors.append((cos, sin))
-    return factors
+class _DepthStep:
+    """The depth decoder on one position (x [rows, hidden], every row at the same position;
+    the caches hold this frame's positions before it), in few ops: no mask (every cached
+    position is visible to every row), the rotary factors of each position made once with the
+    attention scaling in the queries' factors, views of the caches made once per position."""
 
+    def __init__(
+        self,
+        depth: nn.Module,
+        stack: _Stack,
+        caches: list[tuple[torch.Tensor, torch.Tensor]],
+        positions: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        self.stack, self.positions = stack, positions
+        rows = caches[0][0].shape[0]
+        self.scratch = scratch = _Scratch(stack, rows, device, dtype)
+        rope = _Rope(depth, positions, device)
+        scale = torch.ones(stack.heads + stack.kv_heads, 1, device=device, dtype=rope.cos.dtype)
+        scale[: stack.heads] = stack.scaling
+        self.rotary = [(rope.cos[p] * scale, rope.sin[p] * scale) for p in range(positions)]
+        pairs, head_dim = scratch.pairs, stack.head_dim
+        self.at = [  # by position: (where its key and value go, what it attends to) a layer
+            [
+                (
+                    keys[:, :, p],
+                    values[:, :, p],
+                    keys[:, :, : p + 1].view(pairs, p + 1, head_dim).transpose(1, 2),
+                    values[:, :, : p + 1].view(pairs, p + 1, head_dim),
+                )
+                for keys, values in caches
+            ]
+            for p in range(positions)
+        ]
 
-def _fused_qkv(stack: _Stack) -> list[_Linear]:
-    """Each layer's q, k and v projections as one [q; k; v] projection: one matmul a step
-    instead of three and a cat. A copy of those weights, kept for the depth decoder only
-    (CSM-1B's: about 6M parameters, against its 1B)."""
-    return [
-        _Linear(
-            torch.cat([layer.q.weight, layer.k.weight, layer.v.weight]),
-            None if layer.q.bias is None else torch.cat([layer.q.bias, layer.k.bias, layer.v.bias]),
-        )
-        for layer in stack.layers
-    ]
-
-
-def _depth_step(
-    stack: _Stack,
-    qkv: list[_Linear],
-    caches: list[tuple[torch.Tensor, torch.Tensor]],
-    x: torch.Tensor,
-    position: int,
-    rotary: tuple[torch.Tensor, torch.Tensor],
-) -> torch.Tensor:
-    """The depth decoder on x [rows, hidden], every row at the same `position` (the cache
-    holds this frame's positions 0..position - 1), in few ops: no mask (every cached
-    position is visible to every row), 2-D states, fused q/k/v projections (`_fused_qkv`),
-    rotary factors with the scores' scaling in them."""
-    rows = x.shape[0]
-    heads, kv_heads = stack.heads, stack.kv_heads
-    cos, sin = rotary
-    for layer, project, (keys, values) in zip(stack.layers, qkv, caches, strict=True):
-        h = _norm(layer.input_norm, x)
-        qkv_heads = project(h).view(rows, heads + 2 * kv_heads, -1)
-        qkv_heads = torch.addcmul(
-            qkv_heads * cos, qkv_heads.roll(qkv_heads.shape[-1] // 2, -1), sin
-        )
-        keys[:, :, position] = qkv_heads[:, heads : heads + kv_heads]
-        values[:, :, position] = qkv_heads[:, heads + kv_heads :]
-        # grouped-query attention: the query heads sharing a key/value head side by side
-        # (3-D batched matmuls over (row, key/value head) pairs: 4-D matmuls cost extra ops)
-        pairs, seen = rows * kv_heads, position + 1
-        q = qkv_heads[:, :heads].reshape(pairs, heads // kv_heads, -1)
-        scores = torch.bmm(q, keys[:, :, :seen].view(pairs, seen, -1).transpose(1, 2))
-        if scores.dtype == torch.float32:
-            weights = scores.softmax(-1)
-        else:  # softmax in float32, as transformers does
-            weights = scores.softmax(-1, dtype=torch.float32).to(q.dtype)
-        out = torch.bmm(weights, values[:, :, :seen].view(pairs, seen, -1))
-        x = layer.o.add_to(x, out.view(rows, -1))
-        h = _norm(layer.post_norm, x)
-        x = layer.down.add_to(x, layer.act(layer.gate(h)) * layer.up(h))
-    return _norm(stack.norm, x)
-
-
-def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The model's RMSNorm (transformers' formula) as torch's one `rms_norm` call: on the
-    CPU too, its ops dispatched from C++ cost less than the formula's eight from Python."""
-    eps = getattr(norm, "variance_epsilon", None)
-    if eps is None:
-        return norm(x)
-    return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
+    def __call__(self, x: torch.Tensor, position: int) -> torch.Tensor | None:
+        """The last layer's output (before the final norm); at position 0, only the caches are
+        filled (that position's output is never read) and None is returned."""
+        stack, scratch = self.stack, self.scratch
+        cos, sin = self.rotary[position]
+        last = len(stack.layers) - 1
+        for index, (layer, (key_at, value_at, keys, values)) in enumerate(
+            zip(stack.layers, self.at[position], strict=True)
+        ):
+            q = scratch.project(stack, layer, x, cos, sin)
+            key_at.copy_(scratch.k)
+            value_at.copy_(scratch.v)
+            if position == 0 and index == last:
+                return None
+            x = layer.o.add_to(x, scratch.attend(torch.bmm(q, keys), values))
+            x = stack.mlp(layer, x, scratch)
+        return x

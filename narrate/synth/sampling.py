@@ -1,10 +1,11 @@
 """Seeded top-k sampling on the device, one code per row, without random generator state.
 
 A row's sample is the argmax of top-k(logits) / temperature + Gumbel noise (Gumbel-max: a draw
-from softmax(top-k(logits) / temperature)). The noise is not drawn from a generator: it is a
-hash of (row seed, frame, codebook, code), so it is the same whatever the row's batch-mates or
-slot, a rerun reproduces it, it needs no per-row Python loop, and it can be replayed inside a
-CUDA graph. The hash is keyed by the candidate's code, not by its rank, so two candidates whose
+from softmax(top-k(logits) / temperature)). The noise is not drawn from a generator: each
+candidate's comes from a fixed table of Gumbel draws, at an index hashed from (row seed, frame,
+codebook) and the candidate's code. So it is the same whatever the row's batch-mates or slot,
+a rerun reproduces it, it needs no per-row Python loop, and it can be replayed inside a CUDA
+graph. The index is keyed by the candidate's code, not by its rank, so two candidates whose
 logits differ in the last bits between a batched and a single-row run keep their noise.
 """
 
@@ -14,6 +15,8 @@ import torch
 
 _MASK = 0xFFFFFFFF
 _MULTIPLIER = 0x45D9F3B  # < 2**27: products of 32-bit values stay inside int64
+NOISE_BITS = 20  # a table of 2**20 draws (4 MB of float32 on each device)
+CODES = 4096  # codes a table index is offset for (Mimi codebooks hold 2048)
 
 
 def _mix(x: torch.Tensor) -> torch.Tensor:
@@ -23,34 +26,33 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-_code_keys_by_device: dict[torch.device, torch.Tensor] = {}
+_noise_by_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
-def _code_keys(device: torch.device) -> torch.Tensor:
-    """Each code's own hash, computed once (Mimi codebooks hold 2048 codes)."""
-    if device not in _code_keys_by_device:
-        codes = torch.arange(4096, device=device)
-        _code_keys_by_device[device] = _mix(codes + 0x9E3779B)
-    return _code_keys_by_device[device]
+def _noise(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Gumbel draws [2**NOISE_BITS], each code's distinct index offset [CODES]), drawn once
+    on the CPU from a fixed seed and copied: every device holds the same values."""
+    if device not in _noise_by_device:
+        generator = torch.Generator().manual_seed(0x6E617272)
+        uniform = torch.rand(1 << NOISE_BITS, generator=generator, dtype=torch.float64)
+        gumbel = uniform.clamp_(min=2.0**-60).log_().neg_().log_().neg_().float()
+        offsets = torch.randperm(1 << NOISE_BITS, generator=generator)[:CODES]
+        _noise_by_device[device] = (gumbel.to(device), offsets.to(device))
+    return _noise_by_device[device]
 
 
 def frame_keys(seed: torch.Tensor, frame: torch.Tensor, codebooks: int) -> torch.Tensor:
     """The noise keys [rows, codebooks] of each row's frame: a hash of (seed, frame, codebook)."""
     codebook = torch.arange(codebooks, device=seed.device)
-    return _mix((seed[:, None] & _MASK) ^ _mix(frame[:, None] * 64 + codebook))
-
-
-def _log_neg_log_uniform(key: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """log(-log(u)) [rows, k], with u uniform in (0, 1) hashed from `key` and `codes`: minus
-    the Gumbel noise. In place on one buffer: a sampler call runs 32 times a frame."""
-    bits = _mix(key[:, None] ^ torch.take(_code_keys(codes.device), codes))
-    uniform = (bits >> 8).float().add_(0.5).mul_(1.0 / (1 << 24))  # in (0, 1), exact in float32
-    return uniform.log_().neg_().log_()
+    keys = _mix((seed[:, None] & _MASK) ^ _mix(frame[:, None] * 64 + codebook))
+    return keys & ((1 << NOISE_BITS) - 1)
 
 
 def gumbel_noise(key: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise [rows, k] for candidate `codes` [rows, k] under each row's `key`."""
-    return _log_neg_log_uniform(key, codes).neg_()
+    """Gumbel(0, 1) noise [rows, k] for candidate `codes` [rows, k] under each row's `key`
+    (`frame_keys`): distinct codes read distinct draws of the table."""
+    table, offsets = _noise(codes.device)
+    return table.take(key[:, None] ^ offsets.take(codes))
 
 
 def sample(
@@ -65,7 +67,7 @@ def sample(
     if temperature <= 0:
         return logits.argmax(-1)
     # the candidates' order does not matter (each one's noise is keyed by its code), and
-    # unsorted top-k is cheaper; x - log(-log(u)) is exactly x + Gumbel noise, one op less
+    # unsorted top-k is cheaper
     top, codes = logits.topk(min(top_k, codebook_size), dim=-1, sorted=False)
-    scores = (top / temperature).sub_(_log_neg_log_uniform(key, codes))
+    scores = torch.add(gumbel_noise(key, codes), top, alpha=1.0 / temperature)
     return codes.gather(1, scores.argmax(-1, keepdim=True))[:, 0]
