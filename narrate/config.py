@@ -16,6 +16,9 @@ SAMPLE_RATE = 24_000  # Mimi's rate; every waveform between stages is mono float
 FRAME_RATE = 12.5  # Mimi frames per second (80 ms per frame)
 SAMPLES_PER_FRAME = int(SAMPLE_RATE / FRAME_RATE)  # 1920
 WINDOW = 2048  # CSM positions: context text + context audio + target text + generated frames
+# added to the nice value of post-processing threads and quality-check processes: where cores
+# are short, the threads that feed the engines run first (the device must not wait)
+POST_NICE = 10
 
 
 def fingerprint(*parts: object) -> str:

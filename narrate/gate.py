@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import cache
 
 from narrate.cache import ChunkCache
-from narrate.config import SAMPLE_RATE
+from narrate.config import POST_NICE, SAMPLE_RATE
 from narrate.errors import EngineError, NarrateError
 from narrate.quality import QualityPool, Verdict, best_take, check
 from narrate.records import Batch, Chunk, ChunkAudio, ChunkOutcome
@@ -65,7 +65,7 @@ class QualityGate:
         self.cache_uri = cache_uri
         self.max_takes = max(1, takes)
         self.strict = strict
-        self.pool = QualityPool(workers)
+        self.pool = QualityPool(workers, nice=POST_NICE)
         self._chunks: dict[str, _Chunk] = {}  # chunks with a take being checked or to retry
         self._checking: dict[Future[Verdict], ChunkAudio] = {}
 

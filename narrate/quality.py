@@ -420,7 +420,9 @@ def book_score(verdicts: Sequence[Verdict]) -> float:
     return min((verdict.score for verdict in verdicts), default=PASS_SCORE)
 
 
-def _warm_worker(parent: int) -> None:
+def _warm_worker(parent: int, nice: int) -> None:
+    if nice:
+        os.nice(nice)
     # a SIGKILLed run cannot shut its pool down: its checkers notice and exit within a second
     threading.Thread(target=_exit_with, args=(parent,), name="parent-watch", daemon=True).start()
     _aligner()._decoder(False)  # load the model before the first chunk arrives
@@ -438,7 +440,8 @@ class QualityPool:
     Processes are spawned, not forked: the caller may hold a CUDA context or threads.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, *, nice: int = 0) -> None:
+        """`nice`: added to the checking processes' nice value (work that can wait)."""
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
@@ -446,7 +449,7 @@ class QualityPool:
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_warm_worker,
-            initargs=(os.getpid(),),
+            initargs=(os.getpid(), nice),
         )
 
     def submit(self, audio: np.ndarray, sample_rate: int, text: str) -> Future[Verdict]:

@@ -36,6 +36,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
+from narrate.config import POST_NICE
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -59,6 +60,7 @@ from narrate.workers import (
     WorkerPool,
     WorkerSettings,
     default_post_workers,
+    lower_thread_priority,
     resolve_devices,
 )
 
@@ -71,9 +73,10 @@ class DaemonPool:
     again from the cache) instead of waiting minutes for a long book, as it would for
     concurrent.futures threads, which the interpreter joins at exit."""
 
-    def __init__(self, workers: int, name: str) -> None:
+    def __init__(self, workers: int, name: str, *, nice: int = 0) -> None:
         self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]]] = queue.SimpleQueue()
         self._closed = threading.Event()
+        self._nice = nice
         for i in range(workers):
             threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
 
@@ -87,6 +90,8 @@ class DaemonPool:
         self._closed.set()
 
     def _work(self) -> None:
+        if self._nice:
+            lower_thread_priority(self._nice)
         while True:
             future, call = self._tasks.get()
             if self._closed.is_set():
@@ -140,7 +145,9 @@ class Run:
         # numpy's BLAS threads would only spin beside the post-processing threads, whose
         # matrix products are small: they burned more CPU than the books' rendering did
         self.blas_limit = threadpool_limits(limits=1, user_api="blas")
-        self.post_pool = DaemonPool(post_workers, "narrate-post")
+        # post-processing can wait, the device cannot: where cores are short, the threads that
+        # feed the engines (this process's main thread, the workers) run first
+        self.post_pool = DaemonPool(post_workers, "narrate-post", nice=POST_NICE)
         self.upload_pool = DaemonPool(options.upload_workers, "narrate-upload")
         self.upload_slots = threading.BoundedSemaphore(2 * options.upload_workers)
         self.quality_workers = options.quality_workers or default_quality_workers(self._devices())

@@ -15,6 +15,7 @@ import os
 import queue
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,18 @@ class WorkerSettings:
     compile: bool = False  # CUDA workers capture the frame step as CUDA graphs
     cpu_threads: int | None = None  # torch threads per CPU worker (default: cores / CPU workers)
     check_takes: bool = False  # hand takes back for the quality check instead of caching them
+
+
+def lower_thread_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by `nice` (Linux keeps one per thread; elsewhere
+    the call would set the whole process's, so it does nothing there). Never fails a run."""
+    if sys.platform != "linux":
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except OSError:
+        pass
 
 
 def default_post_workers(devices: list[str], cpu_threads: int | None) -> int:

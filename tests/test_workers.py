@@ -112,3 +112,23 @@ def test_with_the_quality_check_the_worker_hands_takes_back_unchecked_and_uncach
     assert [t.chunk_id for t in done.takes] == [c.chunk_id for c in synthesized.chunks]
     assert all(len(t.audio) > 0 for t in done.takes)
     assert not list((tmp_path / "cache").rglob("*.flac"))  # cached only once checked
+
+
+def test_post_processing_threads_and_quality_checks_yield_the_cpu_to_the_engines_feeding() -> None:
+    # where cores are short, the threads that keep the device busy must run first
+    import threading
+
+    from narrate.config import POST_NICE
+    from narrate.quality import QualityPool
+    from narrate.run import DaemonPool
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    before = own_nice()
+    pool = DaemonPool(1, "test-post", nice=POST_NICE)
+    assert pool.submit(own_nice).result(timeout=10) == min(19, before + POST_NICE)
+    assert own_nice() == before  # the caller's own thread keeps its priority
+    with QualityPool(1, nice=POST_NICE) as checks:
+        process_nice = checks.call(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=60)
+    assert process_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + POST_NICE)
