@@ -394,8 +394,9 @@ class _Stack:
         self.eps_tensor = torch.full((1, 1), self.eps, dtype=self.norm.dtype)
         first = stack.layers[0]
         self.scaling = first.self_attn.scaling
-        act = first.mlp.act_fn
-        self.act = F.silu if isinstance(act, nn.SiLU) else act
+        # CSM's "silu" as the function: its module (transformers' SiLUActivation) costs a call
+        silu = getattr(config, "hidden_act", None) in ("silu", "swish")
+        self.act = F.silu if silu else first.mlp.act_fn
         self.layers = [
             _Layer(
                 layer.input_layernorm.weight,
