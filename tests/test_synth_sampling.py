@@ -48,3 +48,20 @@ def test_a_rows_draw_depends_on_its_seed_frame_and_codebook_only() -> None:
 
 def test_greedy_takes_the_best_valid_code() -> None:
     assert (picks([0, 1, 2], temperature=0.0) == 0).all()  # id 5 scores 9 but is masked
+
+
+def test_the_cpu_top_k_finds_the_same_codes_as_a_full_top_k() -> None:
+    from narrate.synth.sampling import top_k_codes
+
+    generator = torch.Generator().manual_seed(3)
+    rows = [torch.randn(16, 2048, generator=generator)]
+    crowded = torch.randn(4, 2048, generator=generator)
+    crowded[:, 256 * torch.arange(8)] += 50  # one group holds 8 of the top codes
+    crowded[:, 5 + 256 * torch.arange(8)] += 40
+    rows += [crowded, torch.arange(2048.0).flip(0)[None]]  # the top 50 in 50 groups
+    for logits in rows:
+        top, codes = top_k_codes(logits, 50)
+        expected = logits.topk(50, dim=-1)
+        assert torch.equal(codes.sort(-1).values, expected.indices.sort(-1).values)
+        assert torch.equal(top.sort(-1).values, expected.values.sort(-1).values)
+        assert torch.equal(logits.gather(1, codes), top)

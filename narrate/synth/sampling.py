@@ -66,8 +66,36 @@ def sample(
         logits = logits.float()
     if temperature <= 0:
         return logits.argmax(-1)
-    # the candidates' order does not matter (each one's noise is keyed by its code), and
-    # unsorted top-k is cheaper
-    top, codes = logits.topk(min(top_k, codebook_size), dim=-1, sorted=False)
+    top, codes = top_k_codes(logits, min(top_k, codebook_size))
     scores = torch.add(gumbel_noise(key, codes), top, alpha=1.0 / temperature)
     return codes.gather(1, scores.argmax(-1, keepdim=True))[:, 0]
+
+
+_MEMBERS = 8  # codes a group holds, CPU top-k
+_member_offsets: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def top_k_codes(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest logits of each row [rows, codes] and their codes, in no order (each
+    candidate's noise is keyed by its code, so order does not matter, and unsorted is cheaper).
+
+    On the CPU, top-k runs an nth_element per row whose branches the data defeats (~17 us for
+    2048 codes): in two passes instead, over groups of `_MEMBERS` codes (code c is in group
+    c mod n / _MEMBERS). Every one of the k largest logits lies in a group whose largest logit
+    ranks among the k largest of the groups' (a group ranked lower has k groups, each holding
+    a larger logit, above it), so the k best groups' codes hold the k largest, found by a
+    top-k over k x _MEMBERS candidates. Both passes are a few times smaller than the one: the
+    same codes at a third less time at 16 rows. On a GPU, top-k is one kernel."""
+    rows, size = logits.shape
+    groups = size // _MEMBERS
+    if logits.device.type != "cpu" or size % _MEMBERS or groups < 2 * k:
+        return logits.topk(k, dim=-1, sorted=False)
+    grid = logits.view(rows, _MEMBERS, groups)  # group j: codes j, j + groups, ...
+    best = grid.amax(1).topk(k, dim=-1, sorted=False).indices  # [rows, k]
+    candidates = grid.gather(2, best[:, None].expand(rows, _MEMBERS, k)).view(rows, -1)
+    top, where = candidates.topk(k, dim=-1, sorted=False)
+    key = (logits.device, groups)
+    if key not in _member_offsets:
+        _member_offsets[key] = torch.arange(_MEMBERS, device=logits.device)[:, None] * groups
+    codes = (best[:, None] + _member_offsets[key]).view(rows, -1).gather(1, where)
+    return top, codes
