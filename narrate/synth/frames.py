@@ -117,13 +117,9 @@ class FrameLoop:
         # a few spans (each costs a capture); eager, every multiple of 64
         steps = (256, 384, 512, 768, 1024, 1536) if graphs else range(64, self.window, 64)
         self.spans = sorted({min(span, self.window) for span in (*steps, self.window)})
-        self.backbone_step = _BackboneStep(
-            self.backbone_stack, self.caches, self.spans, device, dtype
-        )
+        self.backbone_step = _BackboneStep(self.backbone_stack, self.caches, self.spans)
         # the depth decoder's positions are the same every frame (0, 1, ..., 31)
-        self.depth_step = _DepthStep(
-            self.depth, self.depth_stack, depth_caches, self.codebooks, device, dtype
-        )
+        self.depth_step = _DepthStep(self.depth, self.depth_stack, depth_caches, self.codebooks)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         for span in self.spans if graphs else ():
             self.graphs[span] = self._capture(span)
@@ -435,11 +431,14 @@ class _Scratch:
     it reads, made once: one set per stack and slot count, reused by every layer, so that a
     step spends no op on slicing or reshaping (and a CUDA graph sees the same addresses)."""
 
-    def __init__(self, stack: _Stack, rows: int, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, stack: _Stack, cache: torch.Tensor) -> None:
+        """`cache`: one of the stack's caches [rows, ...], whose rows, device and dtype these
+        buffers share."""
         heads, kv_heads, head_dim = stack.heads, stack.kv_heads, stack.head_dim
+        rows, dtype = cache.shape[0], cache.dtype
 
         def empty(*shape: int) -> torch.Tensor:
-            return torch.empty(*shape, device=device, dtype=dtype)
+            return torch.empty(*shape, device=cache.device, dtype=dtype)
 
         self.qkv = empty(rows, (heads + 2 * kv_heads) * head_dim)
         by_head = self.qkv.view(rows, heads + 2 * kv_heads, head_dim)
@@ -518,16 +517,10 @@ class _BackboneStep:
     attending to the first `span` cache positions, over views of its caches made once."""
 
     def __init__(
-        self,
-        stack: _Stack,
-        caches: list[tuple[torch.Tensor, torch.Tensor]],
-        spans: list[int],
-        device: torch.device,
-        dtype: torch.dtype,
+        self, stack: _Stack, caches: list[tuple[torch.Tensor, torch.Tensor]], spans: list[int]
     ) -> None:
         self.stack, self.caches = stack, caches
-        rows = caches[0][0].shape[0]
-        self.scratch = scratch = _Scratch(stack, rows, device, dtype)
+        self.scratch = scratch = _Scratch(stack, caches[0][0])
         # scatter sources [rows, kv heads, 1, head dim]: a row's key and value at its position
         self.new_keys, self.new_values = scratch.k[:, :, None], scratch.v[:, :, None]
         pairs, head_dim = scratch.pairs, stack.head_dim
@@ -578,12 +571,10 @@ class _DepthStep:
         stack: _Stack,
         caches: list[tuple[torch.Tensor, torch.Tensor]],
         positions: int,
-        device: torch.device,
-        dtype: torch.dtype,
     ) -> None:
-        self.stack, self.positions = stack, positions
-        rows = caches[0][0].shape[0]
-        self.scratch = scratch = _Scratch(stack, rows, device, dtype)
+        self.stack = stack
+        self.scratch = scratch = _Scratch(stack, caches[0][0])
+        device = caches[0][0].device
         rope = _Rope(depth, positions, device)
         scale = torch.ones(stack.heads + stack.kv_heads, 1, device=device, dtype=rope.cos.dtype)
         scale[: stack.heads] = stack.scaling
