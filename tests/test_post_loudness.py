@@ -43,6 +43,18 @@ def test_loudness_on_target_and_true_peak_under_the_limit(audio: np.ndarray) -> 
     assert len(out) == len(audio)
 
 
+@pytest.mark.parametrize(
+    ("level", "spikes"), [(0.02, 0.0), (0.1, 0.8), (0.3, 0.0), (0.6, 0.9), (0.9, 0.0)]
+)
+def test_mastering_lands_within_a_tenth_of_a_unit_of_the_target_however_hard_it_limits(
+    level: float, spikes: float
+) -> None:
+    audio = with_spikes(speechlike(10, level=level, seed=11), spikes)
+    out = master(audio, SAMPLE_RATE, TARGET, CEILING)
+    assert lufs(out) == pytest.approx(TARGET, abs=0.1)
+    assert true_peak_dbtp(out) <= CEILING + 0.05
+
+
 def test_target_and_ceiling_are_honoured_when_changed() -> None:
     out = master(speechlike(8, level=0.05, seed=3), SAMPLE_RATE, -23.0, -3.0)
     assert lufs(out) == pytest.approx(-23.0, abs=0.5)

@@ -19,11 +19,12 @@ are computed. Speech has few samples near its peaks, so few are computed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from pyloudnorm.iirfilter import IIRfilter
-from scipy.ndimage import maximum_filter1d, minimum_filter1d, uniform_filter1d
+from scipy.ndimage import maximum_filter1d, uniform_filter1d
 from scipy.signal import firwin, sosfilt
 
 from narrate.errors import AudioError
@@ -34,6 +35,10 @@ LIMITER_WINDOW_S = 0.02  # gain ramps down over ~20 ms before a peak and back up
 _TAPS = 21  # per oversampling phase: scipy's resample_poly filter for 4x (81 taps) split in 4
 _BLOCK = 1 << 16  # samples whose oversampled values are computed at once: bounds memory
 _MIN_MEASURE_S = 0.5  # pyloudnorm needs one 400 ms gating block
+_SPAN = 16  # samples per block of the peak screen: at least _TAPS // 2
+_TOLERANCE_LU = 0.1  # how far from the target a mastered book may be
+_SEARCH_LU, _SEARCH_STEPS = 0.02, 8  # the gain search on estimates: they cost little
+_EXACT_MEASUREMENTS = 3
 
 
 _BLOCK_S, _BLOCK_STEP = 0.4, 0.25  # BS.1770 gating blocks: 400 ms, overlapping by 75 %
@@ -54,20 +59,35 @@ def _k_weighting(sample_rate: int) -> tuple[np.ndarray, float]:
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
     """Integrated loudness in LUFS (gated, BS.1770-4); -inf for digital silence."""
+    return _gated_loudness(_k_weighted(audio, sample_rate), sample_rate)
+
+
+def _k_weighted(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """The audio K-weighted (in float64, without the filters' overall gain), padded with
+    silence to the meter's minimum length: padding leaves the gated loudness nearly unchanged."""
     minimum = int(_MIN_MEASURE_S * sample_rate)
-    if len(audio) < minimum:  # silence padding leaves the gated loudness nearly unchanged
+    if len(audio) < minimum:
         audio = np.pad(audio, (0, minimum - len(audio)))
-    sections, gain = _k_weighting(sample_rate)
-    weighted = sosfilt(sections, audio.astype(np.float64)) * gain
-    energy = np.concatenate([[0.0], np.cumsum(np.square(weighted))])
-    # the blocks' bounds computed as pyloudnorm computes them, so the measures agree
-    seconds = len(audio) / sample_rate
+    sections, _ = _k_weighting(sample_rate)
+    return sosfilt(sections, audio.astype(np.float64))
+
+
+def _gated_loudness(weighted: np.ndarray, sample_rate: int) -> float:
+    """BS.1770's gated loudness of a K-weighted signal, with pyloudnorm's block bounds."""
+    samples, seconds = len(weighted), len(weighted) / sample_rate
     blocks = np.arange(int(np.round((seconds - _BLOCK_S) / (_BLOCK_S * _BLOCK_STEP))) + 1)
     lower = (_BLOCK_S * (blocks * _BLOCK_STEP) * sample_rate).astype(np.int64)
     upper = np.minimum(
-        (_BLOCK_S * (blocks * _BLOCK_STEP + 1) * sample_rate).astype(np.int64), len(audio)
+        (_BLOCK_S * (blocks * _BLOCK_STEP + 1) * sample_rate).astype(np.int64), samples
     )
-    power = (energy[upper] - energy[lower]) / (_BLOCK_S * sample_rate)
+    # the blocks overlap: the squares between consecutive bounds are summed once, then added
+    # up (the first bound is 0; the piece from the last one below the end runs to the end)
+    edges, which = np.unique(np.concatenate([lower, upper]), return_inverse=True)
+    pieces = np.add.reduceat(np.square(weighted), edges[edges < samples])
+    energy = np.concatenate([[0.0], np.cumsum(pieces)])
+    _, gain = _k_weighting(sample_rate)
+    scale = gain**2 / (_BLOCK_S * sample_rate)
+    power = (energy[which[len(lower) :]] - energy[which[: len(lower)]]) * scale
     with np.errstate(divide="ignore"):
         block_lufs = -0.691 + 10 * np.log10(power)
         audible = power[block_lufs >= _ABSOLUTE_GATE_LUFS]
@@ -92,18 +112,39 @@ def _phases() -> tuple[np.ndarray, float]:
     return np.ascontiguousarray(matrix), float(np.abs(matrix).sum(0).max())
 
 
+def _window_maxima(magnitude: np.ndarray) -> np.ndarray:
+    """Per block of `_SPAN` samples, a bound on the loudest sample within `_TAPS // 2` of any
+    sample in it: the block's own maximum and its two neighbours' (a fraction of the cost of
+    an exact sliding maximum, and only a screen)."""
+    blocks = -(-len(magnitude) // _SPAN)
+    padded = np.zeros(blocks * _SPAN, dtype=np.float32)
+    padded[: len(magnitude)] = magnitude
+    per_block = padded[::_SPAN].copy()
+    for offset in range(1, _SPAN):  # numpy reduces short rows slowly: strided passes instead
+        np.maximum(per_block, padded[offset::_SPAN], out=per_block)
+    near = per_block.copy()
+    np.maximum(near[1:], per_block[:-1], out=near[1:])
+    np.maximum(near[:-1], per_block[1:], out=near[:-1])
+    return near
+
+
 def sample_peaks(audio: np.ndarray, above: float = 0.0) -> np.ndarray:
     """Per sample, the largest absolute value of the 4x oversampled signal around it, exact
     wherever it may exceed `above`; elsewhere a bound that is at most `above`."""
     audio = np.ascontiguousarray(audio, dtype=np.float32)
     matrix, gain = _phases()
     half = _TAPS // 2
-    peaks = maximum_filter1d(np.abs(audio), _TAPS, mode="constant") * np.float32(gain)
+    bounds = _window_maxima(np.abs(audio)) * np.float32(gain)
+    peaks = np.repeat(bounds, _SPAN)[: len(audio)]
+    loud = np.flatnonzero(bounds > above)
+    candidates = (loud[:, None] * _SPAN + np.arange(_SPAN)).ravel()
+    candidates = candidates[candidates < len(audio)]
     windows = sliding_window_view(np.pad(audio, half), _TAPS)  # windows[n] is around n
-    candidates = np.flatnonzero(peaks > above)
     for start in range(0, len(candidates), _BLOCK):
         where = candidates[start : start + _BLOCK]
-        peaks[where] = np.abs(windows[where] @ matrix).max(1)
+        values = np.abs(windows[where] @ matrix)
+        # numpy reduces short rows slowly: the phases' columns are compared instead
+        peaks[where] = functools.reduce(np.maximum, values.T)
     return peaks
 
 
@@ -116,14 +157,43 @@ def true_peak_db(audio: np.ndarray) -> float:
     return 20 * np.log10(peak) if peak > 0 else -np.inf
 
 
-def _limiter_gain(peaks: np.ndarray, sample_rate: int, ceiling: float) -> np.ndarray:
-    """Per-sample gain (<= 1) that brings every peak to `ceiling` or under, smoothly."""
-    needed = np.minimum(1.0, ceiling / np.maximum(peaks, 1e-12)).astype(np.float32)
-    half = max(1, int(LIMITER_WINDOW_S * sample_rate))
-    # every sample within `half` of a peak gets at most the peak's gain; averaging over a
-    # window of the same half-width then keeps that bound at the peak and smooths the ramps
-    held = minimum_filter1d(needed, size=2 * half + 1, mode="nearest")
-    return uniform_filter1d(held, size=2 * half + 1, mode="nearest")
+def _window(sample_rate: int) -> int:
+    """The limiter's window: a gain ramp's length, down before a peak and up after it."""
+    return 2 * max(1, int(LIMITER_WINDOW_S * sample_rate)) + 1
+
+
+def _held(peaks: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Per sample, the loudest peak within half the limiter's window of it."""
+    return maximum_filter1d(peaks, size=_window(sample_rate), mode="nearest")
+
+
+def _limiter_gain(held: np.ndarray, sample_rate: int, ceiling: float) -> np.ndarray:
+    """Per-sample gain (<= 1) that brings every peak to `ceiling` or under, smoothly.
+
+    Every sample within half a window of a peak gets at most the peak's gain (`held` holds
+    the loudest peak near each sample); averaging over a window of the same width then keeps
+    that bound at the peak and smooths the ramps."""
+    needed = np.minimum(1.0, ceiling / np.maximum(held, 1e-12)).astype(np.float32)
+    return uniform_filter1d(needed, size=_window(sample_rate), mode="nearest")
+
+
+class _Limiter:
+    """The limiter's gain curve for the audio times any gain. The peaks of the audio times a
+    gain are its peaks times that gain, so they are found once (again only if the gain grows
+    past the margin they were found with)."""
+
+    def __init__(self, audio: np.ndarray, sample_rate: int, ceiling: float) -> None:
+        self.audio, self.sample_rate, self.ceiling = audio, sample_rate, ceiling
+        self._held: np.ndarray | None = None
+        self._exact_above = np.inf
+
+    def curve(self, gain: float) -> np.ndarray:
+        """The gain times the limiter's: what multiplies the audio."""
+        if self._held is None or self.ceiling / gain < self._exact_above:
+            self._exact_above = self.ceiling / gain / 2  # 6 dB of margin for later gains
+            self._held = _held(sample_peaks(self.audio, above=self._exact_above), self.sample_rate)
+        held = self._held * np.float32(gain)
+        return np.float32(gain) * _limiter_gain(held, self.sample_rate, self.ceiling)
 
 
 def _settle(limited: np.ndarray, ceiling_db: float) -> np.ndarray:
@@ -143,51 +213,76 @@ def limit_true_peak(audio: np.ndarray, sample_rate: int, ceiling_db: float) -> n
     peaks = sample_peaks(audio, above=ceiling)
     if peaks.max(initial=0.0) <= ceiling:
         return audio
-    limited = (audio * _limiter_gain(peaks, sample_rate, ceiling)).astype(np.float32)
-    return _settle(limited, ceiling_db)
+    gain = _limiter_gain(_held(peaks, sample_rate), sample_rate, ceiling)
+    return _settle((audio * gain).astype(np.float32), ceiling_db)
 
 
 def master(
     audio: np.ndarray, sample_rate: int, target_lufs: float, ceiling_db: float
 ) -> np.ndarray:
-    """Gain to `target_lufs`, then limit true peak to `ceiling_db`.
+    """Gain to `target_lufs`, then limit true peak to `ceiling_db`: the result is within
+    0.1 LU of the target.
 
-    Limiting lowers loudness a little when many peaks are caught, so the gain is raised and
-    the limiter recomputed until the result is within 0.1 LU of the target: at most 4
-    measurements, each gain step scaled by the loudness the previous one bought (the limiter
-    eats part of every dB once it bites). The peaks of `audio` times a gain are its peaks
-    times that gain, so they are found once (again only if the gain grows past the margin
-    they were found with). Silence-only audio or audio with non-finite samples fails the book
-    instead of being amplified into noise.
+    Limiting lowers loudness when it bites, so the gain is searched for. Each try's loudness
+    is first estimated, cheaply: the K-weighted input times the try's gain curve. The curve
+    changes over milliseconds, slowly against the K-weighting filters, so multiplying by it
+    nearly commutes with them. Only the gain found is measured exactly (one filtering of the
+    limited audio); where the estimate was off by more than the tolerance, the search runs
+    again aiming off by that error. Silence-only audio or audio with non-finite samples fails
+    the book instead of being amplified into noise.
     """
     if not np.all(np.isfinite(audio)):
         raise AudioError("audio contains NaN or infinite samples")
     audio = audio.astype(np.float32)
-    ceiling = 10 ** (ceiling_db / 20)
-    out, gain_db = audio, 0.0
-    previous: tuple[float, float] | None = None  # (gain in dB, loudness) measured before
-    peaks, exact_above = None, np.inf
-    for _ in range(4):
-        loudness = integrated_loudness(out, sample_rate)
-        if not loudness > SILENCE_LUFS:
-            raise AudioError(
-                f"audio is silent (integrated loudness {loudness:.1f} LUFS)",
-                hint="the engine produced no speech for this book; check its chunks",
-            )
-        if abs(loudness - target_lufs) <= 0.1:
-            break
-        slope = 1.0  # LU of loudness per dB of gain: 1 until the limiter bites
-        if previous is not None and gain_db != previous[0]:
-            slope = (loudness - previous[1]) / (gain_db - previous[0])
-            slope = min(1.0, max(0.25, slope))
-        previous = (gain_db, loudness)
-        gain_db += (target_lufs - loudness) / slope
-        gain = 10 ** (gain_db / 20)
-        if peaks is None or ceiling / gain < exact_above:
-            exact_above = ceiling / gain / 2  # 6 dB of margin for the next rounds' gains
-            peaks = sample_peaks(audio, above=exact_above)
-        curve = np.float32(gain) * _limiter_gain(peaks * np.float32(gain), sample_rate, ceiling)
-        out = audio * curve
-    if out is audio:  # on target as it came: only its peaks may need the limiter
+    weighted = _k_weighted(audio, sample_rate)
+    loudness = _gated_loudness(weighted, sample_rate)
+    if not loudness > SILENCE_LUFS:
+        raise AudioError(
+            f"audio is silent (integrated loudness {loudness:.1f} LUFS)",
+            hint="the engine produced no speech for this book; check its chunks",
+        )
+    if abs(loudness - target_lufs) <= _TOLERANCE_LU:  # on target as it came: limit its peaks
         return limit_true_peak(audio, sample_rate, ceiling_db)
+
+    def estimate(curve: np.ndarray) -> float:
+        scaled = weighted.copy()  # longer than the curve where the audio was padded
+        scaled[: len(curve)] *= curve
+        return _gated_loudness(scaled, sample_rate)
+
+    limiter = _Limiter(audio, sample_rate, 10 ** (ceiling_db / 20))
+    search = _GainSearch(loudness, limiter, estimate)
+    aim = target_lufs
+    for _ in range(_EXACT_MEASUREMENTS):
+        curve, estimated = search.towards(aim)
+        out = audio * curve
+        measured = integrated_loudness(out, sample_rate)
+        if abs(measured - target_lufs) <= _TOLERANCE_LU:
+            break
+        aim -= measured - estimated  # the estimate's error at this gain, assumed to hold
     return _settle(out, ceiling_db)
+
+
+class _GainSearch:
+    """Secant steps on the gain in dB against estimated loudness: each step is scaled by the
+    loudness the previous one bought (1 LU per dB until the limiter bites, less after)."""
+
+    def __init__(self, loudness: float, limiter: _Limiter, estimate: Callable[..., float]):
+        self.limiter, self.estimate = limiter, estimate
+        self.gain_db, self.loudness = 0.0, loudness
+        self.previous: tuple[float, float] | None = None  # (gain in dB, loudness) before
+
+    def towards(self, aim: float) -> tuple[np.ndarray, float]:
+        """The gain curve whose estimated loudness is within `_SEARCH_LU` of `aim`, and it."""
+        curve = None
+        for _ in range(_SEARCH_STEPS):
+            if curve is not None and abs(self.loudness - aim) <= _SEARCH_LU:
+                break
+            slope = 1.0
+            if self.previous is not None and self.gain_db != self.previous[0]:
+                slope = (self.loudness - self.previous[1]) / (self.gain_db - self.previous[0])
+                slope = min(1.0, max(0.25, slope))
+            self.previous = (self.gain_db, self.loudness)
+            self.gain_db += (aim - self.loudness) / slope
+            curve = self.limiter.curve(10 ** (self.gain_db / 20))
+            self.loudness = self.estimate(curve)
+        return curve, self.loudness
