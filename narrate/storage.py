@@ -22,6 +22,7 @@ import logging
 import mimetypes
 import os
 import re
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -138,9 +139,22 @@ class LocalStorage:
     def _path(self, name: str) -> Path:
         check_name(name)
         path = self.dir / name
-        if not path.resolve().is_relative_to(self.dir):  # a symlink inside the root
+        if self._through_link(name) and not path.resolve().is_relative_to(self.dir):
             raise UsageError(f"object name {name!r} leads outside {self.dir}")
         return path
+
+    def _through_link(self, name: str) -> bool:
+        """Whether a part of `name` is a symlink: only then can it lead out of the root, which
+        is resolved already (a few `lstat`s, where resolving the whole path costs a dozen)."""
+        here = str(self.dir)
+        for part in name.split("/"):
+            here = f"{here}/{part}"
+            try:
+                if stat.S_ISLNK(os.lstat(here).st_mode):
+                    return True
+            except OSError:  # missing (or unreadable): nothing further down to follow
+                return False
+        return False
 
     def _sidecar(self, name: str) -> Path:
         return self.dir / _META_DIR / f"{name}.json"

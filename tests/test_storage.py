@@ -166,6 +166,22 @@ def test_local_never_writes_outside_its_root(tmp_path: Path) -> None:
     assert list(outside.iterdir()) == []
 
 
+def test_local_reads_through_links_that_stay_inside_its_root_and_refuses_one_that_leaves(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "secret.txt").write_text("key")
+    root = tmp_path / "out"
+    storage = open_storage(str(root))
+    storage.put("books/b1.wav", b"RIFF")
+    (root / "alias").symlink_to(root / "books")
+    (root / "books" / "leak.wav").symlink_to(tmp_path / "secret.txt")
+    assert storage.get("alias/b1.wav") == b"RIFF"
+    with pytest.raises(UsageError, match="outside"):
+        storage.get("books/leak.wav")
+    with pytest.raises(UsageError, match="outside"):
+        storage.get("alias/leak.wav")
+
+
 def test_local_leaves_only_plain_files_and_lists_no_sidecars(tmp_path: Path) -> None:
     storage = open_storage(f"file://{tmp_path}/out")
     stored = storage.put("b1.wav", b"RIFF", content_type="audio/wav", metadata={"k": "v"})
