@@ -62,6 +62,7 @@ from narrate.workers import (
     default_post_workers,
     lower_thread_priority,
     resolve_devices,
+    reuse_freed_memory,
 )
 
 STOP_BUDGET_S = 13.0  # from the stop signal to the last status flush: Kubernetes kills at 30 s
@@ -145,6 +146,7 @@ class Run:
         # numpy's BLAS threads would only spin beside the post-processing threads, whose
         # matrix products are small: they burned more CPU than the books' rendering did
         self.blas_limit = threadpool_limits(limits=1, user_api="blas")
+        reuse_freed_memory()
         # post-processing can wait, the device cannot: where cores are short, the threads that
         # feed the engines (this process's main thread, the workers) run first
         self.post_pool = DaemonPool(post_workers, "narrate-post", nice=POST_NICE)

@@ -82,6 +82,30 @@ def lower_thread_priority(nice: int) -> None:
         pass
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt(3) parameters
+KEEP_FREED_BELOW = 32 << 20  # glibc's largest mmap threshold on 64-bit
+TRIM_ABOVE = 256 << 20
+
+
+def reuse_freed_memory() -> None:
+    """Keep freed memory for reuse instead of handing it back to the kernel (glibc only).
+
+    By default glibc maps every block over 128 KiB afresh and unmaps it when freed, and
+    trims a thread's heap as soon as its top is free. Post-processing makes dozens of
+    arrays of a book's length (hundreds of KiB and up) and frees them at once: each came
+    back as fresh pages the kernel had to zero and fault in, ~900 page faults and a
+    quarter of the CPU time of a short book. Blocks under 32 MiB are now served from the
+    heap, and up to 256 MiB of free heap is kept. Never fails a run."""
+    if sys.platform != "linux":
+        return
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, KEEP_FREED_BELOW)
+        libc.mallopt(M_TRIM_THRESHOLD, TRIM_ABOVE)
+    except (OSError, AttributeError):  # a C library without mallopt (musl)
+        pass
+
+
 def default_post_workers(devices: list[str], cpu_threads: int | None) -> int:
     """Post-processing threads for the cores the device workers leave free: CPU workers take
     their torch threads, a GPU worker about one core to feed its device."""
