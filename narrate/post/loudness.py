@@ -2,16 +2,19 @@
 
 Integrated loudness is pyloudnorm's measure (its K-weighting filters, its gating arithmetic),
 vectorized: pyloudnorm sums each 400 ms gating block in a Python loop, which made loudness
-the largest cost of post-processing; here one cumulative sum gives every block.
+the largest cost of post-processing; here the squares between consecutive block bounds are
+summed once and every block is added up from those pieces.
 
 True peak is estimated the way BS.1770-4 describes it: the signal oversampled 4x and its
 largest absolute value taken. The limiter turns the per-sample peaks into a gain curve that is
-provably at or under the required gain at every peak (a minimum filter, then a moving average
-no wider than it), so it never needs a sample-by-sample loop.
+provably at or under the required gain at every peak (the gain each sample's loudest nearby
+peak needs, then a moving average no wider than "nearby"), so it never needs a
+sample-by-sample loop.
 
 Oversampling is most of post-processing's cost, so it is done only where it can matter: each
 oversampled value is a 21-tap filter of the samples around it, hence at most the filter's
-absolute sum times their largest magnitude. Where that bound is already under what is being
+absolute sum times their largest magnitude (bounded per block of 16 samples, from the
+block's and its neighbours' loudest). Where that bound is already under what is being
 looked for (the ceiling, the loudest sample), the bound stands in; elsewhere the exact values
 are computed. Speech has few samples near its peaks, so few are computed.
 """
