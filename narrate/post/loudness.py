@@ -269,7 +269,9 @@ class _GainSearch:
     """Secant steps on the gain in dB against estimated loudness: each step is scaled by the
     loudness the previous one bought (1 LU per dB until the limiter bites, less after)."""
 
-    def __init__(self, loudness: float, limiter: _Limiter, estimate: Callable[..., float]):
+    def __init__(
+        self, loudness: float, limiter: _Limiter, estimate: Callable[[np.ndarray], float]
+    ) -> None:
         self.limiter, self.estimate = limiter, estimate
         self.gain_db, self.loudness = 0.0, loudness
         self.previous: tuple[float, float] | None = None  # (gain in dB, loudness) before
