@@ -7,7 +7,8 @@ has waited 5 s, so a burst costs one request per 250 books and the site still up
 seconds of a book finishing. All values are idempotent: applying
 an update twice leaves the same record (only `narrativeUpdatedAt` moves), so retries and reruns
 converge. The site's request queue (`narrativeAudioStatus == "requested"`, and `processing`
-records whose run's lease expired) is read by narrate.sources.requested_books.
+records whose run's lease expired) is read by narrate.sources.requested_books; a run claims
+each book it takes from there with one conditional write (`StatusWriter.claim`).
 
 Talking to the database goes through firebase-admin, which honours
 `FIREBASE_DATABASE_EMULATOR_HOST` (emulator: no credentials needed) and otherwise uses
@@ -110,7 +111,17 @@ class Database(Protocol):
         """Children of `path` whose `child` equals `value`, in key order, after
         `start_after_key`, at most `limit`."""
 
+    def claim(self, path: str, until_ms: int, now_ms: int) -> bool:
+        """Set the lease deadline at `path` to `until_ms` unless it holds a live one (later
+        than `now_ms`), atomically against every other writer: True when it was set."""
+
     def close(self) -> None: ...
+
+
+def lease_live(expires: object, now_ms: float) -> bool:
+    """Whether a lease deadline (epoch ms) still holds a book for its run. None, or anything
+    that is not a number, holds nothing: a released lease, or one from before leases."""
+    return isinstance(expires, int | float) and not isinstance(expires, bool) and expires > now_ms
 
 
 def rtdb_key_order(key: str) -> tuple:
@@ -185,6 +196,19 @@ class RealtimeDatabase:
             found = {str(i): record for i, record in enumerate(found) if record is not None}
         keys = sorted((k for k in found if k != start_after_key), key=rtdb_key_order)
         return {k: found[k] for k in keys[:limit]}
+
+    def claim(self, path: str, until_ms: int, now_ms: int) -> bool:
+        def compare_and_set() -> bool:
+            # the read's ETag makes the write conditional: if another run wrote the deadline
+            # in between, the database answers 412 and the SDK returns False
+            ref = self._db.reference(path, app=self._app)
+            current, etag = ref.get(etag=True)
+            if lease_live(current, now_ms):
+                return False
+            won, _, _ = ref.set_if_unchanged(etag, until_ms)
+            return bool(won)
+
+        return self._call(f"claim of /{path}", compare_and_set)
 
     def close(self) -> None:
         import firebase_admin
@@ -290,6 +314,15 @@ class LocalStatusFile:
                 key=rtdb_key_order,
             )
             return json.loads(json.dumps({key: children[key] for key in keys[:limit]}))
+
+    def claim(self, path: str, until_ms: int, now_ms: int) -> bool:
+        with self._lock, self._file_lock():  # other processes sharing the file wait too
+            self._refresh()
+            if lease_live(_get_path(self._data, _segments(path)), now_ms):
+                return False
+            _set_path(self._data, _segments(path), until_ms)
+            self._write()
+            return True
 
     def close(self) -> None:
         pass
@@ -521,6 +554,16 @@ class StatusWriter:
                 self._renew_at = time.monotonic() + self.lease_s / 3
                 self._due.notify()  # the timer's wait now ends at the renewal too
             self._held.add(book_id)
+
+    def claim(self, book_id: str) -> bool:
+        """Take the book's lease before working on it, unless a live run holds it: one
+        conditional write, so two runs reading the request queue at once never both take a
+        book (the one that loses skips it). `processing` then marks the record."""
+        path = f"{self.path_template.format(book_id=book_id)}/{LEASE_EXPIRES}"
+        now_ms = int(time.time() * 1000)
+        until_ms = now_ms + int(self.lease_s * 1000)
+        call = functools.partial(self.db.claim, path, until_ms, now_ms)
+        return with_retries(call, retries=self.retries, backoff=self.backoff, what=f"claim {path}")
 
     def requeue(self, book_id: str) -> None:
         """Back to the request queue: this run stops before finishing the book."""

@@ -235,20 +235,25 @@ class Run:
                 self.seen[book_id] = stored
             return published
 
+        won: dict[str, bool] = {}  # with --requests: whether this run's claim took the book
         with ThreadPoolExecutor(16) as lookups:  # object stats and record reads are network calls
             published = list(lookups.map(is_published, books))
             todo = [b for b, done in zip(books, published, strict=True) if not done]
+            if self.options.requests:  # another run reading the queue may have taken some
+                ids = [b.book.book_id for b in todo]
+                won = dict(zip(ids, lookups.map(self.outputs.status.claim, ids), strict=True))
+                todo = [b for b in todo if won[b.book.book_id]]
             # chunks already queued or in flight for an earlier window are not looked up again
             known = self.ledger.awaited({c.chunk_id for b in todo for c in b.chunks})
             candidates = {c.chunk_id for b in todo for c in b.chunks} - known
             missing = self.outputs.cache.missing(candidates, lookups.map)
         self.report.cache_hits += len(candidates) - len(missing)
         for book, done in zip(books, published, strict=True):
-            if done:
+            if done or not won.get(book.book.book_id, True):
+                reason = "already published" if done else "taken by another run"
+                self.seen.pop(book.book.book_id, None)
                 self.report.add(BookResult(book.book.book_id, "skipped", chunks=len(book.chunks)))
-                self.log.event(
-                    "book_skipped", book_id=book.book.book_id, reason="already published"
-                )
+                self.log.event("book_skipped", book_id=book.book.book_id, reason=reason)
         new_chunks = []  # per book, in window order: batches are sorted in groups of books
         for book in todo:
             job, chunks = self.ledger.add_book(book, hashes[book.book.book_id], missing | known)

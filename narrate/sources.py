@@ -25,6 +25,7 @@ from narrate.database import (
     REQUESTED,
     STATUS,
     Database,
+    lease_live,
     with_retries,
 )
 from narrate.errors import UsageError
@@ -216,8 +217,11 @@ def requested_books(
 ) -> Iterator[Book | RowError]:
     """Books whose status is `requested` (the site's "Generate narrative" button), then books
     left `processing` by a run that is gone (their lease expired at `now_ms`, or they have
-    none), each in key order, read a page at a time with an indexed query. `row` counts them
-    from 1. Invalid records come out as RowErrors for the runner to mark failed.
+    none), each in key order, read a page at a time with an indexed query. A record whose
+    lease is live is skipped whatever its status: a run holds it (a `requested` one was
+    just claimed, its `processing` mark not yet sent). `row` counts them from 1. Invalid
+    records come out as RowErrors for the runner to mark failed. What is read here is only a
+    candidate: the runner claims each book (StatusWriter.claim) before working on it.
     """
     now = time.time() * 1000 if now_ms is None else now_ms
     row = 0
@@ -225,8 +229,8 @@ def requested_books(
         for book_id, record in _records_with_status(
             db, path, status, page_size=page_size, retries=retries, backoff=backoff
         ):
-            if status == PROCESSING and not _lease_expired(record, now):
-                continue  # a live run is working on it
+            if _lease_held(record, now):
+                continue  # a live run is working on it (or has just claimed it)
             row += 1
             if status == PROCESSING:
                 log.info("book %s: its run's lease expired, taking it again", book_id)
@@ -248,10 +252,8 @@ def _records_with_status(
         after = next(reversed(page))
 
 
-def _lease_expired(record: object, now_ms: float) -> bool:
-    expires = record.get(LEASE_EXPIRES) if isinstance(record, dict) else None
-    # no lease: left by a run from before leases existed, which is gone too
-    return not isinstance(expires, int | float) or isinstance(expires, bool) or expires < now_ms
+def _lease_held(record: object, now_ms: float) -> bool:
+    return lease_live(record.get(LEASE_EXPIRES) if isinstance(record, dict) else None, now_ms)
 
 
 def _requested_book(

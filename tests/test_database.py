@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -535,6 +536,35 @@ def test_the_queue_takes_processing_records_whose_lease_expired(database: Databa
     )
     found = list(requested_books(database, page_size=1, now_ms=now_ms))
     assert [(b.book_id, b.row) for b in found] == [("req", 1), ("gone", 2), ("old", 3)]
+
+
+def test_of_two_runs_claiming_one_requested_book_exactly_one_takes_it(database: Database):
+    database.update({"books/b1/narrativeAudioStatus": "requested", "books/b1/narrative": "Hi."})
+    first, second = writer(database, run_id="run-1"), writer(database, run_id="run-2")
+    # both read the queue before either marked the book: only the conditional write decides
+    assert [b.book_id for b in requested_books(database)] == ["b1"]
+    with ThreadPoolExecutor(8) as pool:
+        won = list(pool.map(lambda status: status.claim("b1"), [first, second] * 4))
+    assert won.count(True) == 1
+    # a book just claimed is no longer offered, though its `processing` mark is not sent yet
+    assert list(requested_books(database)) == []
+    first.close()
+    second.close()
+
+
+def test_a_claim_takes_a_released_or_expired_lease_and_never_a_live_one(database: Database):
+    now_ms = time.time() * 1000
+    database.update(
+        {"books/gone/narrativeLeaseExpiresAt": now_ms - 60_000}
+        | {"books/live/narrativeLeaseExpiresAt": now_ms + 600_000}
+        | {"books/released/narrativeAudioStatus": "requested"}
+    )
+    status = writer(database, run_id="run-3", lease_s=60)
+    assert status.claim("gone") and status.claim("released")
+    assert not status.claim("live")
+    assert database.get("books/live/narrativeLeaseExpiresAt") == now_ms + 600_000
+    assert database.get("books/gone/narrativeLeaseExpiresAt") > now_ms + 50_000
+    status.close()
 
 
 # ---- the local status file and error text ------------------------------------

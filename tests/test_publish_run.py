@@ -14,7 +14,9 @@ from google.cloud import storage as gcs
 from support.gcs import FakeGcs, FaultyProxy
 from support.runs import preview_args
 
+import narrate.sources
 from narrate.cli import cli
+from narrate.database import StatusWriter, open_database
 from narrate.post import watermark_payload
 from narrate.storage import gcs_client
 
@@ -159,6 +161,41 @@ def test_request_queue_renders_exactly_the_requested_books(tmp_path: Path, rtdb)
     }
     assert books["quiet"] == {"narrative": "Nobody asked for me."}
     assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["also.wav", "wanted.wav"]
+
+
+@pytest.mark.slow
+def test_a_requested_book_another_run_takes_after_this_one_read_the_queue_is_left_to_it(
+    tmp_path: Path, rtdb, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rtdb.rest(
+        "PUT",
+        "books",
+        {
+            "mine": {"narrative": "Read me, please.", "narrativeAudioStatus": "requested"},
+            "theirs": {"narrative": "Read me too.", "narrativeAudioStatus": "requested"},
+        },
+    )
+    other = StatusWriter(open_database(rtdb.url, status_file=tmp_path / "x.json"), run_id="them")
+    read_queue = narrate.sources.requested_books
+
+    def queue_read_then_raced(*args, **kwargs):
+        yield from read_queue(*args, **kwargs)  # both books read as `requested`...
+        assert other.claim("theirs")  # ...then a run started at the same moment takes one
+
+    monkeypatch.setattr(narrate.sources, "requested_books", queue_read_then_raced)
+    result = CliRunner().invoke(
+        cli,
+        ["run", "--requests", *preview_args(tmp_path, f"--database={rtdb.url}")],
+    )
+    other.close()
+    assert result.exit_code == 0, result.output
+    books = rtdb.rest("GET", "books")
+    assert books["mine"]["narrativeAudioStatus"] == "ready"
+    assert books["theirs"]["narrativeAudioStatus"] == "requested"  # the other run's to mark
+    assert "narrativeLeaseRun" not in books["theirs"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["mine.wav"]
+    skipped = [json.loads(line) for line in result.stderr.splitlines() if "book_skipped" in line]
+    assert [(e["book_id"], e["reason"]) for e in skipped] == [("theirs", "taken by another run")]
 
 
 @pytest.mark.slow
