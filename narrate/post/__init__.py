@@ -2,11 +2,17 @@
 
 assemble -> loudness (gain to target, true-peak limit) -> AudioSeal watermark -> encode ->
 integrity gate. A book that fails any step raises AudioError with the reason.
+
+`render_book` runs every step; `master_book` and `finish_book` are the steps before and
+after the watermark, so that a run can master and encode in other processes while one
+watermarker (on the GPU) serves them all. The watermark (torch) is imported on first use:
+a process that only masters and encodes never loads torch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,8 +22,10 @@ from narrate.post import gate
 from narrate.post.assemble import assemble
 from narrate.post.encode import CONTENT_TYPES, LOSSY, Tags, decode, encode, probe
 from narrate.post.loudness import limit_true_peak, master
-from narrate.post.watermark import Detection, Watermarker, watermark_payload
 from narrate.records import Chunk, EncodedBook
+
+if TYPE_CHECKING:
+    from narrate.post.watermark import Detection, Watermarker, watermark_payload
 
 # What each lossy encoder does to a mastered book at narrate's bitrates, measured on the demo
 # books: (integrated loudness it loses in LU, headroom in dB kept under the true-peak limit).
@@ -32,10 +40,22 @@ __all__ = [
     "Detection",
     "Watermarker",
     "decode",
+    "finish_book",
+    "master_book",
     "probe",
     "render_book",
     "watermark_payload",
 ]
+
+_WATERMARK_NAMES = {"Detection", "Watermarker", "watermark_payload"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WATERMARK_NAMES:
+        from narrate.post import watermark
+
+        return getattr(watermark, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def render_book(
@@ -49,16 +69,44 @@ def render_book(
     title: str | None = None,
 ) -> EncodedBook:
     """The book's published file, or AudioError saying why the book fails."""
+    audio = master_book(chunks, audios, config)
+    payload = None
+    if watermarker is not None:
+        from narrate.post.watermark import watermark_payload
+
+        payload = watermark_payload(book_id)
+        audio = watermarker.apply(audio, payload)
+    return finish_book(
+        book_id, chunks, audio, config, content_hash=content_hash, title=title, payload=payload
+    )
+
+
+def master_book(
+    chunks: Sequence[Chunk], audios: Sequence[np.ndarray], config: PostConfig
+) -> np.ndarray:
+    """The chunks assembled with their pauses, at the loudness target and under the ceiling
+    the format's encoder needs."""
     audio = assemble(chunks, audios, config, SAMPLE_RATE)
     if len(audio) == 0:
         raise AudioError("no chunk of the book holds any speech")
     target, ceiling = encoder_allowance(config)
-    audio = master(audio, SAMPLE_RATE, target, ceiling)
-    payload = None
-    if watermarker is not None:
-        payload = watermark_payload(book_id)
-        # the residual is quiet but can still nudge a peak over the ceiling
-        audio = watermarker.apply(audio, payload)
+    return master(audio, SAMPLE_RATE, target, ceiling)
+
+
+def finish_book(
+    book_id: str,
+    chunks: Sequence[Chunk],
+    audio: np.ndarray,
+    config: PostConfig,
+    *,
+    content_hash: str,
+    title: str | None = None,
+    payload: int | None = None,
+) -> EncodedBook:
+    """Encode a mastered book (watermarked with `payload`, if any) and pass it through the
+    integrity gate: the published file, or AudioError."""
+    _, ceiling = encoder_allowance(config)
+    if payload is not None:  # the residual is quiet but can still nudge a peak over the ceiling
         audio = limit_true_peak(audio, SAMPLE_RATE, ceiling)
     tags = Tags(book_id, title)
     data = encode(audio, SAMPLE_RATE, config, tags)
