@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from click.testing import CliRunner
 from support.audioseal_models import build_checkpoints
 from support.signals import lufs, silence, speechlike, true_peak_dbtp
@@ -41,6 +43,27 @@ def test_each_format_round_trips(fmt: str) -> None:
     assert info.tags["title"] == "A Title" and "book-1" in info.tags["comment"]
     if fmt in ("wav", "flac"):  # lossless up to 16-bit rounding
         np.testing.assert_allclose(decoded, audio, atol=1 / 2**15)
+
+
+@pytest.mark.parametrize("title", [None, "T", "Été — ünïcode", "Even"])
+def test_wav_files_are_byte_for_byte_what_libsndfile_writes_and_read_back_alike(
+    title: str | None,
+) -> None:
+    audio = speechlike(1.3, level=0.5, seed=4)
+    audio[:4] = [1.5, -1.5, 1.0, -1.0]  # clipped, and both ends of the 16-bit range
+    tags = Tags("book-é1", title)
+    written = io.BytesIO()
+    with sf.SoundFile(written, "w", SAMPLE_RATE, 1, format="WAV", subtype="PCM_16") as out:
+        out.comment = tags.as_dict()["comment"]
+        if title:
+            out.title = title
+        out.write(np.clip(audio, -1.0, 1.0))
+    data = encode(audio, SAMPLE_RATE, PostConfig(format="wav"), tags)
+    assert data == written.getvalue()
+    decoded, rate = decode(data)
+    reference, _ = sf.read(io.BytesIO(data), dtype="float32")
+    assert rate == SAMPLE_RATE
+    np.testing.assert_array_equal(decoded, reference)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

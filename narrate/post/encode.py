@@ -1,8 +1,10 @@
-"""Encoding to WAV/FLAC (libsndfile) and MP3/Opus (FFmpeg through PyAV), and decoding back."""
+"""Encoding to WAV (numpy), FLAC (libsndfile) and MP3/Opus (FFmpeg through PyAV), and decoding
+back."""
 
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass, field
 
 import av
@@ -50,6 +52,8 @@ class StreamInfo:
 
 def encode(audio: np.ndarray, sample_rate: int, config: PostConfig, tags: Tags) -> bytes:
     """Mono float32 audio as a file of `config.format`, tagged."""
+    if config.format == "wav":
+        return encode_wav(audio, sample_rate, tags)
     if config.format in _SOUNDFILE:
         return _encode_soundfile(audio, sample_rate, config.format, tags)
     bitrate = config.mp3_bitrate if config.format == "mp3" else config.opus_bitrate
@@ -67,6 +71,50 @@ def _encode_soundfile(audio: np.ndarray, sample_rate: int, fmt: str, tags: Tags)
             out.title = tags.title
         out.write(np.clip(audio, -1.0, 1.0))
     return buffer.getvalue()
+
+
+def encode_wav(audio: np.ndarray, sample_rate: int, tags: Tags) -> bytes:
+    """16-bit PCM WAV with the tags in a LIST/INFO chunk: the bytes libsndfile writes for the
+    same samples and tags, built with numpy in a tenth of the time (libsndfile moves them
+    through Python callbacks to write into memory)."""
+    scaled = np.floor(np.clip(audio, -1.0, 1.0) * np.float32(32768))  # libsndfile's rounding
+    pcm = np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
+    texts = [("ICMT", tags.as_dict()["comment"]), ("INAM", tags.title or "")]
+    info = b"".join(_riff_chunk(key, _info_text(text)) for key, text in texts if text)
+    fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, 2 * sample_rate, 2, 16)  # PCM, mono
+    body = b"WAVE" + _riff_chunk("fmt ", fmt) + _riff_chunk("LIST", b"INFO" + info)
+    return _riff_chunk("RIFF", body + _riff_chunk("data", pcm))
+
+
+def _riff_chunk(key: str, payload: bytes) -> bytes:
+    return key.encode("ascii") + struct.pack("<I", len(payload)) + payload
+
+
+def _info_text(text: str) -> bytes:
+    """An INFO string: NUL-terminated, padded to an even length."""
+    data = text.encode() + b"\0"
+    return data + b"\0" * (len(data) % 2)
+
+
+def _decode_wav(data: bytes) -> tuple[np.ndarray, int] | None:
+    """Mono 16-bit PCM WAV (what `encode_wav` writes) as float32, scaled as libsndfile reads
+    it; None for any other layout."""
+    if data[8:12] != b"WAVE":
+        return None
+    offset, fmt = 12, None
+    while offset + 8 <= len(data):
+        key, size = data[offset : offset + 4], struct.unpack_from("<I", data, offset + 4)[0]
+        start = offset + 8
+        if key == b"fmt " and size >= 16:
+            fmt = struct.unpack_from("<HHIIHH", data, start)
+        elif key == b"data":
+            if fmt is None or (fmt[0], fmt[1], fmt[5]) != (1, 1, 16):
+                return None
+            end = min(len(data), start + size) // 2 * 2
+            pcm = np.frombuffer(data, dtype="<i2", count=(end - start) // 2, offset=start)
+            return pcm.astype(np.float32) * np.float32(1 / 32768), fmt[2]
+        offset = start + size + size % 2
+    return None
 
 
 def _encode_ffmpeg(
@@ -118,6 +166,8 @@ def decode(data: bytes) -> tuple[np.ndarray, int]:
 
     Opus always decodes at 48 kHz, the codec's internal rate, whatever rate went in.
     """
+    if data[:4] == b"RIFF" and (wav := _decode_wav(data)) is not None:
+        return wav
     if data[:4] in _SOUNDFILE_MAGIC:  # libsndfile reads back what it wrote ~10x faster
         try:
             audio, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
