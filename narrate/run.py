@@ -22,7 +22,6 @@ database, a service down after retries) stops the run the same way, with exit 3.
 
 from __future__ import annotations
 
-import importlib
 import os
 import queue
 import signal
@@ -52,6 +51,7 @@ from narrate.options import RunOptions
 from narrate.plan import PlannedBook, plan_batches, plan_book_batches
 from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
+from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.sources import planned_windows
 from narrate.storage import StoredObject
@@ -126,11 +126,6 @@ class Run:
         self.gate: QualityGate | None = None  # started with the pool, unless --quality off
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
-        # post-processing's imports (torch, scipy, codecs: seconds) overlap planning and the
-        # engines' start instead of delaying the first finished book
-        prefetch = threading.Thread(target=importlib.import_module, args=("narrate.post",))
-        prefetch.daemon = True
-        prefetch.start()
         if options.outputs.post.watermark:
             from narrate.post import Watermarker
 
@@ -148,8 +143,12 @@ class Run:
         self.blas_limit = threadpool_limits(limits=1, user_api="blas")
         reuse_freed_memory()
         # post-processing can wait, the device cannot: where cores are short, the threads that
-        # feed the engines (this process's main thread, the workers) run first
-        self.post_pool = DaemonPool(post_workers, "narrate-post", nice=POST_NICE)
+        # feed the engines (this process's main thread, the workers) run first. Books render in
+        # processes; one thread per process drives a book through them (and, watermarking, a
+        # second one keeps them busy while a book is being watermarked here)
+        self.renderers = RenderPool(post_workers, options.outputs.cache, nice=POST_NICE)
+        drivers = post_workers * (2 if self.watermarker else 1)
+        self.post_pool = DaemonPool(drivers, "narrate-post", nice=POST_NICE)
         self.upload_pool = DaemonPool(options.upload_workers, "narrate-upload")
         self.upload_slots = threading.BoundedSemaphore(2 * options.upload_workers)
         self.quality_workers = options.quality_workers or default_quality_workers(self._devices())
@@ -386,19 +385,16 @@ class Run:
         )
 
     def _render(self, job: BookJob) -> BookResult | Future[BookResult]:
-        """Assemble, watermark and encode (a post-processing thread), then hand the file to
-        the shared upload pool: round trips to storage overlap across books, and this thread
-        goes on to the next book. Waits while 2 x upload_workers files are already queued."""
-        from narrate.post import render_book
-
+        """Assemble, watermark and encode (a render process, driven from a post-processing
+        thread), then hand the file to the shared upload pool: round trips to storage overlap
+        across books, and this thread goes on to the next book. Waits while
+        2 x upload_workers files are already queued."""
         book = job.planned.book
         try:
-            audios = [self.outputs.cache.get(c.chunk_id) for c in job.planned.chunks]
             quality = self._chunk_quality(job)
-            encoded = render_book(
+            encoded = self.renderers.render(
                 book.book_id,
                 job.planned.chunks,
-                audios,
                 self.options.outputs.post,
                 self.watermarker,
                 content_hash=job.content_hash,
@@ -503,6 +499,7 @@ class Run:
                 self._stopped_by(exc)
                 break
         self.post_pool.shutdown()
+        self.renderers.close()
         self.upload_pool.shutdown()
         unrecorded: list[str] = []
         try:

@@ -25,6 +25,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.manifest",),  # reads manifest files through narrate.storage (gs://)
     ("narrate.sources", "narrate.publish", "narrate.post.detect"),  # sources and sinks of books
     ("narrate.ledger", "narrate.workers", "narrate.gate"),
+    ("narrate.rendering",),  # post-processing processes, started like the workers
     ("narrate.run",),
     ("narrate.status", "narrate.doctor"),
     ("narrate.cli",),
