@@ -16,9 +16,17 @@ from support.signals import lufs, silence, speechlike, true_peak_dbtp
 from narrate.cli import cli
 from narrate.config import SAMPLE_RATE, PostConfig
 from narrate.errors import AudioError
-from narrate.post import Watermarker, decode, probe, render_book, watermark_payload
+from narrate.post import (
+    Watermarker,
+    decode,
+    finish_book,
+    probe,
+    render_book,
+    watermark_payload,
+)
 from narrate.post.encode import Tags, encode
 from narrate.post.gate import Measured, check
+from narrate.post.loudness import master
 from narrate.records import Chunk
 
 FORMATS = ["wav", "flac", "mp3", "opus"]
@@ -77,6 +85,20 @@ def test_render_book_meets_its_targets_in_every_format(fmt: str) -> None:
     decoded, rate = decode(book.data)
     assert len(decoded) / rate == pytest.approx(book.duration_s, abs=0.05)
     assert lufs(decoded, rate) == pytest.approx(config.loudness_lufs, abs=0.5)
+    assert true_peak_dbtp(decoded) <= config.true_peak_db + 0.1
+
+
+@pytest.mark.parametrize("off_by_lu", [-0.6, 0.4])
+def test_a_lossless_book_the_gate_measures_off_target_is_brought_within_a_tenth_of_a_unit(
+    off_by_lu: float,
+) -> None:
+    # lossless books are mastered on the loudness estimate and measured once, by the gate
+    chunks, audios = one_chunk_book()
+    config = PostConfig(format="flac")
+    missed = master(audios[0], SAMPLE_RATE, config.loudness_lufs + off_by_lu, config.true_peak_db)
+    book = finish_book("book-1", chunks, missed, config, content_hash="h")
+    decoded, rate = decode(book.data)
+    assert lufs(decoded, rate) == pytest.approx(config.loudness_lufs, abs=0.1)
     assert true_peak_dbtp(decoded) <= config.true_peak_db + 0.1
 
 

@@ -21,7 +21,7 @@ from narrate.errors import AudioError
 from narrate.post import gate
 from narrate.post.assemble import assemble
 from narrate.post.encode import CONTENT_TYPES, LOSSY, Tags, decode, encode, probe
-from narrate.post.loudness import limit_true_peak, master
+from narrate.post.loudness import TOLERANCE_LU, limit_true_peak, master
 from narrate.records import Chunk, EncodedBook
 
 if TYPE_CHECKING:
@@ -90,7 +90,9 @@ def master_book(
     if len(audio) == 0:
         raise AudioError("no chunk of the book holds any speech")
     target, ceiling = encoder_allowance(config)
-    return master(audio, SAMPLE_RATE, target, ceiling)
+    # a lossless file holds these very samples, and the gate measures it: mastering need not
+    # measure them first (finish_book corrects a book the gate finds off target)
+    return master(audio, SAMPLE_RATE, target, ceiling, exact=config.format in LOSSY)
 
 
 def finish_book(
@@ -112,13 +114,15 @@ def finish_book(
     data = encode(audio, SAMPLE_RATE, config, tags)
     measured = gate.measure(data)
     for _ in range(_MAX_CORRECTIONS):
-        if config.format not in LOSSY or not _off_target(measured, config):
+        if not _off_target(measured, config):
             break
-        # this book lost more loudness or rang more than the allowance planned for: correct by
-        # what it lost and overshot, with a margin, and encode once more
+        # a lossy book lost more loudness or rang more than the allowance planned for (a
+        # lossless one was mastered on an estimate that missed): correct by what it lost and
+        # overshot, with a margin, and encode once more
         gain = np.float32(10 ** ((config.loudness_lufs - measured.loudness_lufs) / 20))
-        overshoot = max(0.0, measured.true_peak_db - ceiling)
-        ceiling = min(ceiling, config.true_peak_db - overshoot - _CORRECTION_MARGIN_DB)
+        if config.format in LOSSY:
+            overshoot = max(0.0, measured.true_peak_db - ceiling)
+            ceiling = min(ceiling, config.true_peak_db - overshoot - _CORRECTION_MARGIN_DB)
         audio = limit_true_peak(audio * gain, SAMPLE_RATE, ceiling)
         data = encode(audio, SAMPLE_RATE, config, tags)
         measured = gate.measure(data)
@@ -150,7 +154,7 @@ def encoder_allowance(config: PostConfig) -> tuple[float, float]:
 
 
 def _off_target(measured: gate.Measured, config: PostConfig) -> bool:
-    return (
-        abs(measured.loudness_lufs - config.loudness_lufs) > 0.2
-        or measured.true_peak_db > config.true_peak_db
-    )
+    missed_by = abs(measured.loudness_lufs - config.loudness_lufs)
+    if config.format not in LOSSY:  # the same samples mastering limited under the ceiling
+        return missed_by > TOLERANCE_LU
+    return missed_by > 0.2 or measured.true_peak_db > config.true_peak_db
