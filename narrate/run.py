@@ -144,11 +144,11 @@ class Run:
         reuse_freed_memory()
         # post-processing can wait, the device cannot: where cores are short, the threads that
         # feed the engines (this process's main thread, the workers) run first. Books render in
-        # processes; one thread per process drives a book through them (and, watermarking, a
-        # second one keeps them busy while a book is being watermarked here)
+        # processes, each driven by a thread here; two threads per process, so that a process
+        # finishing a book finds the next one waiting (not a thread still handing its file to
+        # the uploads), and has work while a book is being watermarked here
         self.renderers = RenderPool(post_workers, options.outputs.cache, nice=POST_NICE)
-        drivers = post_workers * (2 if self.watermarker else 1)
-        self.post_pool = DaemonPool(drivers, "narrate-post", nice=POST_NICE)
+        self.post_pool = DaemonPool(2 * post_workers, "narrate-post", nice=POST_NICE)
         self.upload_pool = DaemonPool(options.upload_workers, "narrate-upload")
         self.upload_slots = threading.BoundedSemaphore(2 * options.upload_workers)
         self.quality_workers = options.quality_workers or default_quality_workers(self._devices())
