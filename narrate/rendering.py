@@ -47,13 +47,19 @@ class RenderPool:
 
     def __init__(self, workers: int, cache_uri: str, *, nice: int = 0) -> None:
         self._context = mp.get_context("spawn")  # the run may hold CUDA or threads
+        self._workers = workers
         self._cache_uri = cache_uri
         self._nice = nice
         self._closed = False
         self._idle: queue.SimpleQueue[RenderProcess] = queue.SimpleQueue()
         self._all: list[RenderProcess] = []
-        for _ in range(workers):  # started now: their imports overlap the run's planning
-            self._idle.put(self._start())
+
+    def start(self) -> None:
+        """Start the processes (the first call does; later ones nothing). A run starts them
+        with its first book to render, so that their imports overlap the synthesis."""
+        if not self._all and not self._closed:
+            for _ in range(self._workers):
+                self._idle.put(self._start())
 
     def render(
         self,
@@ -99,6 +105,7 @@ class RenderPool:
         """function(*args) (a module-level function) in a free process: its result, or its
         exception raised here; AudioError if the process dies under it (the next call gets a
         new process), Abandoned once the pool is closed."""
+        self.start()
         process = self._idle.get()
         try:
             return process.call(function, *args)

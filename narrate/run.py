@@ -6,8 +6,9 @@ ones, sends failing ones back for another take, and keeps the best take after th
 `--quality off` the workers write every finished chunk straight into the chunk cache, which is
 the checkpoint. The main process plans windows of books,
 feeds the workers (longest batches first, a bounded number in flight), keeps the chunk -> book
-ledger (narrate.ledger), and hands each book whose chunks are all settled to a small thread pool
-that assembles, watermarks, encodes and publishes it, so the accelerators never wait on
+ledger (narrate.ledger), and hands each book whose chunks are all settled to the render
+processes (narrate.rendering: assemble, master, encode; the watermark is added here, between
+mastering and encoding), then to one upload pool, so the accelerators never wait on
 post-processing.
 
 Resuming needs no state beyond the cache and the published outputs: chunks found in the cache
@@ -253,6 +254,8 @@ class Run:
                 self.seen.pop(book.book.book_id, None)
                 self.report.add(BookResult(book.book.book_id, "skipped", chunks=len(book.chunks)))
                 self.log.event("book_skipped", book_id=book.book.book_id, reason=reason)
+        if todo:
+            self.renderers.start()
         new_chunks = []  # per book, in window order: batches are sorted in groups of books
         for book in todo:
             job, chunks = self.ledger.add_book(book, hashes[book.book.book_id], missing | known)

@@ -114,12 +114,15 @@ def test_with_the_quality_check_the_worker_hands_takes_back_unchecked_and_uncach
     assert not list((tmp_path / "cache").rglob("*.flac"))  # cached only once checked
 
 
-def test_post_processing_threads_and_quality_checks_yield_the_cpu_to_the_engines_feeding() -> None:
+def test_post_processing_and_quality_checks_yield_the_cpu_to_the_engines_feeding(
+    tmp_path: Path,
+) -> None:
     # where cores are short, the threads that keep the device busy must run first
     import threading
 
     from narrate.config import POST_NICE
     from narrate.quality import QualityPool
+    from narrate.rendering import RenderPool
     from narrate.run import DaemonPool
 
     def own_nice() -> int:
@@ -132,3 +135,9 @@ def test_post_processing_threads_and_quality_checks_yield_the_cpu_to_the_engines
     with QualityPool(1, nice=POST_NICE) as checks:
         process_nice = checks.call(os.getpriority, os.PRIO_PROCESS, 0).result(timeout=60)
     assert process_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + POST_NICE)
+    renderers = RenderPool(1, str(tmp_path / "cache"), nice=POST_NICE)
+    try:
+        render_nice = renderers.call(os.getpriority, os.PRIO_PROCESS, 0)
+    finally:
+        renderers.close()
+    assert render_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + POST_NICE)
