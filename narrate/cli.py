@@ -489,7 +489,7 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "--post-workers",
     type=click.IntRange(1),
     default=None,
-    help="threads assembling, watermarking and encoding books "
+    help="processes assembling, mastering and encoding books "
     "[default: the cores the device workers leave free]",
 )
 @click.option(
