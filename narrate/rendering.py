@@ -17,6 +17,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,15 +52,18 @@ class RenderPool:
         self._cache_uri = cache_uri
         self._nice = nice
         self._closed = False
-        self._idle: queue.SimpleQueue[RenderProcess] = queue.SimpleQueue()
+        self._started = threading.Lock()
+        # free processes; None once closed (each waiter that takes it puts it back)
+        self._idle: queue.SimpleQueue[RenderProcess | None] = queue.SimpleQueue()
         self._all: list[RenderProcess] = []
 
     def start(self) -> None:
         """Start the processes (the first call does; later ones nothing). A run starts them
         with its first book to render, so that their imports overlap the synthesis."""
-        if not self._all and not self._closed:
-            for _ in range(self._workers):
-                self._idle.put(self._start())
+        with self._started:
+            if not self._all and not self._closed:
+                for _ in range(self._workers):
+                    self._idle.put(self._start())
 
     def render(
         self,
@@ -91,10 +95,13 @@ class RenderPool:
         return self.call(finish, book_id, chunks, audio, config)
 
     def close(self) -> None:
-        """Stop every process now: books still rendering are abandoned (Abandoned)."""
-        self._closed = True
+        """Stop every process now: books still rendering or waiting for a process are
+        abandoned (Abandoned)."""
+        with self._started:
+            self._closed = True
         for process in self._all:
             process.stop()
+        self._idle.put(None)
 
     def _start(self) -> RenderProcess:
         process = RenderProcess(self._context, self._cache_uri, self._nice)
@@ -107,6 +114,9 @@ class RenderPool:
         new process), Abandoned once the pool is closed."""
         self.start()
         process = self._idle.get()
+        if process is None:
+            self._idle.put(None)
+            raise Abandoned
         try:
             return process.call(function, *args)
         except AudioError:

@@ -86,7 +86,9 @@ def test_a_render_process_that_dies_fails_only_its_book_and_the_next_gets_a_new_
     assert rendered == render_book("book-4", chunks, audios, PostConfig(), None, content_hash="h")
 
 
-def test_closing_the_pool_abandons_the_book_being_rendered_at_once(pool: RenderPool) -> None:
+def test_closing_the_pool_abandons_the_books_being_rendered_or_waiting_at_once(
+    pool: RenderPool,
+) -> None:
     outcome: list[BaseException] = []
 
     def long_book() -> None:
@@ -95,11 +97,14 @@ def test_closing_the_pool_abandons_the_book_being_rendered_at_once(pool: RenderP
         except BaseException as exc:
             outcome.append(exc)
 
-    thread = threading.Thread(target=long_book)
-    thread.start()
-    time.sleep(0.5)  # the process has the call
+    # one process: the first book holds it, the second waits for it
+    threads = [threading.Thread(target=long_book) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)  # the process has the first call
     closed = time.monotonic()
     pool.close()
-    thread.join(timeout=10)
+    for thread in threads:
+        thread.join(timeout=10)
     assert time.monotonic() - closed < 5
-    assert len(outcome) == 1 and isinstance(outcome[0], Abandoned)  # not a failed book
+    assert len(outcome) == 2 and all(isinstance(e, Abandoned) for e in outcome)  # not failed
