@@ -25,7 +25,7 @@ from narrate.post import (
     watermark_payload,
 )
 from narrate.post.encode import Tags, encode
-from narrate.post.gate import Measured, check
+from narrate.post.gate import Measured, check, measure
 from narrate.post.loudness import master
 from narrate.records import Chunk
 
@@ -100,6 +100,19 @@ def test_a_lossless_book_the_gate_measures_off_target_is_brought_within_a_tenth_
     decoded, rate = decode(book.data)
     assert lufs(decoded, rate) == pytest.approx(config.loudness_lufs, abs=0.1)
     assert true_peak_dbtp(decoded) <= config.true_peak_db + 0.1
+
+
+def test_a_lossless_book_with_peaks_over_the_ceiling_is_limited_before_it_is_published() -> None:
+    chunks, audios = one_chunk_book()
+    config = PostConfig(format="wav")
+    clicks = audios[0].copy()
+    clicks[:: SAMPLE_RATE // 2] += 0.8  # peaks the limiter must hold down
+    loud = master(clicks, SAMPLE_RATE, config.loudness_lufs, config.true_peak_db + 0.3)
+    assert measure(encode(loud, SAMPLE_RATE, config, Tags("b"))).true_peak_db > -1.3
+    book = finish_book("book-1", chunks, loud, config, content_hash="h")
+    published = measure(book.data)
+    assert published.true_peak_db <= config.true_peak_db + 0.01
+    assert published.loudness_lufs == pytest.approx(config.loudness_lufs, abs=0.1)
 
 
 def test_render_book_watermarks_with_the_book_payload(audioseal_dir: Path) -> None:
