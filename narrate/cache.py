@@ -20,6 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from narrate.config import SAMPLE_RATE
+from narrate.errors import AudioError, first_line
 from narrate.records import ChunkAudio
 from narrate.storage import Storage
 
@@ -94,9 +95,23 @@ class ChunkCache:
         return (float(score) if score else None), int(takes) if takes.isdigit() else 1
 
     def get(self, chunk_id: str) -> np.ndarray:
-        data = self.storage.get(self.name(chunk_id))
+        """The chunk's audio. KeyError if it is not cached; AudioError if its file is not the
+        mono FLAC narrate writes (damaged, or written by something else): it is removed first,
+        so that the next run synthesizes the chunk again instead of failing its book again."""
+        name = self.name(chunk_id)
+        data = self.storage.get(name)
         if data is None:
             raise KeyError(chunk_id)
-        audio, rate = sf.read(io.BytesIO(data), dtype="float32")
-        assert rate == SAMPLE_RATE, f"cached chunk {chunk_id} is at {rate} Hz"
-        return audio
+        try:
+            audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+        except RuntimeError as exc:  # soundfile.LibsndfileError
+            problem = f"does not decode ({first_line(exc)})"
+        else:
+            if rate == SAMPLE_RATE and audio.ndim == 1:
+                return audio
+            problem = f"is not {SAMPLE_RATE} Hz mono"
+        self.storage.delete(name)
+        raise AudioError(
+            f"cached chunk {chunk_id} {problem}: removed from the cache",
+            hint="the next run synthesizes it again",
+        )

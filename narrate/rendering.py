@@ -191,7 +191,16 @@ def master_cached(cache_uri: str, chunks: Sequence[Chunk], config: PostConfig) -
     from narrate.post import master_book
 
     cache = _cache(cache_uri)
-    return master_book(chunks, [cache.get(chunk.chunk_id) for chunk in chunks], config)
+    audios = []
+    for chunk in chunks:
+        try:
+            audios.append(cache.get(chunk.chunk_id))
+        except KeyError:  # deleted from the cache since the run looked
+            raise AudioError(
+                f"chunk {chunk.chunk_id} is no longer in the cache",
+                hint="the next run synthesizes it again",
+            ) from None
+    return master_book(chunks, audios, config)
 
 
 @functools.cache

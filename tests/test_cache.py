@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from narrate.cache import ChunkCache
+from narrate.errors import AudioError
 from narrate.records import ChunkAudio
 from narrate.storage import open_storage
 
@@ -39,6 +40,19 @@ def test_audio_round_trips_at_16_bit_precision(cache: ChunkCache) -> None:
     assert np.max(np.abs(back - audio)) <= 1 / 32768 + 1e-6
     with pytest.raises(KeyError):
         cache.get(chunk_id(2))
+
+
+@pytest.mark.parametrize("damage", [b"fLaC" + bytes(100), b""])
+def test_a_cached_chunk_that_does_not_decode_is_removed_with_a_reason(
+    cache: ChunkCache, damage: bytes
+) -> None:
+    cache.put(ChunkAudio(chunk_id(1), tone(0.2), frames=3, stop_reason="eos", seed=1))
+    cache.storage.delete(cache.name(chunk_id(1)))
+    cache.storage.put(cache.name(chunk_id(1)), damage, content_type="audio/flac")
+    with pytest.raises(AudioError, match="removed from the cache") as raised:
+        cache.get(chunk_id(1))
+    assert chunk_id(1) in raised.value.message
+    assert cache.missing({chunk_id(1)}) == {chunk_id(1)}  # the next run synthesizes it
 
 
 def test_a_cached_chunk_is_never_overwritten(cache: ChunkCache) -> None:

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from support.runs import assert_gone_within, children, preview_args
 
 from narrate.cli import cli
-from narrate.errors import EXIT_INTERRUPTED, EXIT_OK
+from narrate.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED
 
 SENTENCES = [
     "The river ran past the old mill at dawn.",
@@ -88,6 +88,31 @@ def test_run_renders_every_book_and_rerun_synthesizes_nothing(tmp_path: Path) ->
     assert second["totals"]["chunks_synthesized"] == 0
     assert second["totals"]["skipped"] == 6
     assert outputs(tmp_path / "out") == before
+
+
+@pytest.mark.slow
+def test_a_damaged_cached_chunk_fails_its_book_and_the_next_run_synthesizes_it_again(
+    tmp_path: Path,
+) -> None:
+    books = {"a": narrative(1, 2), "b": narrative(2, 2)}
+    manifest = write_manifest(tmp_path / "m.jsonl", books)
+    run_cli(tmp_path, manifest)
+    damaged = sorted((tmp_path / "cache").rglob("*.flac"))[0]
+    damaged.write_bytes(b"fLaC" + bytes(200))  # a torn write, a disk error
+
+    report = run_cli(tmp_path, manifest, "--force", report="r2.json", exit_code=EXIT_SOME_FAILED)
+    failed = [b for b in report["books"] if b["status"] == "failed"]
+    assert len(failed) == 1 and report["totals"]["ready"] == 1
+    assert f"cached chunk {damaged.stem}" in failed[0]["error"]
+    assert "removed from the cache" in failed[0]["error"]
+    assert not damaged.exists()
+
+    healed = run_cli(tmp_path, manifest, report="r3.json")
+    assert healed["totals"]["chunks_synthesized"] == 1
+    assert {b["book_id"]: b["status"] for b in healed["books"]} == {
+        failed[0]["book_id"]: "ready",
+        ({"a", "b"} - {failed[0]["book_id"]}).pop(): "skipped",
+    }
 
 
 @pytest.mark.slow
