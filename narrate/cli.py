@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from narrate import __version__
-from narrate.config import AUDIO_FORMATS, FRAME_RATE, EngineConfig, build_configs
+from narrate.config import (
+    AUDIO_FORMATS,
+    FRAME_RATE,
+    EngineConfig,
+    available_cores,
+    build_configs,
+)
 from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
 from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOptions
 
@@ -164,7 +170,6 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
     be read.
     """
-    import os
 
     from narrate.plan import Planner, plan_rows, render_summary
     from narrate.report import EventLog, logging_to
@@ -183,7 +188,7 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
             rows,
             planner,
             total_rows=rows.total_rows,
-            jobs=jobs or os.cpu_count() or 1,
+            jobs=jobs or available_cores(),
             progress=sys.stderr.isatty(),
         )
     click.echo(json.dumps(summary.to_json(), indent=2) if as_json else render_summary(summary))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from narrate.errors import UsageError
@@ -19,6 +22,36 @@ WINDOW = 2048  # CSM positions: context text + context audio + target text + gen
 # added to the nice value of post-processing threads and quality-check processes: where cores
 # are short, the threads that feed the engines run first (the device must not wait)
 POST_NICE = 10
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def available_cores(cgroup: Path | None = None) -> int:
+    """The CPUs this process may use: those it may run on, within its container's CPU limit.
+    `os.cpu_count()` is the whole node's count: in a Kubernetes pod limited to 4 CPUs on a
+    48-core node it would have started 47 render processes."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    limit = _cgroup_cpu_limit(cgroup or CGROUP_ROOT)
+    return max(1, min(cores, math.ceil(limit)) if limit else cores)
+
+
+def _cgroup_cpu_limit(cgroup: Path) -> float | None:
+    """The container's CPU limit in CPUs (cgroup v2's cpu.max, else v1's CFS quota); None
+    without one."""
+    try:
+        quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    try:
+        return int(quota) / int(period) if int(quota) > 0 else None
+    except (ValueError, ZeroDivisionError):  # "max": no limit
+        return None
 
 
 def fingerprint(*parts: object) -> str:

@@ -23,7 +23,6 @@ database, a service down after retries) stops the run the same way, with exit 3.
 
 from __future__ import annotations
 
-import os
 import queue
 import signal
 import threading
@@ -36,7 +35,7 @@ from typing import Any
 
 from threadpoolctl import threadpool_limits
 
-from narrate.config import POST_NICE
+from narrate.config import POST_NICE, available_cores
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -538,7 +537,7 @@ def _rounded(score: float | None) -> float | None:
 def default_quality_workers(devices: list[str]) -> int:
     """Checking processes: two per device (a check runs at ~60x real time per core, far
     ahead of any engine), within half of the cores."""
-    return max(1, min(2 * len(devices), (os.cpu_count() or 2) // 2))
+    return max(1, min(2 * len(devices), available_cores() // 2))
 
 
 def exit_code(report: RunReport) -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from narrate.cache import ChunkCache
-from narrate.config import EngineConfig
+from narrate.config import EngineConfig, available_cores
 from narrate.errors import EngineError, NarrateError, UsageError, first_line
 from narrate.records import Batch, ChunkAudio, ChunkOutcome
 from narrate.report import EventLog, route_logging
@@ -109,7 +109,7 @@ def reuse_freed_memory() -> None:
 def default_post_workers(devices: list[str], cpu_threads: int | None) -> int:
     """Post-processing threads for the cores the device workers leave free: CPU workers take
     their torch threads, a GPU worker about one core to feed its device."""
-    cores = os.cpu_count() or 1
+    cores = available_cores()
     cpu_workers = devices.count("cpu")
     taken = (cpu_threads or cores // max(1, cpu_workers)) * cpu_workers
     taken += len(devices) - cpu_workers
@@ -224,7 +224,7 @@ class WorkerPool:
         self.tasks = context.Queue()
         self.results = context.Queue()
         cpu_workers = max(1, devices.count("cpu"))
-        threads = settings.cpu_threads or max(1, (os.cpu_count() or 1) // cpu_workers)
+        threads = settings.cpu_threads or max(1, available_cores() // cpu_workers)
         self.processes = [
             context.Process(
                 target=worker_process,

@@ -141,3 +141,30 @@ def test_post_processing_and_quality_checks_yield_the_cpu_to_the_engines_feeding
     finally:
         renderers.close()
     assert render_nice == min(19, os.getpriority(os.PRIO_PROCESS, 0) + POST_NICE)
+
+
+@pytest.mark.parametrize(
+    ("files", "cores"),
+    [
+        ({"cpu.max": "300000 100000\n"}, 3),  # cgroup v2: a pod limited to 3 CPUs
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: the half core still runs a thread
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+        ({"cpu.max": "max 100000\n"}, None),  # no limit: every core it may run on
+        ({}, None),
+    ],
+)
+def test_defaults_are_sized_by_the_containers_cpu_limit_not_the_nodes_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, files: dict[str, str], cores: int | None
+) -> None:
+    import narrate.config
+    from narrate.workers import default_post_workers
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    monkeypatch.setattr(narrate.config, "CGROUP_ROOT", tmp_path)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(48)))  # a big node
+    expected = cores or 48
+    assert narrate.config.available_cores() == expected
+    # a GPU worker takes a core to feed its device; render processes get the rest
+    assert default_post_workers(["cuda:0"], None) == max(1, min(32, expected - 1))

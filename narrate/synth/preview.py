@@ -9,7 +9,6 @@ different; voice prompts and context turns need CSM and are ignored here.
 from __future__ import annotations
 
 import math
-import os
 import struct
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineConfig
+from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineConfig, available_cores
 from narrate.errors import ModelError
 from narrate.records import Batch, Chunk, ChunkAudio
 from narrate.synth import Turn, chunk_seed
@@ -35,7 +34,7 @@ class PreviewEngine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> PreviewEngine:
-        engine = cls(config, workers=os.cpu_count() or 1)
+        engine = cls(config, workers=available_cores())
         engine.speak("ok")  # fails here, with the install hint, when eSpeak NG is missing
         return engine
 
