@@ -181,15 +181,23 @@ def render_cached(
     content_hash: str,
     title: str | None,
 ) -> EncodedBook:
-    from narrate.post import finish_book
+    """render_book, without a watermark, of the book whose chunks are in the cache."""
+    from narrate.post import render_book
 
-    audio = master_cached(cache_uri, chunks, config)
-    return finish_book(book_id, chunks, audio, config, content_hash=content_hash, title=title)
+    audios = cached_audios(cache_uri, chunks)
+    return render_book(
+        book_id, chunks, audios, config, None, content_hash=content_hash, title=title
+    )
 
 
 def master_cached(cache_uri: str, chunks: Sequence[Chunk], config: PostConfig) -> np.ndarray:
     from narrate.post import master_book
 
+    return master_book(chunks, cached_audios(cache_uri, chunks), config)
+
+
+def cached_audios(cache_uri: str, chunks: Sequence[Chunk]) -> list[np.ndarray]:
+    """The chunks' audio from the cache; AudioError for one no longer there."""
     cache = _cache(cache_uri)
     audios = []
     for chunk in chunks:
@@ -200,7 +208,7 @@ def master_cached(cache_uri: str, chunks: Sequence[Chunk], config: PostConfig) -
                 f"chunk {chunk.chunk_id} is no longer in the cache",
                 hint="the next run synthesizes it again",
             ) from None
-    return master_book(chunks, audios, config)
+    return audios
 
 
 @functools.cache

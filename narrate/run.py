@@ -138,8 +138,8 @@ class Run:
         post_workers = options.post_workers or default_post_workers(
             self._devices(), options.workers.cpu_threads
         )
-        # numpy's BLAS threads would only spin beside the post-processing threads, whose
-        # matrix products are small: they burned more CPU than the books' rendering did
+        # BLAS threads would only spin beside the threads that feed the engines: the run's own
+        # matrix products are small (render processes set the same limit for themselves)
         self.blas_limit = threadpool_limits(limits=1, user_api="blas")
         reuse_freed_memory()
         # post-processing can wait, the device cannot: where cores are short, the threads that

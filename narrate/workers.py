@@ -107,8 +107,8 @@ def reuse_freed_memory() -> None:
 
 
 def default_post_workers(devices: list[str], cpu_threads: int | None) -> int:
-    """Post-processing threads for the cores the device workers leave free: CPU workers take
-    their torch threads, a GPU worker about one core to feed its device."""
+    """Render processes for the cores the device workers leave free: CPU workers take their
+    torch threads, a GPU worker about one core to feed its device."""
     cores = available_cores()
     cpu_workers = devices.count("cpu")
     taken = (cpu_threads or cores // max(1, cpu_workers)) * cpu_workers

@@ -20,7 +20,7 @@ CONTENT_TYPES = {
     "mp3": "audio/mpeg",
     "opus": "audio/ogg",
 }
-_SOUNDFILE = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16")}
+_SOUNDFILE = {"flac": ("FLAC", "PCM_16")}  # WAV: encode_wav
 _FFMPEG = {"mp3": ("mp3", "libmp3lame"), "opus": ("ogg", "libopus")}  # container, encoder
 _SOUNDFILE_MAGIC = (b"RIFF", b"fLaC")  # how WAV and FLAC files begin
 LOSSY = tuple(_FFMPEG)  # formats whose encoder changes the samples
