@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 
 from narrate.cache import ChunkCache
 from narrate.errors import AudioError
@@ -72,3 +74,21 @@ def test_missing_agrees_whether_folders_are_listed_or_each_id_looked_up(cache: C
     assert cache.missing(ids) == expected
     cache.list_threshold = 10**9  # never list: one lookup per id
     assert cache.missing(ids) == expected
+
+
+@pytest.mark.parametrize(
+    ("rate", "channels"), [(16_000, 1), (48_000, 1), (24_000, 2)], ids=["16kHz", "48kHz", "stereo"]
+)
+def test_a_cached_chunk_at_another_rate_or_in_stereo_is_removed_not_spliced_into_a_book(
+    cache: ChunkCache, rate: int, channels: int
+) -> None:
+    # a FLAC that decodes but is not what narrate writes (another tool, an older layout) would
+    # play at the wrong speed or double the book's length if assembled: it is refused instead
+    audio = np.stack([tone(0.2)] * channels, axis=1) if channels > 1 else tone(0.2)
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, rate, format="FLAC", subtype="PCM_16")
+    cache.storage.put(cache.name(chunk_id(1)), buffer.getvalue(), content_type="audio/flac")
+    with pytest.raises(AudioError, match="24000 Hz mono") as raised:
+        cache.get(chunk_id(1))
+    assert "removed from the cache" in raised.value.message
+    assert cache.missing({chunk_id(1)}) == {chunk_id(1)}  # the next run synthesizes it
