@@ -175,6 +175,22 @@ def test_shards_cover_the_catalog_exactly_once_and_balance_length() -> None:
     assert shards[1] == list(shard_rows(rows, Shard(1, 3), block=64))
 
 
+def test_shards_balance_text_not_book_count_when_books_differ_in_length() -> None:
+    # one book as long as a third of the catalog, then every third row a long book: dealing
+    # books out by count (in row order or longest first) leaves one pod with far more speech
+    huge = Book("huge", row=1, text="word " * 3_200)
+    rest = [
+        Book(f"b{row}", row=row, text="word " * (300 if row % 3 == 2 else 10))
+        for row in range(2, 62)
+    ]
+    books = [huge, *rest]
+    shards = [list(shard_rows(books, Shard(i, 3))) for i in range(3)]
+    assert sorted(b.book_id for shard in shards for b in shard) == sorted(b.book_id for b in books)
+    loads = [sum(len(b.text or "") for b in shard) for shard in shards]
+    assert max(loads) / min(loads) < 1.05, loads
+    assert [b.book_id for b in shards[0]] == ["huge"]  # the longest goes alone to shard 0
+
+
 def test_shard_defaults_from_kubernetes_environment() -> None:
     assert Shard.parse(None, {}) == Shard(0, 1)
     assert Shard.parse(None, {"JOB_COMPLETION_INDEX": "2", "NARRATE_SHARDS": "4"}) == Shard(2, 4)
