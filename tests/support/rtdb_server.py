@@ -1,27 +1,43 @@
 """A Realtime Database compatible HTTP server owned by the tests, and its pytest fixtures.
 
-It speaks the REST protocol the real firebase-admin SDK sends (firebase_admin/db.py) and that the
-Firebase docs describe: GET/PUT/PATCH/DELETE on `/<path>.json`, `ns` picking the namespace,
-multi-path PATCH applied atomically (overlapping paths rejected), `print=silent` (204),
-`{".sv": "timestamp"}`, null deletes, arrays stored as integer-keyed objects, ETags
-(`X-Firebase-ETag`, `if-match` -> 412, `if-none-match` -> 304), and queries: `orderBy` (a child,
-`$key`, `$value`, `$priority`), `startAt`/`startAfter`/`endAt`/`endBefore`/`equalTo` each with an
-optional `,"key"` tiebreak (the form the JS SDK's REST client sends), `limitToFirst`/`limitToLast`,
-`shallow`. Ordering follows RTDB: null < false < true < numbers < strings < objects, ties by key,
-and keys that are 32-bit integers sort numerically before the others.
+It follows the REST protocol's rules as the Firebase docs give them and as the firebase-admin
+SDK uses them (firebase_admin/db.py):
 
-Not emulated: security rules (only `denied`, namespaces where everything answers 401), streaming
-(SSE), push ids. `faults()` answers 503/429 to a fraction of requests and drops connections
-(some after applying the write), and every request lands in a log the tests can count.
+- `GET`/`PUT`/`PATCH`/`DELETE`/`POST` on `/<path>.json` (other paths: 404); `ns=` or the host's
+  first label names the database.
+- Data is a tree of primitives: a location holds data only if a primitive lies at or below it,
+  so `null` deletes, `{}` stores nothing and a location whose last child goes goes too; writing
+  below a primitive turns it into an object. Arrays are objects keyed 0, 1, ...; they read back
+  as arrays when the largest key is below twice their count. Numbers are doubles (2.0 reads
+  back 2). Keys may not hold `. $ # [ ] /` or control characters, nor exceed 768 bytes; the tree
+  is at most 32 levels deep.
+- `PATCH`: a multi-location update; each key a path relative to the URL, set as a PUT would set
+  it, all or none; paths that overlap are refused. `POST` adds a child under a push id.
+- Server values: `{".sv": "timestamp"}` (one clock reading per request) and
+  `{".sv": {"increment": n}}` (on the number stored before the request).
+- ETags: `X-Firebase-ETag: true` returns one; `if-match` makes PUT and DELETE conditional (412
+  with the current value and ETag); `if-none-match` on GET answers 304; PATCH takes neither.
+- `print=silent`: 204 and no body. `shallow=true`: an object's keys, each `true`.
+- Queries: `orderBy` (a JSON string: a child path, `$key`, `$value`, `$priority`) with
+  `startAt`/`startAfter`/`endAt`/`endBefore`/`equalTo`, each with an optional `,"key"` tiebreak
+  (the form the JS SDK's REST client sends), and `limitToFirst`/`limitToLast`. Children order:
+  missing child (null) < false < true < numbers < strings < objects, ties by key; keys that are
+  32-bit integers sort numerically before the others, strings by UTF-16 code units.
 
-It is written independently of `narrate.database`, so a misunderstanding of the protocol there
-is not mirrored here. With `FIREBASE_DATABASE_EMULATOR_HOST` already set (a developer running the
-official emulator), the `rtdb` fixture points the tests at it instead; tests that need the log or
-fault injection then skip.
+Not emulated: security rules (only `denied`, namespaces where everything answers 401),
+priorities (refused), streaming (SSE). `faults()` answers 503/429 to a fraction of requests and
+drops connections (some after applying the write), and every request lands in a log the tests
+can count. tests/test_rtdb_server.py checks these rules over plain HTTP.
+
+It is written from the protocol, independently of `narrate.database`, so a misunderstanding of
+the protocol there is not mirrored here. With `FIREBASE_DATABASE_EMULATOR_HOST` already set (a
+developer running the official emulator), the `rtdb` fixture points the tests at it instead;
+tests that need the log or fault injection then skip.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import hashlib
 import json
@@ -30,20 +46,20 @@ import random
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
 
 import pytest
 
 EMULATOR_ENV = "FIREBASE_DATABASE_EMULATOR_HOST"
 MAX_KEY_BYTES = 768
 _INVALID_KEY_CHAR = re.compile(r"[.$#\[\]/\x00-\x1f\x7f]")
-_INT_KEY = re.compile(r"-?0*\d{1,10}")
-_INT32 = range(-(2**31), 2**31)
+MAX_DEPTH = 32
 _QUERY_PARAMS = ("startAt", "startAfter", "endAt", "endBefore", "equalTo")
 _LIMIT_PARAMS = ("limitToFirst", "limitToLast")
 
@@ -85,10 +101,22 @@ class Faults:
 # ---- ordering ----------------------------------------------------------------
 
 
+def integer_key(key: str) -> int | None:
+    """The key as a 32-bit integer, if the database orders it as one: an optional "-", then
+    ASCII digits (leading zeros allowed, at most 10 after them), within the 32-bit range."""
+    digits = key.removeprefix("-")
+    if not (digits.isascii() and digits.isdigit()) or len(digits.lstrip("0")) > 10:
+        return None
+    number = int(key)
+    return number if -(2**31) <= number < 2**31 else None
+
+
 def key_rank(key: str) -> tuple:
-    """RTDB key order: 32-bit integer keys numerically (shorter first on ties), then strings."""
-    if _INT_KEY.fullmatch(key) and int(key) in _INT32:
-        return (0, int(key), len(key))
+    """Integer keys first, numerically (equal numbers: the shorter spelling first); then the
+    other keys by UTF-16 code units, as the database compares strings."""
+    number = integer_key(key)
+    if number is not None:
+        return (0, number, len(key))
     return (1, key.encode("utf-16-be"))
 
 
@@ -96,10 +124,11 @@ _MIN_KEY, _MAX_KEY = (-1,), (2,)
 
 
 def value_rank(value: object) -> tuple:
+    """Child values order: no value, false, true, numbers, strings (code units), objects."""
     if value is None:
         return (0,)
     if isinstance(value, bool):
-        return (1,) if not value else (2,)
+        return (2,) if value else (1,)
     if isinstance(value, int | float):
         return (3, value)
     if isinstance(value, str):
@@ -115,7 +144,9 @@ def _child(value: object, path: str) -> object:
     return value
 
 
-# ---- the data tree -----------------------------------------------------------
+# ---- the data: leaves at paths -------------------------------------------------
+
+Location = tuple[str, ...]
 
 
 def _check_key(key: str) -> None:
@@ -123,34 +154,17 @@ def _check_key(key: str) -> None:
         raise RTDBError(400, f"Invalid data; couldn't parse key beginning at {key[:20]!r}")
 
 
-def _segments(path: str) -> list[str]:
-    segments = [s for s in path.split("/") if s]
-    for segment in segments:
-        _check_key(segment)
-    return segments
-
-
-def _stored(value: object, now_ms: int) -> object:
-    """A written JSON value as RTDB keeps it: server values resolved, nulls and {} removed."""
-    if isinstance(value, list):
-        value = {str(i): v for i, v in enumerate(value)}
-    if not isinstance(value, dict):
-        return value
-    if ".sv" in value:
-        if value != {".sv": "timestamp"}:
-            raise RTDBError(400, f"Invalid data; unsupported server value {value!r}")
-        return now_ms
-    out = {}
-    for key, child in value.items():
+def _location(path: str) -> Location:
+    """`a/b/c` (slashes at either end or doubled are ignored) as a location; every key checked."""
+    keys = tuple(k for k in path.split("/") if k)
+    for key in keys:
         _check_key(key)
-        child = _stored(child, now_ms)
-        if child is not None and child != {}:
-            out[key] = child
-    return out or None
+    return keys
 
 
 def _as_json(value: object) -> object:
-    """Integer-keyed objects read back as arrays when more than half the slots are filled."""
+    """Objects whose keys are all non-negative integers read back as arrays when the largest
+    key is below twice their count (missing slots are null), as the SDKs render them."""
     if not isinstance(value, dict):
         return value
     value = {k: _as_json(v) for k, v in value.items()}
@@ -166,47 +180,107 @@ def etag_of(value: object) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
-class _Tree:
-    """One namespace's data, as nested dicts; None is "no data"."""
+class _Store:
+    """One namespace's data as the database models it: every primitive (string, number,
+    boolean) at its location, and nothing else. An object exists only as the locations below
+    it, so the rules "null deletes", "an empty object is no data" and "deleting a location's
+    last child deletes the location" need no code of their own.
+
+    `_order` keeps the locations sorted: a location's descendants follow it contiguously.
+    """
 
     def __init__(self) -> None:
-        self.root: object = None
+        self._leaves: dict[Location, object] = {}
+        self._order: list[Location] = []
 
-    def get(self, segments: list[str]) -> object:
-        node = self.root
-        for segment in segments:
-            if not isinstance(node, dict):
-                return None
-            node = node.get(segment)
-        return node
+    def _span(self, at: Location) -> tuple[int, int]:
+        start = end = bisect.bisect_left(self._order, at)
+        while end < len(self._order) and self._order[end][: len(at)] == at:
+            end += 1
+        return start, end
 
-    def set(self, segments: list[str], value: object) -> None:
-        if not segments:
-            self.root = value
-            return
-        if not isinstance(self.root, dict):
-            if value is None:
-                return
-            self.root = {}
-        trail, node = [], self.root
-        for segment in segments[:-1]:
-            child = node.get(segment)
-            if not isinstance(child, dict):
-                if value is None:
-                    return
-                child = node[segment] = {}
-            trail.append((node, segment))
-            node = child
-        if value is None:
-            node.pop(segments[-1], None)
-        else:
-            node[segments[-1]] = value
-        for parent, segment in reversed(trail):  # deleting the last child deletes the parent
-            if parent[segment]:
-                break
-            del parent[segment]
-        if not self.root:
-            self.root = None
+    def leaf(self, at: Location) -> object:
+        """The primitive stored exactly at `at`, if any (server values read it)."""
+        return self._leaves.get(at)
+
+    def read(self, at: Location) -> object:
+        """The JSON value at `at` (objects as dicts); None: no data."""
+        if at in self._leaves:
+            return self._leaves[at]
+        start, end = self._span(at)
+        if start == end:
+            return None
+        out: dict = {}
+        for location in self._order[start:end]:
+            node = out
+            for key in location[len(at) : -1]:
+                node = node.setdefault(key, {})
+            node[location[-1]] = self._leaves[location]
+        return out
+
+    def replace(self, at: Location, leaves: dict[Location, object]) -> None:
+        """Make `leaves` (all at or below `at`) everything stored at or below `at`. A primitive
+        at a location above `at` is replaced: it becomes the object holding the new data."""
+        if leaves:
+            for depth in range(len(at)):
+                self._drop(at[:depth])
+        start, end = self._span(at)
+        for location in self._order[start:end]:
+            del self._leaves[location]
+        self._order[start:end] = sorted(leaves)
+        self._leaves.update(leaves)
+
+    def _drop(self, at: Location) -> None:
+        if self._leaves.pop(at, _ABSENT) is not _ABSENT:
+            self._order.remove(at)
+
+
+_ABSENT = object()
+
+
+def _leaves(value: object, at: Location, server_value) -> dict[Location, object]:
+    """A written JSON value as the primitives it stores, each at its location. Arrays are
+    objects keyed 0, 1, ...; nulls and empty objects store nothing; `server_value(at, spec)`
+    resolves `{".sv": spec}`."""
+    if len(at) > MAX_DEPTH:
+        raise RTDBError(400, f"Invalid data; the tree is deeper than {MAX_DEPTH} levels")
+    if isinstance(value, list):
+        value = {str(i): v for i, v in enumerate(value)}
+    if isinstance(value, dict):
+        if ".sv" in value:
+            if len(value) != 1:
+                raise RTDBError(400, "Invalid data; a server value holds only .sv")
+            return {at: server_value(at, value[".sv"])}
+        out: dict[Location, object] = {}
+        for key, child in value.items():
+            if key in (".value", ".priority"):
+                raise RTDBError(400, "priorities are not emulated by the test server")
+            _check_key(key)
+            out |= _leaves(child, (*at, key), server_value)
+        return out
+    if value is None:
+        return {}
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # numbers are doubles there: 2.0 reads back as 2
+    return {at: value}
+
+
+def _server_values(store: _Store, now_ms: int):
+    """`{".sv": "timestamp"}`: the server's clock, one reading per request; `{".sv":
+    {"increment": n}}`: the number stored at that location before this request plus n (n
+    alone if none is there)."""
+
+    def resolve(at: Location, spec: object) -> object:
+        if spec == "timestamp":
+            return now_ms
+        delta = spec.get("increment") if isinstance(spec, dict) and len(spec) == 1 else None
+        if isinstance(delta, int | float) and not isinstance(delta, bool):
+            current = store.leaf(at)
+            number = isinstance(current, int | float) and not isinstance(current, bool)
+            return current + delta if number else delta
+        raise RTDBError(400, f"Invalid data; unsupported server value {spec!r}")
+
+    return resolve
 
 
 # ---- queries -----------------------------------------------------------------
@@ -288,9 +362,10 @@ class RTDBServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, indexes=None) -> None:
         self.indexes: set[tuple[str, str]] | None = indexes
         self.denied: set[str] = set()  # namespaces that answer 401 "Permission denied"
-        self._trees: dict[str, _Tree] = {}
+        self._stores: dict[str, _Store] = {}
         self._log: list[LoggedRequest] = []
         self._faults = Faults()
+        self._push_ids = PushIds()
         self._lock = threading.Lock()
         self._http = ThreadingHTTPServer((host, port), _Handler)
         self._http.daemon_threads = True
@@ -315,7 +390,7 @@ class RTDBServer:
 
     def data(self, namespace: str, path: str = "/") -> object:
         with self._lock:
-            return _as_json(json.loads(json.dumps(self._tree(namespace).get(_segments(path)))))
+            return _as_json(self._store(namespace).read(_location(path)))
 
     def requests(self, namespace: str | None = None, method: str | None = None):
         with self._lock:
@@ -340,8 +415,8 @@ class RTDBServer:
 
     # -- request handling (called from handler threads) --
 
-    def _tree(self, namespace: str) -> _Tree:
-        return self._trees.setdefault(namespace, _Tree())
+    def _store(self, namespace: str) -> _Store:
+        return self._stores.setdefault(namespace, _Store())
 
     def draw_fault(self) -> str | None:
         with self._lock:
@@ -357,37 +432,38 @@ class RTDBServer:
         """Returns (status, JSON body, extra headers); raises RTDBError for error answers."""
         if namespace in self.denied:
             raise RTDBError(401, "Permission denied")
-        segments = _segments(path)
-        payload = None
-        if method in ("PUT", "PATCH"):
-            try:
-                payload = json.loads(body or b"null")
-            except ValueError:
-                raise RTDBError(400, "Invalid data; couldn't parse JSON object.") from None
+        at = _location(path)
+        payload = _parse_body(body) if method in ("PUT", "PATCH", "POST") else None
+        wants_etag = headers.get("X-Firebase-ETag", "").lower() == "true"
+        expected = headers.get("if-match")
+        if method == "PATCH" and (wants_etag or expected is not None):
+            raise RTDBError(400, "ETags are not supported with PATCH")
         with self._lock:
-            tree = self._tree(namespace)
-            current = tree.get(segments)
-            etag = etag_of(_as_json(current))
-            wants_etag = headers.get("X-Firebase-ETag", "").lower() == "true"
-            out_headers = {"ETag": etag} if wants_etag else {}
+            store = self._store(namespace)
+            etag = etag_of(_as_json(store.read(at)))
             if method == "GET":
                 if headers.get("if-none-match") == etag:
                     return 304, None, {"ETag": etag}
-                return 200, self._read(namespace, path, current, params), out_headers
-            expected = headers.get("if-match")
+                answer = self._read(store, at, params)
+                return 200, answer, {"ETag": etag} if wants_etag else {}
             if expected is not None and expected != etag:
-                raise RTDBError(412, "ETag mismatch", etag=etag, body=_as_json(current))
-            now_ms = int(time.time() * 1000)
+                current = _as_json(store.read(at))
+                raise RTDBError(412, "ETag mismatch", etag=etag, body=current)
+            server_value = _server_values(store, int(time.time() * 1000))
             if method == "PATCH":
-                written = self._patch(tree, segments, payload, now_ms)
+                answer = self._patch(store, at, payload, server_value)
+            elif method == "POST":  # a new child under a fresh push id
+                name = self._push_ids.next()
+                store.replace((*at, name), _leaves(payload, (*at, name), server_value))
+                answer = {"name": name}
             else:  # PUT, DELETE
-                written = _stored(payload, now_ms) if method == "PUT" else None
-                tree.set(segments, written)
-            if expected is not None or wants_etag:
-                out_headers["ETag"] = etag_of(_as_json(tree.get(segments)))
-            return 200, _as_json(written), out_headers
+                store.replace(at, _leaves(payload, at, server_value))
+                answer = _as_json(store.read(at))
+            after = {"ETag": etag_of(_as_json(store.read(at)))}
+            return 200, answer, after if wants_etag or expected is not None else {}
 
-    def _read(self, namespace: str, path: str, value: object, params: dict[str, str]) -> object:
+    def _read(self, store: _Store, at: Location, params: dict[str, str]) -> object:
+        value = store.read(at)
         if params.get("shallow") == "true":
             if any(p in params for p in ("orderBy", *_QUERY_PARAMS, *_LIMIT_PARAMS)):
                 raise RTDBError(400, "shallow cannot be combined with a query")
@@ -402,24 +478,68 @@ class RTDBServer:
             order_by = None
         if not isinstance(order_by, str):
             raise RTDBError(400, 'orderBy must be a JSON string, e.g. orderBy="$key"')
-        index = ("/" + "/".join(_segments(path)), order_by)
+        index = ("/" + "/".join(at), order_by)
         if self.indexes is not None and not order_by.startswith("$") and index not in self.indexes:
             message = f'Index not defined, add ".indexOn": "{order_by}", for path "{index[0]}"'
             raise RTDBError(400, message + ", to the rules")
         return _as_json(_query(value, order_by, params))
 
     @staticmethod
-    def _patch(tree: _Tree, segments: list[str], payload: object, now_ms: int) -> object:
+    def _patch(store: _Store, at: Location, payload: object, server_value) -> object:
+        """A multi-location update: each key (a relative path) is set as a PUT would set it, all
+        or none; no path may lie inside another."""
         if not isinstance(payload, dict):
             raise RTDBError(400, "Invalid data; PATCH needs a JSON object")
-        updates = [(segments + _segments(k), _stored(v, now_ms)) for k, v in payload.items()]
-        paths = sorted("/".join(p) for p, _ in updates)
-        for shorter, longer in zip(paths, paths[1:], strict=False):
-            if longer == shorter or longer.startswith(shorter + "/"):
-                raise RTDBError(400, f"Path '{shorter}' is an ancestor of '{longer}' in the update")
-        for path, value in updates:  # validated above, so the update applies whole or not at all
-            tree.set(path, value)
-        return {k: v for k, (_, v) in zip(payload, updates, strict=True)}
+        targets = {key: (*at, *_location(key)) for key in payload}
+        ordered = sorted(targets.values())  # a location's descendants sort right after it
+        for shorter, longer in zip(ordered, ordered[1:], strict=False):
+            if longer[: len(shorter)] == shorter:
+                first, second = "/".join(shorter), "/".join(longer)
+                raise RTDBError(400, f"Path '{first}' is an ancestor of '{second}' in the update")
+        # every server value reads the data as it was before this request
+        updates = {targets[k]: _leaves(v, targets[k], server_value) for k, v in payload.items()}
+        for target, leaves in updates.items():
+            store.replace(target, leaves)
+        return {key: _as_json(store.read(targets[key])) for key in payload}
+
+
+def _parse_body(body: bytes) -> object:
+    def refuse(constant: str) -> None:
+        raise ValueError(constant)
+
+    try:
+        return json.loads(body or b"null", parse_constant=refuse)
+    except ValueError:
+        raise RTDBError(400, "Invalid data; couldn't parse JSON object.") from None
+
+
+class PushIds:
+    """Push ids as the SDKs make them: 8 characters of the millisecond clock, then 12 random
+    ones, in an alphabet that sorts like its characters' order, so later ids sort later; ids
+    made in one millisecond count up."""
+
+    ALPHABET = "-0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ_abcdefghijklmnopqrstuvwxyz"
+
+    def __init__(self) -> None:
+        self._last_ms = -1
+        self._tail: list[int] = []
+
+    def next(self) -> str:
+        now_ms = int(time.time() * 1000)
+        if now_ms == self._last_ms:
+            i = len(self._tail) - 1
+            while self._tail[i] == 63:  # carry
+                self._tail[i] = 0
+                i -= 1
+            self._tail[i] += 1
+        else:
+            self._tail = [random.randrange(64) for _ in range(12)]
+        self._last_ms = now_ms
+        head = ""
+        for _ in range(8):
+            head = self.ALPHABET[now_ms % 64] + head
+            now_ms //= 64
+        return head + "".join(self.ALPHABET[i] for i in self._tail)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -436,6 +556,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._serve("DELETE")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
 
     def log_message(self, format: str, *args: object) -> None:  # quiet test output
         pass
@@ -504,12 +627,46 @@ class RTDBTarget:
 
     def rest(self, method: str, path: str, value: object = None) -> object:
         """Plain REST to the database, bypassing the code under test (seeding, inspecting)."""
-        url = f"http://{self.host_port}/{quote(path.strip('/'))}.json?ns={self.namespace}"
+        answer = self.request(method, path, value)
+        if answer.status >= 400:
+            raise AssertionError(f"{method} {path}: {answer.status} {answer.body}")
+        return answer.body
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        value: object = None,
+        *,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        raw_path: str | None = None,
+    ) -> Answer:
+        """One REST request as a client would send it; any status comes back as an Answer.
+        `raw_path` replaces `/{path}.json` (to send a malformed one)."""
+        query = urlencode({"ns": self.namespace} | (params or {}))
+        url_path = raw_path if raw_path is not None else f"/{quote(path.strip('/'))}.json"
         data = None if method in ("GET", "DELETE") else json.dumps(value).encode()
-        request = urllib.request.Request(url, data=data, method=method)
+        request = urllib.request.Request(
+            f"http://{self.host_port}{url_path}?{query}", data=data, method=method
+        )
         request.add_header("Authorization", "Bearer owner")  # the emulator's admin token
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.loads(response.read() or b"null")
+        for name, header in (headers or {}).items():
+            request.add_header(name, header)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                status, got, text = response.status, response.headers, response.read()
+        except urllib.error.HTTPError as error:
+            status, got, text = error.code, error.headers, error.read()
+        return Answer(status, got.get("ETag"), json.loads(text) if text else None, text)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    etag: str | None
+    body: object  # the decoded JSON; None when the answer had no body
+    raw: bytes
 
 
 @pytest.fixture(scope="session")
