@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install test lint bench bench-plan bench-spoken bench-synth bench-run bench-publish bench-quality bench-formats demo demo-csm clean
+.PHONY: install test lint bench bench-plan bench-spoken bench-synth bench-run bench-publish bench-quality bench-formats bench-fidelity bench-gpu demo demo-csm clean
 
 install: $(VENV)/.installed
 
@@ -45,6 +45,12 @@ bench-quality: install
 
 bench-formats: install
 	$(PY) bench/formats.py
+
+# narrate's frame loop against transformers' generate at CSM-1B's real shape (random weights):
+# a few frames on the CPU (FIDELITY_ARGS="--device cuda --frames 32" on a GPU).
+FIDELITY_ARGS ?=
+bench-fidelity: install
+	$(PY) bench/fidelity.py $(FIDELITY_ARGS)
 
 # The demos skip the AudioSeal watermark: its weights cannot be downloaded on a fresh offline
 # machine, and a watermark from untrained weights would mean nothing. The opt-out is logged and

@@ -171,3 +171,19 @@ def test_the_loop_runs_on_the_models_own_weights_and_leaves_its_outputs_unchange
         attention.q_proj.weight.untyped_storage().data_ptr() == fused.untyped_storage().data_ptr()
     )
     assert attention.v_proj.weight.data_ptr() > attention.q_proj.weight.data_ptr()
+
+
+def test_the_tiny_model_turns_positions_with_csm_1bs_llama3_rotary_scaling(tiny) -> None:
+    # the loop reads the rotary factors from the model's own modules: the tiny model carries
+    # CSM-1B's llama3 scaling, so the reference comparisons above cover it
+    from transformers import CsmConfig, CsmForConditionalGeneration
+
+    from narrate.synth.tiny import BACKBONE_ROPE_SCALING, DEPTH_ROPE_SCALING
+
+    _, model = tiny
+    assert model.config.rope_scaling["rope_type"] == BACKBONE_ROPE_SCALING["rope_type"] == "llama3"
+    assert model.config.depth_decoder_config.rope_scaling == DEPTH_ROPE_SCALING
+    plain_config = CsmConfig(**{**model.config.to_dict(), "rope_scaling": None})
+    plain = CsmForConditionalGeneration(plain_config).backbone_model.rotary_emb.inv_freq
+    scaled = model.backbone_model.rotary_emb.inv_freq
+    assert not torch.allclose(scaled, plain)  # the low frequencies are slowed down

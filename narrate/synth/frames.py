@@ -460,7 +460,11 @@ class _Scratch:
         self.gate = self.gate_up[:, : stack.intermediate]
         self.up = self.gate_up[:, stack.intermediate :]
         self.half = head_dim // 2
-        self.float_softmax = dtype != torch.float32  # softmax in float32, as transformers does
+        # a bf16 model's attention scores are float32 from the matmul on (scale, mask, softmax):
+        # rounded to bf16 they flip near-tied codes (bench/fidelity.py measures how often)
+        self.low_precision = dtype != torch.float32
+        self.scores_out_dtype = self.low_precision and _matmul_out_dtype(cache.device, dtype)
+        self.no_mask = torch.zeros(1, 1, 1, device=cache.device)
 
     def project(
         self, stack: _Stack, layer: _Layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
@@ -473,14 +477,43 @@ class _Scratch:
             return self.q.reshape(self.pairs, self.group, -1)
         return self.queries
 
-    def attend(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """softmax(scores) @ values, as [rows, heads x head dim]."""
-        if self.float_softmax:
-            weights = scores.softmax(-1, dtype=torch.float32).to(scores.dtype)
+    def scores(
+        self, q: torch.Tensor, keys: torch.Tensor, scale: float, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """q @ keys x scale (+ mask [pairs, group, positions]), in float32 whatever the model's
+        dtype: the scale is applied after the matmul, as transformers' eager attention does."""
+        if not self.low_precision:
+            if mask is None:
+                return torch.baddbmm(self.no_mask, q, keys, beta=0, alpha=scale)
+            return torch.baddbmm(mask, q, keys, alpha=scale)
+        if self.scores_out_dtype:  # CUDA: bf16 operands, float32 products and sums written out
+            scores = torch.bmm(q, keys, out_dtype=torch.float32)
         else:
-            weights = scores.softmax(-1)
+            scores = torch.bmm(q.float(), keys.float())
+        if mask is None:
+            return scores.mul_(scale)
+        return torch.add(mask, scores, alpha=scale)
+
+    def attend(self, scores: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """softmax(scores) @ values, as [rows, heads x head dim]; `scores` are float32, the
+        weights are the model's dtype for the matmul with the values (as transformers does)."""
+        weights = scores.softmax(-1)
+        if self.low_precision:
+            weights = weights.to(values.dtype)
         torch.bmm(weights, values, out=self.attended)
         return self.attended_rows
+
+
+def _matmul_out_dtype(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether this torch writes a `dtype` batched matmul's result as float32 on `device`
+    (CUDA, torch >= 2.8); elsewhere the operands are cast to float32 first."""
+    if device.type != "cuda":
+        return False
+    try:
+        probe = torch.ones(1, 1, 1, device=device, dtype=dtype)
+        return torch.bmm(probe, probe, out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError):
+        return False
 
 
 def _prompt_forward(
@@ -543,7 +576,7 @@ class _BackboneStep:
         cos, sin = rope.cos[positions][:, None], rope.sin[positions][:, None]
         write = positions.view(rows, 1, 1, 1).expand(rows, kv_heads, 1, stack.head_dim)
         visible = torch.arange(span, device=x.device) <= positions[:, None]
-        mask = torch.zeros(rows, span, dtype=cos.dtype, device=x.device).masked_fill_(
+        mask = torch.zeros(rows, span, device=x.device).masked_fill_(  # float32, as the scores
             ~visible, -torch.inf
         )
         mask = mask[:, None, None].expand(rows, kv_heads, group, span).reshape(-1, group, span)
@@ -553,7 +586,7 @@ class _BackboneStep:
             q = scratch.project(stack, layer, x, cos, sin)
             keys.scatter_(2, write, self.new_keys)
             values.scatter_(2, write, self.new_values)
-            scores = torch.baddbmm(mask, q, read_keys, alpha=stack.scaling)
+            scores = scratch.scores(q, read_keys, stack.scaling, mask)
             x = layer.o.add_to(x, scratch.attend(scores, read_values))
             x = stack.mlp(layer, x, scratch)
         return stack.rms_norm(x, stack.norm)
@@ -562,8 +595,8 @@ class _BackboneStep:
 class _DepthStep:
     """The depth decoder on one position (x [rows, hidden], every row at the same position;
     the caches hold this frame's positions before it), in few ops: no mask (every cached
-    position is visible to every row), the rotary factors of each position made once with the
-    attention scaling in the queries' factors, views of the caches made once per position."""
+    position is visible to every row), the rotary factors of each position and views of the
+    caches made once per position."""
 
     def __init__(
         self,
@@ -576,9 +609,7 @@ class _DepthStep:
         self.scratch = scratch = _Scratch(stack, caches[0][0])
         device = caches[0][0].device
         rope = _Rope(depth, positions, device)
-        scale = torch.ones(stack.heads + stack.kv_heads, 1, device=device, dtype=rope.cos.dtype)
-        scale[: stack.heads] = stack.scaling
-        self.rotary = [(rope.cos[p] * scale, rope.sin[p] * scale) for p in range(positions)]
+        self.rotary = [(rope.cos[p], rope.sin[p]) for p in range(positions)]
         pairs, head_dim = scratch.pairs, stack.head_dim
         self.at = [  # by position: (where its key and value go, what it attends to) a layer
             [
@@ -607,6 +638,7 @@ class _DepthStep:
             value_at.copy_(scratch.v)
             if position == 0 and index == last:
                 return None
-            x = layer.o.add_to(x, scratch.attend(torch.bmm(q, keys), values))
+            scores = scratch.scores(q, keys, stack.scaling)
+            x = layer.o.add_to(x, scratch.attend(scores, values))
             x = stack.mlp(layer, x, scratch)
         return x

@@ -68,23 +68,45 @@ class Sizes:
     depth_heads: int = 4
 
 
+# sesame/csm-1b's llama3 rotary scaling (transformers' conversion script). The depth decoder's
+# values are the original 8192 / 32 positions rescaled to its 16: the same frequencies.
+BACKBONE_ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 0.125,
+    "high_freq_factor": 0.5,
+    "original_max_position_embeddings": 1024,
+}
+DEPTH_ROPE_SCALING = {
+    "rope_type": "llama3",
+    "factor": 32.0,
+    "low_freq_factor": 1 / 512,
+    "high_freq_factor": 1 / 128,
+    "original_max_position_embeddings": 16,
+}
+CSM_1B = Sizes(hidden=2048, layers=16, heads=32, depth_hidden=1024, depth_layers=4, depth_heads=8)
+
 # A random CSM wide enough that synthesis, not per-frame overhead, dominates a CPU run: what the
 # run benchmarks (bench-run, bench-quality) use to make a run synthesis-bound, as on a GPU.
 SYNTH_BOUND = Sizes(hidden=512, layers=4, heads=8, depth_hidden=256, depth_layers=2, depth_heads=4)
 
 
 def csm_config(sizes: Sizes, text_vocab_size: int, pad_id: int) -> dict:
-    """The CsmConfig arguments (32 codebooks of 2048 codes + 3 specials, as CSM-1B)."""
+    """The CsmConfig arguments (32 codebooks of 2048 codes + 3 specials and CSM-1B's rotary
+    scaling; `CSM_1B` sizes give its full shape)."""
+    full = sizes == CSM_1B
     return dict(
         num_codebooks=NUM_CODEBOOKS,
         vocab_size=CODEBOOK_SIZE + 3,
         text_vocab_size=text_vocab_size,
         hidden_size=sizes.hidden,
-        intermediate_size=2 * sizes.hidden,
+        intermediate_size=8192 if full else 2 * sizes.hidden,
         num_hidden_layers=sizes.layers,
         num_attention_heads=sizes.heads,
-        num_key_value_heads=max(1, sizes.heads // 2),
+        num_key_value_heads=8 if full else max(1, sizes.heads // 2),
+        head_dim=64 if full else sizes.hidden // sizes.heads,
         max_position_embeddings=2048,
+        rope_scaling=dict(BACKBONE_ROPE_SCALING),
         bos_token_id=0,
         eos_token_id=None,
         pad_token_id=pad_id,
@@ -97,11 +119,13 @@ def csm_config(sizes: Sizes, text_vocab_size: int, pad_id: int) -> dict:
             backbone_hidden_size=sizes.hidden,
             vocab_size=CODEBOOK_SIZE + 3,
             hidden_size=sizes.depth_hidden,
-            intermediate_size=2 * sizes.depth_hidden,
+            intermediate_size=8192 if full else 2 * sizes.depth_hidden,
             num_hidden_layers=sizes.depth_layers,
             num_attention_heads=sizes.depth_heads,
-            num_key_value_heads=max(1, sizes.depth_heads // 2),
+            num_key_value_heads=2 if full else max(1, sizes.depth_heads // 2),
+            head_dim=128 if full else sizes.depth_hidden // sizes.depth_heads,
             max_position_embeddings=NUM_CODEBOOKS + 1,
+            rope_scaling=dict(DEPTH_ROPE_SCALING),
         ),
         codec_config=dict(  # transformers' own Mimi inside CSM (unused here: moshi decodes)
             model_type="mimi",
