@@ -599,8 +599,47 @@ def run(
             sys.exit(exc.exit_code)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
+        _write_review_page(report_path, log)
     click.echo(json.dumps(report.totals()))  # the error that stopped a run was an event
     sys.exit(exit_code(report))
+
+
+def _write_review_page(report_path: str, log: Any) -> None:
+    """The run's review page beside its report; a page that cannot be built costs a warning,
+    never the run's exit code (the report is written)."""
+    from narrate.review import write_review
+
+    try:
+        page = write_review(report_path)
+    except (NarrateError, OSError) as exc:
+        log.event("warning", message=f"review page not written: {exc}")
+        return
+    log.event("review_written", page=str(page))
+
+
+@cli.command()
+@click.argument("report", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="the page to write [default: REPORT with .html]",
+)
+@click.option(
+    "--players",
+    default=200,
+    show_default=True,
+    type=click.IntRange(0),
+    help="books with a player and a waveform, failed, marked and lowest-scoring first",
+)
+def review(report: str, output: str | None, players: int) -> None:
+    """Write a self-contained HTML page to see and hear a run from its REPORT (written by
+    `narrate run --report`): totals, a sortable table of books, players, waveforms, chunk
+    scores and failing words, failed books with reason and hint."""
+    from narrate.review import write_review
+
+    click.echo(write_review(report, output, players=players))
 
 
 @cli.command()
