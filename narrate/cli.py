@@ -27,6 +27,7 @@ from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOpt
 
 if TYPE_CHECKING:
     from narrate.config import Lexicon
+    from narrate.selection import Selection
 
 
 def add_options(
@@ -436,6 +437,39 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return add_options(with_outputs, options)
 
 
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Previews (run, status): only some books, through the same cache; the command gets them
+    as `selection: Selection`."""
+
+    @functools.wraps(command)
+    def with_selection(
+        *args: Any,
+        book: tuple[str, ...],
+        limit: int | None,
+        sample: int | None,
+        seed: int,
+        **kwargs: Any,
+    ) -> Any:
+        from narrate.selection import Selection
+
+        selection = Selection(book_ids=book, limit=limit, sample=sample, seed=seed)
+        return command(*args, selection=selection, **kwargs)
+
+    options = [
+        click.option(
+            "--book", multiple=True, metavar="ID", help="only this book (repeatable): a preview"
+        ),
+        click.option(
+            "--limit", type=click.IntRange(1), default=None, help="only the first N books"
+        ),
+        click.option(
+            "--sample", type=click.IntRange(1), default=None, help="only N books drawn at random"
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="the draw of --sample"),
+    ]
+    return add_options(with_selection, options)
+
+
 def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The synthesis workers (run, doctor): the command gets them as `workers: DeviceOptions`."""
 
@@ -489,6 +523,7 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="URL written to the database (token: Firebase download URL, never expires)",
 )
 @device_options
+@selection_options
 @click.option("--force", is_flag=True, help="re-render books even when already published")
 @click.option(
     "--post-workers",
@@ -547,6 +582,7 @@ def run(
     catalog: CatalogOptions,
     outputs: OutputOptions,
     workers: DeviceOptions,
+    selection: Selection,
     requests: bool,
     text_field: str,
     url_style: str,
@@ -587,6 +623,7 @@ def run(
         quality=quality,  # type: ignore[arg-type]  # click.Choice checked it
         quality_retries=quality_retries,
         quality_workers=quality_workers,
+        selection=selection,
     )
     log = EventLog()
     with logging_to(log):
@@ -646,8 +683,15 @@ def review(report: str, output: str | None, players: int) -> None:
 @click.argument("manifest")
 @catalog_options
 @output_options
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
-def status(manifest: str, catalog: CatalogOptions, outputs: OutputOptions, as_json: bool) -> None:
+def status(
+    manifest: str,
+    catalog: CatalogOptions,
+    outputs: OutputOptions,
+    selection: Selection,
+    as_json: bool,
+) -> None:
     """Where MANIFEST stands: books done (and below the quality threshold), cached, partly
     cached, pending, failed.
 
@@ -655,7 +699,7 @@ def status(manifest: str, catalog: CatalogOptions, outputs: OutputOptions, as_js
     """
     from narrate.status import catalog_status
 
-    counts = catalog_status(RunOptions(manifest, catalog, outputs))
+    counts = catalog_status(RunOptions(manifest, catalog, outputs, selection=selection))
     click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())
 
 

@@ -17,7 +17,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.config", "narrate.atomic"),
     ("narrate.spoken",),  # text as spoken (numbers, abbreviations, the lexicon): pure, under text
     ("narrate.text", "narrate.report"),  # text rules and run reporting, no I/O of their own
-    ("narrate.plan",),  # pure planning: rows, text loaders and voice lookups are passed in
+    ("narrate.plan", "narrate.selection"),  # pure: planning (rows, text loaders, voice lookups
+    # are passed in) and the rows a preview keeps
     ("narrate.options",),  # what a command was asked to do, as typed objects
     # adapters: engines, post-processing, where bytes and records live
     ("narrate.synth", "narrate.post", "narrate.cache", "narrate.storage", "narrate.database"),
