@@ -575,7 +575,13 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "report_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="write the run report (JSON) here",
+    help="write the run report (JSON) here, and its review page (.html) beside it",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print the totals as JSON on a terminal too [default off a terminal]",
 )
 def run(
     manifest: str | None,
@@ -594,6 +600,7 @@ def run(
     quality_retries: int,
     quality_workers: int | None,
     report_path: str | None,
+    as_json: bool,
 ) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
 
@@ -637,7 +644,12 @@ def run(
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
         _write_review_page(report_path, log)
-    click.echo(json.dumps(report.totals()))  # the error that stopped a run was an event
+    if as_json or not sys.stdout.isatty():  # the error that stopped a run was an event
+        click.echo(json.dumps(report.totals()))
+    else:
+        from narrate.console import summary
+
+        click.echo(summary(report.totals(), out=outputs.out, report=report_path))
     sys.exit(exit_code(report))
 
 

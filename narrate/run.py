@@ -132,6 +132,7 @@ class Run:
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
+            self.log.event("loading", what=f"the AudioSeal watermark model on {device}")
             self.watermarker = Watermarker.load(options.outputs.post.watermark_model, device=device)
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
@@ -307,6 +308,9 @@ class Run:
                     strict=self.options.quality == "strict",
                     workers=self.quality_workers,
                 )
+            engine = self.options.catalog.engine
+            model = engine.model if engine.engine == "csm" else "eSpeak NG"
+            self.log.event("loading", what=f"{model} on {', '.join(self._devices())}")
             self.pool = WorkerPool(self._devices(), settings)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
             batch = self.queued.popleft()

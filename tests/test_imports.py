@@ -15,6 +15,7 @@ PACKAGE = Path(narrate.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("narrate", "narrate.errors", "narrate.records"),
     ("narrate.config", "narrate.atomic"),
+    ("narrate.console",),  # what a run shows at a terminal (bars, lines), driven by its events
     ("narrate.spoken",),  # text as spoken (numbers, abbreviations, the lexicon): pure, under text
     ("narrate.text", "narrate.report"),  # text rules and run reporting, no I/O of their own
     ("narrate.plan", "narrate.selection"),  # pure: planning (rows, text loaders, voice lookups
