@@ -80,6 +80,20 @@ text_root_option = click.option(
 )
 
 
+# CSM's sampling: part of every chunk id (a change re-synthesizes), so plan, run, status and
+# doctor take them like say
+temperature_option = click.option(
+    "--temperature",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="CSM sampling temperature (0: greedy)",
+)
+top_k_option = click.option(
+    "--top-k", default=50, show_default=True, type=click.IntRange(1), help="CSM top-k sampling"
+)
+
+
 def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that plans a catalog (plan, run, status, doctor): the
     command gets them as `catalog: CatalogOptions`."""
@@ -96,10 +110,20 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
         text_root: str | None,
         max_text_chars: int,
         lexicon: Lexicon | None,
+        temperature: float,
+        top_k: int,
         **kwargs: Any,
     ) -> Any:
         configs = build_configs(
-            engine, model, batch_size, window_books, max_audio_length_ms, max_text_chars, lexicon
+            engine,
+            model,
+            batch_size,
+            window_books,
+            max_audio_length_ms,
+            max_text_chars,
+            lexicon,
+            temperature=temperature,
+            top_k=top_k,
         )
         catalog = CatalogOptions(*configs, voices_dir=voices_dir, text_root=text_root)
         return command(*args, catalog=catalog, **kwargs)
@@ -143,6 +167,8 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(2_000, 90_000),
             help="frame cap of any one chunk",
         ),
+        temperature_option,
+        top_k_option,
         text_root_option,
         click.option(
             "--max-text-chars",
@@ -217,8 +243,8 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
 @click.option(
     "--model", default="sesame/csm-1b", show_default=True, help="Hugging Face id or local directory"
 )
-@click.option("--temperature", default=0.9, show_default=True, help="0: greedy")
-@click.option("--top-k", default=50, show_default=True, type=click.IntRange(1))
+@temperature_option
+@top_k_option
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option(
     "--compile", "compile_model", is_flag=True, help="capture the frame step as CUDA graphs"

@@ -53,6 +53,7 @@ from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
+from narrate.settings import SETTINGS_KEY, model_name, settings_metadata
 from narrate.sources import planned_windows
 from narrate.storage import StoredObject
 from narrate.workers import (
@@ -417,9 +418,11 @@ class Run:
         self, job: BookJob, encoded: EncodedBook, scores: list[float | None], retried: int
     ) -> BookResult:
         book = job.planned.book
-        engine = self.options.catalog.engine
-        model = engine.model if engine.engine == "csm" else "espeak-ng"
-        metadata = {"model": model, "voice": book.voice or ""}
+        metadata = {
+            "model": model_name(self.options),
+            "voice": book.voice or "",
+            SETTINGS_KEY: settings_metadata(self.options),  # status names what differs
+        }
         score = min((s for s in scores if s is not None), default=None)  # book_score
         if score is not None:
             metadata["qualityScore"] = f"{score:.4f}"

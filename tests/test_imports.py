@@ -21,6 +21,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.plan", "narrate.selection"),  # pure: planning (rows, text loaders, voice lookups
     # are passed in) and the rows a preview keeps
     ("narrate.options",),  # what a command was asked to do, as typed objects
+    ("narrate.settings",),  # the options that shape a file, as stored with it
     # adapters: engines, post-processing, where bytes and records live
     ("narrate.synth", "narrate.post", "narrate.cache", "narrate.storage", "narrate.database"),
     ("narrate.quality",),  # listens to audio: eSpeak NG pronunciations, decoded files
