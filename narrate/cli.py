@@ -27,6 +27,7 @@ from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOpt
 
 if TYPE_CHECKING:
     from narrate.config import Lexicon
+    from narrate.selection import Selection
 
 
 def add_options(
@@ -79,6 +80,20 @@ text_root_option = click.option(
 )
 
 
+# CSM's sampling: part of every chunk id (a change re-synthesizes), so plan, run, status and
+# doctor take them like say
+temperature_option = click.option(
+    "--temperature",
+    default=0.9,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="CSM sampling temperature (0: greedy)",
+)
+top_k_option = click.option(
+    "--top-k", default=50, show_default=True, type=click.IntRange(1), help="CSM top-k sampling"
+)
+
+
 def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that plans a catalog (plan, run, status, doctor): the
     command gets them as `catalog: CatalogOptions`."""
@@ -95,10 +110,20 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
         text_root: str | None,
         max_text_chars: int,
         lexicon: Lexicon | None,
+        temperature: float,
+        top_k: int,
         **kwargs: Any,
     ) -> Any:
         configs = build_configs(
-            engine, model, batch_size, window_books, max_audio_length_ms, max_text_chars, lexicon
+            engine,
+            model,
+            batch_size,
+            window_books,
+            max_audio_length_ms,
+            max_text_chars,
+            lexicon,
+            temperature=temperature,
+            top_k=top_k,
         )
         catalog = CatalogOptions(*configs, voices_dir=voices_dir, text_root=text_root)
         return command(*args, catalog=catalog, **kwargs)
@@ -142,6 +167,8 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             type=click.IntRange(2_000, 90_000),
             help="frame cap of any one chunk",
         ),
+        temperature_option,
+        top_k_option,
         text_root_option,
         click.option(
             "--max-text-chars",
@@ -216,8 +243,8 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
 @click.option(
     "--model", default="sesame/csm-1b", show_default=True, help="Hugging Face id or local directory"
 )
-@click.option("--temperature", default=0.9, show_default=True, help="0: greedy")
-@click.option("--top-k", default=50, show_default=True, type=click.IntRange(1))
+@temperature_option
+@top_k_option
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
 @click.option(
     "--compile", "compile_model", is_flag=True, help="capture the frame step as CUDA graphs"
@@ -436,6 +463,39 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return add_options(with_outputs, options)
 
 
+def selection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Previews (run, status): only some books, through the same cache; the command gets them
+    as `selection: Selection`."""
+
+    @functools.wraps(command)
+    def with_selection(
+        *args: Any,
+        book: tuple[str, ...],
+        limit: int | None,
+        sample: int | None,
+        seed: int,
+        **kwargs: Any,
+    ) -> Any:
+        from narrate.selection import Selection
+
+        selection = Selection(book_ids=book, limit=limit, sample=sample, seed=seed)
+        return command(*args, selection=selection, **kwargs)
+
+    options = [
+        click.option(
+            "--book", multiple=True, metavar="ID", help="only this book (repeatable): a preview"
+        ),
+        click.option(
+            "--limit", type=click.IntRange(1), default=None, help="only the first N books"
+        ),
+        click.option(
+            "--sample", type=click.IntRange(1), default=None, help="only N books drawn at random"
+        ),
+        click.option("--seed", type=int, default=0, show_default=True, help="the draw of --sample"),
+    ]
+    return add_options(with_selection, options)
+
+
 def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The synthesis workers (run, doctor): the command gets them as `workers: DeviceOptions`."""
 
@@ -489,6 +549,7 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="URL written to the database (token: Firebase download URL, never expires)",
 )
 @device_options
+@selection_options
 @click.option("--force", is_flag=True, help="re-render books even when already published")
 @click.option(
     "--post-workers",
@@ -540,13 +601,20 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     "report_path",
     type=click.Path(dir_okay=False),
     default=None,
-    help="write the run report (JSON) here",
+    help="write the run report (JSON) here, and its review page (.html) beside it",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="print the totals as JSON on a terminal too [default off a terminal]",
 )
 def run(
     manifest: str | None,
     catalog: CatalogOptions,
     outputs: OutputOptions,
     workers: DeviceOptions,
+    selection: Selection,
     requests: bool,
     text_field: str,
     url_style: str,
@@ -558,6 +626,7 @@ def run(
     quality_retries: int,
     quality_workers: int | None,
     report_path: str | None,
+    as_json: bool,
 ) -> None:
     """Render MANIFEST (or the request queue): synthesize, post-process, publish.
 
@@ -587,6 +656,7 @@ def run(
         quality=quality,  # type: ignore[arg-type]  # click.Choice checked it
         quality_retries=quality_retries,
         quality_workers=quality_workers,
+        selection=selection,
     )
     log = EventLog()
     with logging_to(log):
@@ -599,16 +669,67 @@ def run(
             sys.exit(exc.exit_code)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
-    click.echo(json.dumps(report.totals()))  # the error that stopped a run was an event
+        _write_review_page(report_path, log)
+    if as_json or not sys.stdout.isatty():  # the error that stopped a run was an event
+        click.echo(json.dumps(report.totals()))
+    else:
+        from narrate.console import summary
+
+        click.echo(summary(report.totals(), out=outputs.out, report=report_path))
     sys.exit(exit_code(report))
+
+
+def _write_review_page(report_path: str, log: Any) -> None:
+    """The run's review page beside its report; a page that cannot be built costs a warning,
+    never the run's exit code (the report is written)."""
+    from narrate.review import write_review
+
+    try:
+        page = write_review(report_path)
+    except (NarrateError, OSError) as exc:
+        log.event("warning", message=f"review page not written: {exc}")
+        return
+    log.event("review_written", page=str(page))
+
+
+@cli.command()
+@click.argument("report", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="the page to write [default: REPORT with .html]",
+)
+@click.option(
+    "--players",
+    default=200,
+    show_default=True,
+    type=click.IntRange(0),
+    help="books with a player and a waveform, failed, marked and lowest-scoring first",
+)
+def review(report: str, output: str | None, players: int) -> None:
+    """Write a self-contained HTML page to see and hear a run from its REPORT (written by
+    `narrate run --report`): totals, a sortable table of books, players, waveforms, chunk
+    scores and failing words, failed books with reason and hint."""
+    from narrate.review import write_review
+
+    click.echo(write_review(report, output, players=players))
 
 
 @cli.command()
 @click.argument("manifest")
 @catalog_options
 @output_options
+@selection_options
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
-def status(manifest: str, catalog: CatalogOptions, outputs: OutputOptions, as_json: bool) -> None:
+def status(
+    manifest: str,
+    catalog: CatalogOptions,
+    outputs: OutputOptions,
+    selection: Selection,
+    as_json: bool,
+) -> None:
     """Where MANIFEST stands: books done (and below the quality threshold), cached, partly
     cached, pending, failed.
 
@@ -616,7 +737,7 @@ def status(manifest: str, catalog: CatalogOptions, outputs: OutputOptions, as_js
     """
     from narrate.status import catalog_status
 
-    counts = catalog_status(RunOptions(manifest, catalog, outputs))
+    counts = catalog_status(RunOptions(manifest, catalog, outputs, selection=selection))
     click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())
 
 

@@ -153,6 +153,9 @@ def build_configs(
     max_audio_length_ms: int,
     max_text_chars: int,
     lexicon: Lexicon | None = None,
+    *,
+    temperature: float = 0.9,
+    top_k: int = 50,
 ) -> tuple[EngineConfig, ChunkingConfig, PlanConfig]:
     """The option sets of the catalog options (`narrate plan`, `run`, `status`): a batch may
     hold `batch_size` rows of a full window."""
@@ -165,7 +168,7 @@ def build_configs(
         window_books=window_books,
     )
     return (
-        EngineConfig(engine=engine, model=model, max_audio_ms=max_audio_length_ms),
+        EngineConfig(engine, model, temperature, top_k, max_audio_length_ms),
         chunking,
         plan,
     )

@@ -8,6 +8,7 @@ from typing import Literal
 
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig
 from narrate.plan import Shard
+from narrate.selection import Selection
 
 
 @dataclass(frozen=True)
@@ -61,3 +62,4 @@ class RunOptions:
     quality: Literal["on", "strict", "off"] = "on"  # the check of every take before caching
     quality_retries: int = 2  # takes after the first for a chunk failing the check
     quality_workers: int | None = None  # checking processes (default: see narrate.run)
+    selection: Selection = field(default_factory=Selection)  # previews: --book, --limit, --sample

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Literal, TextIO
 
+from narrate.console import Console
 from narrate.records import RowError
 
 BookStatus = Literal["ready", "failed", "skipped"]
@@ -120,27 +121,23 @@ class RunReport:
         }
 
 
-# events printed among the progress bars on a terminal (a log event only at WARNING and up)
-_SHOWN_ON_TTY = frozenset(
-    {"book_failed", "run_interrupted", "row_rejected", "warning", "error", "log"}
-)
-
-
 class EventLog:
-    """Progress for humans on a TTY, JSON lines for machines otherwise."""
+    """Progress for humans on a TTY (narrate.console), JSON lines for machines otherwise."""
 
     def __init__(self, stream: TextIO | None = None, tty: bool | None = None) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        self._bars: dict[str, object] = {}
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = Console(self.stream)
+        return self._console
 
     def event(self, name: str, **fields: object) -> None:
         if self.tty:
-            if name in _SHOWN_ON_TTY:
-                from tqdm import tqdm
-
-                detail = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-                tqdm.write(f"{name.replace('_', ' ')}: {detail}", file=self.stream)
+            self.console.event(name, fields)
             return
         record = {"ts": round(time.time(), 3), "event": name, **fields}
         self.stream.write(json.dumps(record, default=str) + "\n")
@@ -154,24 +151,14 @@ class EventLog:
         unit: str = "",
         postfix: dict[str, object] | None = None,
     ) -> None:
-        """Advance the named bar (created on first use; only drawn on a TTY)."""
-        if not self.tty:
-            return
-        from tqdm import tqdm
-
-        if bar not in self._bars:
-            self._bars[bar] = tqdm(desc=bar, unit=unit, file=self.stream, position=len(self._bars))
-        current = self._bars[bar]
-        if total is not None:
-            current.total = total  # type: ignore[attr-defined]
-        if postfix:
-            current.set_postfix(postfix, refresh=False)  # type: ignore[attr-defined]
-        current.update(advance)  # type: ignore[attr-defined]
+        """Advance the named bar (created on first use; only drawn on a TTY). Its unit is the
+        console's (`unit` is kept for callers)."""
+        if self.tty:
+            self.console.progress(bar, advance, total, postfix)
 
     def close(self) -> None:
-        for bar in self._bars.values():
-            bar.close()  # type: ignore[attr-defined]
-        self._bars.clear()
+        if self._console is not None:
+            self._console.close()
 
 
 # Library loggers whose only records at a level below INFO are the ones an operator wants:

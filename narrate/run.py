@@ -53,6 +53,7 @@ from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
+from narrate.settings import SETTINGS_KEY, model_name, settings_metadata
 from narrate.sources import planned_windows
 from narrate.storage import StoredObject
 from narrate.workers import (
@@ -132,6 +133,7 @@ class Run:
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
+            self.log.event("loading", what=f"the AudioSeal watermark model on {device}")
             self.watermarker = Watermarker.load(options.outputs.post.watermark_model, device=device)
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
@@ -307,6 +309,9 @@ class Run:
                     strict=self.options.quality == "strict",
                     workers=self.quality_workers,
                 )
+            engine = self.options.catalog.engine
+            model = engine.model if engine.engine == "csm" else "eSpeak NG"
+            self.log.event("loading", what=f"{model} on {', '.join(self._devices())}")
             self.pool = WorkerPool(self._devices(), settings)
         while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
             batch = self.queued.popleft()
@@ -413,9 +418,11 @@ class Run:
         self, job: BookJob, encoded: EncodedBook, scores: list[float | None], retried: int
     ) -> BookResult:
         book = job.planned.book
-        engine = self.options.catalog.engine
-        model = engine.model if engine.engine == "csm" else "espeak-ng"
-        metadata = {"model": model, "voice": book.voice or ""}
+        metadata = {
+            "model": model_name(self.options),
+            "voice": book.voice or "",
+            SETTINGS_KEY: settings_metadata(self.options),  # status names what differs
+        }
         score = min((s for s in scores if s is not None), default=None)  # book_score
         if score is not None:
             metadata["qualityScore"] = f"{score:.4f}"

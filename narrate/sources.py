@@ -34,6 +34,7 @@ from narrate.options import RunOptions
 from narrate.plan import PlannedBook, VoiceLookup, chunk_books, no_voices, shard_rows
 from narrate.plan import windows as book_windows
 from narrate.records import Book, RowError
+from narrate.selection import select_rows
 from narrate.storage import open_uri
 from narrate.synth.voices import VoiceLibrary
 from narrate.text import chunk_book
@@ -170,8 +171,9 @@ def planned_windows(options: RunOptions, db: Database) -> Iterator[list[PlannedB
     voices = voice_lookup(options.catalog.engine, options.catalog.voices_dir)
     text_root = default_text_root(options.manifest, options.catalog.text_root)
     texts = TextFetcher(text_root, options.catalog.chunking.max_text_chars)
+    selected = select_rows(rows, options.selection)
     for window in book_windows(
-        shard_rows(rows, options.outputs.shard), options.catalog.plan.window_books
+        shard_rows(selected, options.outputs.shard), options.catalog.plan.window_books
     ):
         yield list(
             chunk_books(

@@ -15,15 +15,19 @@ PACKAGE = Path(narrate.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("narrate", "narrate.errors", "narrate.records"),
     ("narrate.config", "narrate.atomic"),
+    ("narrate.console",),  # what a run shows at a terminal (bars, lines), driven by its events
     ("narrate.spoken",),  # text as spoken (numbers, abbreviations, the lexicon): pure, under text
     ("narrate.text", "narrate.report"),  # text rules and run reporting, no I/O of their own
-    ("narrate.plan",),  # pure planning: rows, text loaders and voice lookups are passed in
+    ("narrate.plan", "narrate.selection"),  # pure: planning (rows, text loaders, voice lookups
+    # are passed in) and the rows a preview keeps
     ("narrate.options",),  # what a command was asked to do, as typed objects
+    ("narrate.settings",),  # the options that shape a file, as stored with it
     # adapters: engines, post-processing, where bytes and records live
     ("narrate.synth", "narrate.post", "narrate.cache", "narrate.storage", "narrate.database"),
     ("narrate.quality",),  # listens to audio: eSpeak NG pronunciations, decoded files
     ("narrate.manifest",),  # reads manifest files through narrate.storage (gs://)
     ("narrate.sources", "narrate.publish", "narrate.post.detect"),  # sources and sinks of books
+    ("narrate.review",),  # the review page: a run report and its files as HTML
     ("narrate.ledger", "narrate.workers", "narrate.gate"),
     ("narrate.rendering",),  # post-processing processes, started like the workers
     ("narrate.run",),
