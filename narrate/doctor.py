@@ -37,6 +37,7 @@ from narrate.errors import (
     first_line,
 )
 from narrate.options import CatalogOptions, DeviceOptions, OutputOptions
+from narrate.synth.registry import DEFAULT_ENGINE, ENGINES, engine_spec
 
 Status = Literal["ok", "fail", "skip"]
 
@@ -56,7 +57,7 @@ _GPU_HINT = (
 class Targets:
     """What the run will use: the same values as `narrate run`'s options."""
 
-    engine: str = "csm"
+    engine: str = DEFAULT_ENGINE
     model: str = "sesame/csm-1b"
     devices: str = "auto"
     out: str = "out"
@@ -182,7 +183,7 @@ def check_devices(targets: Targets) -> str:
 
 def check_model(targets: Targets) -> str:
     """CSM config, processor and weights reachable: a local directory, the HF cache, or the Hub."""
-    if targets.engine != "csm":
+    if not engine_spec(targets.engine).csm_checkpoint:
         raise Skipped(f"--engine {targets.engine} uses no CSM model")
     path = Path(targets.model).expanduser()
     if path.is_dir():
@@ -355,7 +356,7 @@ def check_watermark(targets: Targets) -> str:
 
 def check_codec(targets: Targets) -> str:
     """The Mimi codec weights the CSM engine decodes with, found as the engine finds them."""
-    if targets.engine != "csm":
+    if not engine_spec(targets.engine).csm_checkpoint:
         raise Skipped(f"--engine {targets.engine} uses no Mimi codec")
     from narrate.synth.mimi import weights_source
 
@@ -369,7 +370,7 @@ def check_compiler(targets: Targets) -> str:
     before moshi is imported (the Docker image sets it: it has no compiler)."""
     from narrate.workers import resolve_devices
 
-    if targets.engine != "csm" or not any(
+    if not engine_spec(targets.engine).csm_checkpoint or not any(
         d.startswith("cuda") for d in resolve_devices(targets.devices)
     ):
         raise Skipped("no CUDA worker: Mimi runs without torch.compile's kernels")
@@ -394,14 +395,15 @@ def check_compiler(targets: Targets) -> str:
 
 
 def check_espeak(targets: Targets) -> str:
-    """The preview engine (eSpeak NG) speaks; only `--engine preview` needs it."""
+    """eSpeak NG speaks, through the engine built on it; only that engine needs it."""
     from narrate.config import SAMPLE_RATE, EngineConfig
     from narrate.records import Batch, Chunk
     from narrate.synth import load_engine
 
     probe = Chunk(chunk_id="narrate-doctor", book_id="narrate-doctor", index=0, text="Hello.")
+    [espeak] = [spec.name for spec in ENGINES.values() if spec.espeak]
     try:
-        engine = load_engine(EngineConfig(engine="preview"), device="cpu")
+        engine = load_engine(EngineConfig(engine=espeak), device="cpu")
         try:
             (spoken,) = engine.synthesize(Batch((probe,)))
         finally:
@@ -409,9 +411,9 @@ def check_espeak(targets: Targets) -> str:
         if not spoken.ok:
             raise EngineError(f"eSpeak NG loads but does not speak: {spoken.error}")
     except NarrateError as exc:
-        if targets.engine == "preview":
+        if targets.engine == espeak:
             raise
-        raise Skipped(f"unavailable ({exc.message}); only --engine preview needs it") from None
+        raise Skipped(f"unavailable ({exc.message}); only --engine {espeak} needs it") from None
     return f"eSpeak NG speaks ({len(spoken.audio) / SAMPLE_RATE:.2f} s for {probe.text!r})"
 
 

@@ -1,7 +1,8 @@
 """Synthesis engines: a batch of chunks in, one mono 24 kHz waveform per chunk out.
 
-The runner only knows `Engine` and `load_engine`; `csm` (Sesame CSM-1B) and `preview` (eSpeak
-NG) implement it. Importing this package does not import torch: engines load on demand.
+The runner only knows `Engine` and `load_engine`; the engines that implement it (`csm`: Sesame
+CSM-1B, `preview`: eSpeak NG) are listed in narrate.synth.registry. Importing this package does
+not import torch: engines load on demand.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 from narrate.config import EngineConfig
 from narrate.errors import UsageError
 from narrate.records import Batch, ChunkAudio
+from narrate.synth.registry import engine_spec
 
 if TYPE_CHECKING:
     from narrate.synth.voices import VoiceLibrary
@@ -76,12 +78,5 @@ def load_engine(
 ) -> Engine:
     """Load the engine `config.engine` once (per worker); `compile` (CUDA graphs of the frame
     step) only matters on CUDA."""
-    if config.engine == "csm":
-        from narrate.synth.csm import CsmEngine
-
-        return CsmEngine.load(config, device=device, voices=voices, compile=compile)
-    if config.engine == "preview":
-        from narrate.synth.preview import PreviewEngine
-
-        return PreviewEngine.load(config)
-    raise UsageError(f"unknown engine {config.engine!r}", "use --engine csm or --engine preview")
+    spec = engine_spec(config.engine)
+    return spec.load(config, device=device, voices=voices, compile=compile)

@@ -218,24 +218,23 @@ class _Store:
             node[location[-1]] = self._leaves[location]
         return out
 
-    def replace(self, at: Location, leaves: dict[Location, object]) -> None:
-        """Make `leaves` (all at or below `at`) everything stored at or below `at`. A primitive
-        at a location above `at` is replaced: it becomes the object holding the new data."""
-        if leaves:
-            for depth in range(len(at)):
-                self._drop(at[:depth])
-        start, end = self._span(at)
-        for location in self._order[start:end]:
+    def replace(self, writes: dict[Location, dict[Location, object]]) -> None:
+        """For each location `at` in `writes`, make its leaves (all at or below `at`) everything
+        stored at or below `at`; the locations may not overlap. A primitive at a location above
+        `at` is replaced: it becomes the object holding the new data."""
+        gone: set[Location] = set()
+        for at, leaves in writes.items():
+            if leaves:
+                gone.update(at[:depth] for depth in range(len(at)) if at[:depth] in self._leaves)
+            start, end = self._span(at)
+            gone.update(self._order[start:end])
+        added = {location: leaf for leaves in writes.values() for location, leaf in leaves.items()}
+        for location in gone:
             del self._leaves[location]
-        self._order[start:end] = sorted(leaves)
-        self._leaves.update(leaves)
-
-    def _drop(self, at: Location) -> None:
-        if self._leaves.pop(at, _ABSENT) is not _ABSENT:
-            self._order.remove(at)
-
-
-_ABSENT = object()
+        self._leaves.update(added)
+        # two sorted runs: sorting them together is one merge
+        kept = [location for location in self._order if location not in gone]
+        self._order = sorted(kept + sorted(added))
 
 
 def _leaves(value: object, at: Location, server_value) -> dict[Location, object]:
@@ -440,9 +439,11 @@ class RTDBServer:
             raise RTDBError(400, "ETags are not supported with PATCH")
         with self._lock:
             store = self._store(namespace)
-            etag = etag_of(_as_json(store.read(at)))
+            unchanged_if = headers.get("if-none-match")
+            uses_etag = wants_etag or expected is not None or unchanged_if is not None
+            etag = etag_of(_as_json(store.read(at))) if uses_etag else None
             if method == "GET":
-                if headers.get("if-none-match") == etag:
+                if unchanged_if is not None and unchanged_if == etag:
                     return 304, None, {"ETag": etag}
                 answer = self._read(store, at, params)
                 return 200, answer, {"ETag": etag} if wants_etag else {}
@@ -454,13 +455,14 @@ class RTDBServer:
                 answer = self._patch(store, at, payload, server_value)
             elif method == "POST":  # a new child under a fresh push id
                 name = self._push_ids.next()
-                store.replace((*at, name), _leaves(payload, (*at, name), server_value))
+                store.replace({(*at, name): _leaves(payload, (*at, name), server_value)})
                 answer = {"name": name}
             else:  # PUT, DELETE
-                store.replace(at, _leaves(payload, at, server_value))
+                store.replace({at: _leaves(payload, at, server_value)})
                 answer = _as_json(store.read(at))
-            after = {"ETag": etag_of(_as_json(store.read(at)))}
-            return 200, answer, after if wants_etag or expected is not None else {}
+            if not uses_etag:
+                return 200, answer, {}
+            return 200, answer, {"ETag": etag_of(_as_json(store.read(at)))}
 
     def _read(self, store: _Store, at: Location, params: dict[str, str]) -> object:
         value = store.read(at)
@@ -498,8 +500,7 @@ class RTDBServer:
                 raise RTDBError(400, f"Path '{first}' is an ancestor of '{second}' in the update")
         # every server value reads the data as it was before this request
         updates = {targets[k]: _leaves(v, targets[k], server_value) for k, v in payload.items()}
-        for target, leaves in updates.items():
-            store.replace(target, leaves)
+        store.replace(updates)
         return {key: _as_json(store.read(targets[key])) for key in payload}
 
 
