@@ -248,6 +248,26 @@ def test_out_of_memory_halves_the_slots_and_a_row_that_does_not_fit_alone_fails(
     assert not result.ok and "memory" in result.error and result.attempts == 1
 
 
+def test_a_decode_out_of_memory_fails_no_chunk_that_decodes_alone(engine, monkeypatch) -> None:
+    # Mimi on a GPU that holds one row at a time: the rows that finished together are decoded
+    # again one by one, and every chunk keeps its audio
+    real, calls = engine.codec.model.decode, []
+
+    def decode(codes: torch.Tensor) -> torch.Tensor:
+        calls.append(codes.shape[0])
+        if codes.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(codes)
+
+    monkeypatch.setattr(engine.codec.model, "decode", decode)
+    monkeypatch.setattr(engine.codec, "max_frames", 10_000)
+    # the same text: the rows end on the same frame and are decoded together first
+    chunks = [chunk("The bells rang at noon.", salt=f"decode oom {n}") for n in range(3)]
+    results = engine.synthesize(Batch(tuple(chunks)))
+    assert all(r.ok for r in results)
+    assert max(calls) > 1
+
+
 def test_the_codec_encodes_and_decodes_with_moshis_compilation_off(engine, monkeypatch) -> None:
     # on CUDA moshi compiles Mimi on first use, which needs a C compiler the runtime image
     # lacks (on the CPU moshi never compiles, so the switch itself is what can be checked here)

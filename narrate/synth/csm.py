@@ -17,7 +17,8 @@ Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
   rejoins the queue with its next seed, up to `MAX_ATTEMPTS` in all. Sampling noise is a
   function of the chunk's seed, so a chunk's audio does not depend on its batch-mates.
 - CUDA out of memory: the loop is rebuilt with half the slots and the rows in flight rejoin
-  the queue; a row that does not fit in a single slot fails alone.
+  the queue; a row that does not fit in a single slot fails alone. Mimi decodes finished rows
+  in calls bounded by frames (mimi.py), split down to single rows on out of memory.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # the first try and two retries with the next seeds
 MAX_SLOTS = 64  # rows generated together, at most (a batch of fewer rows uses fewer)
+DECODE_OOM = "decoding ran out of device memory even for this chunk alone"
 # takes the rows that finished (codes None: failed with the reason given), the queue for retries
 Settle = Callable[[list[Finished], deque[Row], str | None], None]
 
@@ -229,12 +231,9 @@ class CsmEngine:
         queue: deque[Row],
         failure: str | None,
     ) -> None:
-        """Decode finished rows in one Mimi call and keep, retry or fail each."""
+        """Decode finished rows and keep, retry or fail each."""
         if failure is None:
-            try:
-                return self._judge(finished, queue, done)
-            except torch.OutOfMemoryError:  # in Mimi: these rows fail, the loop goes on
-                failure = "decoding ran out of device memory"
+            return self._judge(finished, queue, done)
         for attempt in [f.key for f in finished]:
             done[attempt.chunk.chunk_id] = _failed(attempt.chunk, failure, attempt.attempt)
 
@@ -247,9 +246,12 @@ class CsmEngine:
         frames = [
             len(f.codes) if end is None else end for f, end in zip(finished, ends, strict=True)
         ]
-        audio = self._decode([f.codes for f in finished], frames)
+        audio = self.codec.decode_rows([f.codes[:n] for f, n in zip(finished, frames, strict=True)])
         for attempt, row_audio, end in zip(attempts, audio, ends, strict=True):
             chunk = attempt.chunk
+            if row_audio is None:  # Mimi ran out of device memory with this row alone
+                done[chunk.chunk_id] = _failed(chunk, DECODE_OOM, attempt.attempt)
+                continue
             outcome = self._judged(
                 chunk, row_audio, self._cap(chunk), end is not None, attempt.attempt
             )
@@ -261,18 +263,6 @@ class CsmEngine:
                 queue.append(self._row(retry))
             else:
                 done[chunk.chunk_id] = _failed(chunk, outcome.reason, attempt.attempt)
-
-    def _decode(self, codes: list[np.ndarray], frames: list[int]) -> list[np.ndarray]:
-        """All rows in one Mimi call, each cut at its own length."""
-        longest = max(frames)
-        if longest == 0:
-            return [np.zeros(0, np.float32) for _ in frames]
-        padded = np.zeros((len(codes), longest, codes[0].shape[1]), np.int64)
-        for row, (row_codes, n) in enumerate(zip(codes, frames, strict=True)):
-            padded[row, :n] = row_codes[:n]
-        valid = torch.from_numpy(np.clip(padded, 0, CODEBOOK_SIZE - 1))
-        audio = self.codec.decode(valid).float().cpu().numpy()
-        return [row[: n * SAMPLES_PER_FRAME] for row, n in zip(audio, frames, strict=True)]
 
     def _judged(
         self, chunk: Chunk, audio: np.ndarray, cap: int, ended: bool, attempt: int
