@@ -16,8 +16,10 @@ Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
   A finished row is decoded and judged (guards.py) while the others go on; a row to retry
   rejoins the queue with its next seed, up to `MAX_ATTEMPTS` in all. Sampling noise is a
   function of the chunk's seed, so a chunk's audio does not depend on its batch-mates.
-- CUDA out of memory: the loop is rebuilt with half the slots and the rows in flight rejoin
-  the queue; a row that does not fit in a single slot fails alone. Mimi decodes finished rows
+- Memory: the loops (one per slot count) are held within one budget (loops.py). CUDA out of
+  memory: the rows in flight rejoin the queue, the other loops are freed and the same slot
+  count runs again; only then the loop is rebuilt with half the slots; a row that does not
+  fit in a single slot fails alone. Mimi decodes finished rows
   in calls bounded by frames (mimi.py), split down to single rows on out of memory.
 """
 
@@ -39,6 +41,7 @@ from narrate.records import Batch, Chunk, ChunkAudio, unique_chunks
 from narrate.synth import Turn, chunk_seed
 from narrate.synth.frames import Finished, FrameLoop, Row
 from narrate.synth.guards import GuardConfig, end_frame, judge
+from narrate.synth.loops import SlotLoops, device_budget, loop_bytes
 from narrate.synth.mimi import CODEBOOK_SIZE, Codec, load_codec
 from narrate.synth.voices import Voice, VoiceLibrary
 
@@ -93,7 +96,10 @@ class CsmEngine:
         voices: VoiceLibrary,
         guard: GuardConfig | None = None,
         graphs: bool = False,
+        loop_budget: int | None = None,
     ) -> None:
+        """`loop_budget`: bytes the frame loops may hold (default: a share of the free device
+        memory on CUDA, unbounded on the CPU; loops.py)."""
         self.config = config
         self.model = model
         self.tokenizer = processor.tokenizer
@@ -104,7 +110,12 @@ class CsmEngine:
         self.device = model.device
         self.bos_id, self.eos_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         self.max_slots = MAX_SLOTS  # halved for good on CUDA out-of-memory
-        self.loops: dict[int, FrameLoop] = {}  # by slots: built (and captured) once each
+        self.loops = SlotLoops(  # by slots: built (and captured) once each, within a budget
+            self._build_loop,
+            lambda slots: loop_bytes(model, slots),
+            loop_budget if loop_budget is not None else device_budget(self.device),
+            self.device,
+        )
         self._voices: dict[str, Voice] = {}  # by name, read once per worker
         self._voice_codes: dict[str, torch.Tensor] = {}  # by voice fingerprint
         self._context_codes: dict[tuple, torch.Tensor] = {}  # by (voice, turns so far)
@@ -192,17 +203,17 @@ class CsmEngine:
 
     def _generate(self, queue: deque[Row], settle: Settle) -> None:
         """Run `queue` through a loop, `settle` taking each group of finished rows; on CUDA
-        out of memory, go on with half the slots (a row that fails alone is settled as failed)."""
+        out of memory, free the other loops and try again, then go on with half the slots (a
+        row that fails alone is settled as failed)."""
         while queue:
-            slots = min(self.max_slots, 1 << (len(queue) - 1).bit_length())
             try:
-                loop = self._loop(slots)
+                loop = self.loops.get(min(self.max_slots, 1 << (len(queue) - 1).bit_length()))
                 for finished in loop.run(queue):
                     settle(finished, queue, None)
             except torch.OutOfMemoryError:
-                self.loops.clear()
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                slots = self.loops.last
+                if self.loops.recover():
+                    continue
                 if slots == 1:
                     reason = "does not fit in device memory even alone"
                     settle([Finished(queue.popleft().key, None)], queue, reason)
@@ -212,17 +223,15 @@ class CsmEngine:
                     "out of device memory with %d slots: going on with %d", slots, slots // 2
                 )
 
-    def _loop(self, slots: int) -> FrameLoop:
-        if slots not in self.loops:
-            self.loops[slots] = FrameLoop(
-                self.model,
-                slots,
-                temperature=self.config.temperature,
-                top_k=self.config.top_k,
-                codebook_size=CODEBOOK_SIZE,
-                graphs=self.graphs,
-            )
-        return self.loops[slots]
+    def _build_loop(self, slots: int) -> FrameLoop:
+        return FrameLoop(
+            self.model,
+            slots,
+            temperature=self.config.temperature,
+            top_k=self.config.top_k,
+            codebook_size=CODEBOOK_SIZE,
+            graphs=self.graphs,
+        )
 
     def _settle(
         self,
