@@ -7,6 +7,7 @@ text calls for (see narrate.synth.tiny), so frame counts follow text length as w
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from narrate.config import SAMPLES_PER_FRAME, ChunkingConfig, EngineConfig
 from narrate.errors import EngineError, ModelError
 from narrate.records import Batch, Chunk
 from narrate.synth import Turn, chunk_seed, load_engine
-from narrate.synth.csm import MAX_ATTEMPTS
+from narrate.synth.csm import MAX_ATTEMPTS, MAX_SLOTS
 from narrate.synth.frames import FrameLoop
 from narrate.synth.voices import VoiceLibrary
 
@@ -236,6 +237,7 @@ def test_out_of_memory_halves_the_slots_and_a_row_that_does_not_fit_alone_fails(
     # CUDA cannot run here: a frame step that raises torch's OutOfMemoryError above one slot
     # stands in for a GPU that fits one row at a time
     monkeypatch.setattr(engine, "max_slots", engine.max_slots)  # restored afterwards
+    engine.loops.clear()
     chunks = [chunk(t, salt="oom") for t in ["Rain fell.", "The bells rang.", "Yes."]]
     slots = spy_step(monkeypatch, fits=1)
     results = engine.synthesize(Batch(tuple(chunks)))
@@ -246,6 +248,50 @@ def test_out_of_memory_halves_the_slots_and_a_row_that_does_not_fit_alone_fails(
     spy_step(monkeypatch, fits=0)
     (result,) = engine.synthesize(Batch((chunk("Rain fell.", salt="none fits"),)))
     assert not result.ok and "memory" in result.error and result.attempts == 1
+
+
+def test_out_of_memory_frees_the_other_loops_and_retries_before_halving_the_slots(
+    engine, monkeypatch, caplog
+) -> None:
+    # a GPU where 4 slots fit only once the loops held from earlier batches are freed
+    monkeypatch.setattr(engine, "max_slots", engine.max_slots)
+    engine.loops.clear()
+    engine.synthesize(Batch((chunk("Yes.", salt="held"),)))  # leaves a 1-slot loop
+    real, slots = FrameLoop.step, []
+
+    def step(self, span):
+        slots.append(self.slots)
+        if len(engine.loops) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(self, span)
+
+    monkeypatch.setattr(FrameLoop, "step", step)
+    chunks = [chunk(t, salt="recover") for t in ["Rain fell.", "The bells rang.", "Yes."]]
+    with caplog.at_level(logging.WARNING):
+        results = engine.synthesize(Batch(tuple(chunks)))
+    assert all(r.ok for r in results)
+    assert set(slots) == {4} and engine.max_slots == MAX_SLOTS and list(engine.loops) == [4]
+    assert "freed 1 other frame loop(s)" in caplog.text
+
+
+def test_a_decode_out_of_memory_fails_no_chunk_that_decodes_alone(engine, monkeypatch) -> None:
+    # Mimi on a GPU that holds one row at a time: the rows that finished together are decoded
+    # again one by one, and every chunk keeps its audio
+    real, calls = engine.codec.model.decode, []
+
+    def decode(codes: torch.Tensor) -> torch.Tensor:
+        calls.append(codes.shape[0])
+        if codes.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(codes)
+
+    monkeypatch.setattr(engine.codec.model, "decode", decode)
+    monkeypatch.setattr(engine.codec, "max_frames", 10_000)
+    # the same text: the rows end on the same frame and are decoded together first
+    chunks = [chunk("The bells rang at noon.", salt=f"decode oom {n}") for n in range(3)]
+    results = engine.synthesize(Batch(tuple(chunks)))
+    assert all(r.ok for r in results)
+    assert max(calls) > 1
 
 
 def test_the_codec_encodes_and_decodes_with_moshis_compilation_off(engine, monkeypatch) -> None:

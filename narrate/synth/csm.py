@@ -16,8 +16,11 @@ Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
   A finished row is decoded and judged (guards.py) while the others go on; a row to retry
   rejoins the queue with its next seed, up to `MAX_ATTEMPTS` in all. Sampling noise is a
   function of the chunk's seed, so a chunk's audio does not depend on its batch-mates.
-- CUDA out of memory: the loop is rebuilt with half the slots and the rows in flight rejoin
-  the queue; a row that does not fit in a single slot fails alone.
+- Memory: the loops (one per slot count) are held within one budget (loops.py). CUDA out of
+  memory: the rows in flight rejoin the queue, the other loops are freed and the same slot
+  count runs again; only then the loop is rebuilt with half the slots; a row that does not
+  fit in a single slot fails alone. Mimi decodes finished rows
+  in calls bounded by frames (mimi.py), split down to single rows on out of memory.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from narrate.records import Batch, Chunk, ChunkAudio, unique_chunks
 from narrate.synth import Turn, chunk_seed
 from narrate.synth.frames import Finished, FrameLoop, Row
 from narrate.synth.guards import GuardConfig, end_frame, judge
+from narrate.synth.loops import SlotLoops, device_budget, loop_bytes
 from narrate.synth.mimi import CODEBOOK_SIZE, Codec, load_codec
 from narrate.synth.voices import Voice, VoiceLibrary
 
@@ -48,6 +52,7 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3  # the first try and two retries with the next seeds
 MAX_SLOTS = 64  # rows generated together, at most (a batch of fewer rows uses fewer)
+DECODE_OOM = "decoding ran out of device memory even for this chunk alone"
 # takes the rows that finished (codes None: failed with the reason given), the queue for retries
 Settle = Callable[[list[Finished], deque[Row], str | None], None]
 
@@ -91,7 +96,10 @@ class CsmEngine:
         voices: VoiceLibrary,
         guard: GuardConfig | None = None,
         graphs: bool = False,
+        loop_budget: int | None = None,
     ) -> None:
+        """`loop_budget`: bytes the frame loops may hold (default: a share of the free device
+        memory on CUDA, unbounded on the CPU; loops.py)."""
         self.config = config
         self.model = model
         self.tokenizer = processor.tokenizer
@@ -102,7 +110,12 @@ class CsmEngine:
         self.device = model.device
         self.bos_id, self.eos_id = self.tokenizer.bos_token_id, self.tokenizer.eos_token_id
         self.max_slots = MAX_SLOTS  # halved for good on CUDA out-of-memory
-        self.loops: dict[int, FrameLoop] = {}  # by slots: built (and captured) once each
+        self.loops = SlotLoops(  # by slots: built (and captured) once each, within a budget
+            self._build_loop,
+            lambda slots: loop_bytes(model, slots),
+            loop_budget if loop_budget is not None else device_budget(self.device),
+            self.device,
+        )
         self._voices: dict[str, Voice] = {}  # by name, read once per worker
         self._voice_codes: dict[str, torch.Tensor] = {}  # by voice fingerprint
         self._context_codes: dict[tuple, torch.Tensor] = {}  # by (voice, turns so far)
@@ -190,17 +203,17 @@ class CsmEngine:
 
     def _generate(self, queue: deque[Row], settle: Settle) -> None:
         """Run `queue` through a loop, `settle` taking each group of finished rows; on CUDA
-        out of memory, go on with half the slots (a row that fails alone is settled as failed)."""
+        out of memory, free the other loops and try again, then go on with half the slots (a
+        row that fails alone is settled as failed)."""
         while queue:
-            slots = min(self.max_slots, 1 << (len(queue) - 1).bit_length())
             try:
-                loop = self._loop(slots)
+                loop = self.loops.get(min(self.max_slots, 1 << (len(queue) - 1).bit_length()))
                 for finished in loop.run(queue):
                     settle(finished, queue, None)
             except torch.OutOfMemoryError:
-                self.loops.clear()
-                if self.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                slots = self.loops.last
+                if self.loops.recover():
+                    continue
                 if slots == 1:
                     reason = "does not fit in device memory even alone"
                     settle([Finished(queue.popleft().key, None)], queue, reason)
@@ -210,17 +223,15 @@ class CsmEngine:
                     "out of device memory with %d slots: going on with %d", slots, slots // 2
                 )
 
-    def _loop(self, slots: int) -> FrameLoop:
-        if slots not in self.loops:
-            self.loops[slots] = FrameLoop(
-                self.model,
-                slots,
-                temperature=self.config.temperature,
-                top_k=self.config.top_k,
-                codebook_size=CODEBOOK_SIZE,
-                graphs=self.graphs,
-            )
-        return self.loops[slots]
+    def _build_loop(self, slots: int) -> FrameLoop:
+        return FrameLoop(
+            self.model,
+            slots,
+            temperature=self.config.temperature,
+            top_k=self.config.top_k,
+            codebook_size=CODEBOOK_SIZE,
+            graphs=self.graphs,
+        )
 
     def _settle(
         self,
@@ -229,12 +240,9 @@ class CsmEngine:
         queue: deque[Row],
         failure: str | None,
     ) -> None:
-        """Decode finished rows in one Mimi call and keep, retry or fail each."""
+        """Decode finished rows and keep, retry or fail each."""
         if failure is None:
-            try:
-                return self._judge(finished, queue, done)
-            except torch.OutOfMemoryError:  # in Mimi: these rows fail, the loop goes on
-                failure = "decoding ran out of device memory"
+            return self._judge(finished, queue, done)
         for attempt in [f.key for f in finished]:
             done[attempt.chunk.chunk_id] = _failed(attempt.chunk, failure, attempt.attempt)
 
@@ -247,9 +255,12 @@ class CsmEngine:
         frames = [
             len(f.codes) if end is None else end for f, end in zip(finished, ends, strict=True)
         ]
-        audio = self._decode([f.codes for f in finished], frames)
+        audio = self.codec.decode_rows([f.codes[:n] for f, n in zip(finished, frames, strict=True)])
         for attempt, row_audio, end in zip(attempts, audio, ends, strict=True):
             chunk = attempt.chunk
+            if row_audio is None:  # Mimi ran out of device memory with this row alone
+                done[chunk.chunk_id] = _failed(chunk, DECODE_OOM, attempt.attempt)
+                continue
             outcome = self._judged(
                 chunk, row_audio, self._cap(chunk), end is not None, attempt.attempt
             )
@@ -261,18 +272,6 @@ class CsmEngine:
                 queue.append(self._row(retry))
             else:
                 done[chunk.chunk_id] = _failed(chunk, outcome.reason, attempt.attempt)
-
-    def _decode(self, codes: list[np.ndarray], frames: list[int]) -> list[np.ndarray]:
-        """All rows in one Mimi call, each cut at its own length."""
-        longest = max(frames)
-        if longest == 0:
-            return [np.zeros(0, np.float32) for _ in frames]
-        padded = np.zeros((len(codes), longest, codes[0].shape[1]), np.int64)
-        for row, (row_codes, n) in enumerate(zip(codes, frames, strict=True)):
-            padded[row, :n] = row_codes[:n]
-        valid = torch.from_numpy(np.clip(padded, 0, CODEBOOK_SIZE - 1))
-        audio = self.codec.decode(valid).float().cpu().numpy()
-        return [row[: n * SAMPLES_PER_FRAME] for row, n in zip(audio, frames, strict=True)]
 
     def _judged(
         self, chunk: Chunk, audio: np.ndarray, cap: int, ended: bool, attempt: int
