@@ -387,6 +387,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         loudness: float,
         no_watermark: bool,
         watermark_model: str | None,
+        head_silence: float,
+        tail_silence: float,
         **kwargs: Any,
     ) -> Any:
         import os
@@ -399,6 +401,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             loudness_lufs=loudness,
             watermark=not no_watermark,
             watermark_model=watermark_model,
+            head_s=head_silence,
+            tail_s=tail_silence,
         )
         outputs = OutputOptions(
             out=out,
@@ -459,6 +463,20 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--no-watermark", is_flag=True, help="publish without the AudioSeal watermark"
         ),
         watermark_model_option,
+        click.option(
+            "--head-silence",
+            default=0.3,
+            show_default=True,
+            type=click.FloatRange(0, 10),
+            help="seconds of room tone (silence) before the first word",
+        ),
+        click.option(
+            "--tail-silence",
+            default=0.5,
+            show_default=True,
+            type=click.FloatRange(0, 10),
+            help="seconds of room tone (silence) after the last word",
+        ),
     ]
     return add_options(with_outputs, options)
 

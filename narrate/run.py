@@ -53,7 +53,7 @@ from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
-from narrate.settings import SETTINGS_KEY, model_name, settings_metadata
+from narrate.settings import SETTINGS_KEY, model_name, narrator, settings_metadata
 from narrate.sources import planned_windows
 from narrate.storage import StoredObject
 from narrate.workers import (
@@ -402,7 +402,7 @@ class Run:
             encoded = self.renderers.render(
                 book.book_id,
                 job.planned.chunks,
-                self.options.outputs.post,
+                replace(self.options.outputs.post, narrator=narrator(self.options, book.voice)),
                 self.watermarker,
                 content_hash=job.content_hash,
                 title=book.title,

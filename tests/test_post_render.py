@@ -139,7 +139,8 @@ def test_render_book_keeps_the_configured_pauses() -> None:
     book = render_book("b", chunks, audios, config, None, content_hash="h")
     speech = sum(len(a) for a in audios) / SAMPLE_RATE - 3 * 0.6
     # the syllable pattern has its own short gaps; the joins add the configured pauses
-    assert book.duration_s == pytest.approx(speech + 0.3 + 0.9, abs=0.2)
+    room_tone = config.head_s + config.tail_s
+    assert book.duration_s == pytest.approx(speech + 0.3 + 0.9 + room_tone, abs=0.2)
 
 
 def test_a_silent_book_fails() -> None:
