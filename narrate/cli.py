@@ -801,7 +801,7 @@ def detect(
     from narrate.post.detect import books_by_payload, detect_files
 
     books = books_by_payload(manifest) if manifest else None
-    for found in detect_files(files, Watermarker.load(watermark_model), books):
+    for found in detect_files(files, Watermarker.for_detection(watermark_model), books):
         click.echo(json.dumps(found.to_json()) if as_json else str(found))
 
 

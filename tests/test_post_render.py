@@ -225,7 +225,14 @@ def test_detect_command_fails_clearly_without_weights(tmp_path: Path) -> None:
     path.write_bytes(encode(speechlike(1), SAMPLE_RATE, PostConfig(), Tags("plain")))
     result = CliRunner().invoke(cli, ["detect", str(path), "--watermark-model", str(tmp_path)])
     assert result.exit_code == 3
-    assert "no AudioSeal generator checkpoint" in result.output
+    assert "no AudioSeal detector checkpoint" in result.output
+    assert "--watermark-model DIR" in result.output and "--no-watermark" not in result.output
+    # no folder, offline, nothing cached: the detector (detect needs nothing else) is named
+    env = {"HF_HUB_OFFLINE": "1", "AUDIOSEAL_CACHE_DIR": str(tmp_path / "empty")}
+    result = CliRunner().invoke(cli, ["detect", str(path)], env=env)
+    assert result.exit_code == 3
+    assert "cannot load the AudioSeal watermark detector" in result.output
+    assert "generator" not in result.output and "--no-watermark" not in result.output
 
 
 # demo books whose MP3 went over the true-peak limit when lossy files were mastered like WAV
