@@ -192,7 +192,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="processes planning windows in parallel [default: one per CPU core]",
 )
 def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None) -> None:
-    """Validate and plan MANIFEST (JSONL or Parquet, local or gs://) without synthesizing.
+    """Validate and plan MANIFEST (JSONL, CSV or Parquet, local or gs://) without synthesizing.
 
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
     be read.
