@@ -174,9 +174,51 @@ def _times(item: Mapping[str, Any]) -> str:
     return f" {float(start):.2f}–{float(end):.2f} s" if end is not None else f" {start:.2f} s"
 
 
-def _failing_words(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    words = detail.get("failing_words") or detail.get("failed_words") or []
-    return [w if isinstance(w, Mapping) else {"word": w} for w in words]
+# where a report may name a book's per-chunk check results: a list by chunk index of objects
+# (text, score, reason, failing_words, failing_spans, or the check's `faults`), or of lists of
+# faults; a book-level `faults` list whose items carry their `chunk` index is read too
+_CHUNK_LISTS = ("chunk_quality", "chunk_verdicts", "chunk_checks", "chunk_faults")
+
+
+def chunk_details(book: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each chunk's check results, normalized: `score`, `text`, `reason`, `words` (failing
+    words: `word`, times) and `spans` (sound no word explains: `reason`, times)."""
+    scores = list(book.get("chunk_scores") or [])
+    lists = [book[key] for key in _CHUNK_LISTS if isinstance(book.get(key), list)]
+    count = max([len(scores), *map(len, lists)], default=0)
+    details: list[dict[str, Any]] = [
+        {"score": scores[i] if i < len(scores) else None, "words": [], "spans": []}
+        for i in range(count)
+    ]
+    for found in lists:
+        for index, item in enumerate(found):
+            if isinstance(item, list):
+                item = {"faults": item}
+            if isinstance(item, Mapping):
+                _merge(details[index], item)
+    for fault in book.get("faults") or []:
+        chunk = fault.get("chunk") if isinstance(fault, Mapping) else None
+        if isinstance(chunk, int) and 0 <= chunk < count:
+            _merge(details[chunk], {"faults": [fault]})
+    return details
+
+
+def _merge(detail: dict[str, Any], item: Mapping[str, Any]) -> None:
+    for key in ("text", "reason"):
+        if item.get(key):
+            detail[key] = str(item[key])
+    if isinstance(item.get("score"), (int, float)):
+        detail["score"] = float(item["score"])
+    words = item.get("failing_words") or item.get("failed_words") or []
+    detail["words"] += [w if isinstance(w, Mapping) else {"word": w} for w in words]
+    detail["spans"] += [s for s in item.get("failing_spans") or [] if isinstance(s, Mapping)]
+    for fault in item.get("faults") or []:
+        if not isinstance(fault, Mapping):
+            continue
+        if fault.get("kind") == "word" and fault.get("word"):
+            detail["words"].append(fault)
+        else:
+            detail["spans"].append({"reason": "unexplained speech", **fault})
 
 
 def _highlighted(text: str, failing: Sequence[Mapping[str, Any]]) -> str:
@@ -207,26 +249,24 @@ def _highlighted(text: str, failing: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _chunk_rows(book: Mapping[str, Any]) -> str:
-    scores = book.get("chunk_scores") or []
-    details = book.get("chunk_quality") or []
     rows = []
-    for index in range(max(len(scores), len(details))):
-        detail = details[index] if index < len(details) and details[index] else {}
-        score = detail.get("score", scores[index] if index < len(scores) else None)
-        failing = _failing_words(detail)
-        text = detail.get("text")
-        said = _highlighted(str(text), failing) if text else ""
-        loose = [w for w in failing if not text]
-        loose_words = " ".join(
-            f"<mark>{_esc(w.get('word', w.get('text', '?')))}</mark>{_esc(_times(w))}"
-            for w in loose
+    for index, detail in enumerate(chunk_details(book)):
+        score, failing, text = detail["score"], detail["words"], detail.get("text")
+        said = _highlighted(text, failing) if text else ""
+        loose_words = (
+            ""
+            if text
+            else " ".join(
+                f"<mark>{_esc(w.get('word', w.get('text', '?')))}</mark>{_esc(_times(w))}"
+                for w in failing
+            )
         )
-        spans = detail.get("failing_spans") or detail.get("spans") or []
         span_text = "; ".join(
-            f"{_esc(s.get('reason', s.get('kind', 'unexplained sound')))}{_esc(_times(s))}"
-            for s in spans
-            if isinstance(s, Mapping)
+            f"{_esc(s.get('reason') or s.get('kind') or 'unexplained sound')}{_esc(_times(s))}"
+            for s in detail["spans"]
         )
+        if not (failing or span_text) and detail.get("reason"):
+            span_text = _esc(detail["reason"])
         bad = score is not None and score < PASS_SCORE
         rows.append(
             f'<li class="{"bad" if bad else "ok"}"><span class="n">{index + 1}</span> '

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from narrate.cli import cli
 from narrate.config import PostConfig
 from narrate.post.encode import Tags, encode
-from narrate.review import review_order, waveform_path, write_review
+from narrate.review import chunk_details, review_order, waveform_path, write_review
 
 RATE = 24_000
 PHONE_WIDTH = 390  # CSS pixels
@@ -228,3 +228,16 @@ def test_a_run_with_a_report_writes_its_review_page_beside_it(tmp_path: Path) ->
     page = (tmp_path / "out" / "report.html").read_text()
     assert '<audio controls preload="metadata" src="fox.wav">' in page
     assert '<svg class="wave"' in page
+
+
+def test_the_checks_faults_are_shown_whichever_way_the_report_lists_them() -> None:
+    fault_word = {"kind": "word", "word": "volcano", "start_s": 1.2, "end_s": 1.7}
+    fault_speech = {"kind": "speech", "word": "", "start_s": 2.0, "end_s": 2.6}
+    by_chunk = {"chunk_scores": [1.0, 0.4], "chunk_faults": [[], [fault_word, fault_speech]]}
+    at_book = {"chunk_scores": [1.0, 0.4], "faults": [{**fault_word, "chunk": 1}]}
+    for book in (by_chunk, at_book):
+        details = chunk_details(book)
+        assert details[0]["words"] == [] and details[1]["score"] == 0.4
+        assert details[1]["words"][0]["word"] == "volcano"
+    assert chunk_details(by_chunk)[1]["spans"][0]["reason"] == "unexplained speech"
+    assert chunk_details({"chunk_scores": None}) == []
