@@ -544,21 +544,26 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return add_options(with_devices, options)
 
 
-@cli.command()
-@click.argument("manifest", required=False)
-@catalog_options
-@output_options
-@click.option(
+# the site's request queue instead of a manifest (run, status)
+requests_option = click.option(
     "--requests",
     is_flag=True,
-    help="render the books the site marked 'requested' instead of a manifest",
+    help="the books the site marked 'requested' instead of a manifest",
 )
-@click.option(
+text_field_option = click.option(
     "--text-field",
     default="narrative",
     show_default=True,
     help="record field holding the text, with --requests",
 )
+
+
+@cli.command()
+@click.argument("manifest", required=False)
+@catalog_options
+@output_options
+@requests_option
+@text_field_option
 @click.option(
     "--url-style",
     default="token",
@@ -736,26 +741,35 @@ def review(report: str, output: str | None, players: int) -> None:
 
 
 @cli.command()
-@click.argument("manifest")
+@click.argument("manifest", required=False)
 @catalog_options
 @output_options
 @selection_options
+@requests_option
+@text_field_option
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
 def status(
-    manifest: str,
+    manifest: str | None,
     catalog: CatalogOptions,
     outputs: OutputOptions,
     selection: Selection,
+    requests: bool,
+    text_field: str,
     as_json: bool,
 ) -> None:
-    """Where MANIFEST stands: books done (and below the quality threshold), cached, partly
-    cached, pending, failed.
+    """Where MANIFEST (or the request queue) stands: books done (and below the quality
+    threshold), cached, partly cached, pending, failed, and why.
 
     Reads the cache and the outputs only; no model is loaded.
     """
     from narrate.status import catalog_status
 
-    counts = catalog_status(RunOptions(manifest, catalog, outputs, selection=selection))
+    if bool(manifest) == requests:
+        raise click.UsageError("give a MANIFEST or --requests (not both)")
+    options = RunOptions(
+        manifest, catalog, outputs, requests=requests, text_field=text_field, selection=selection
+    )
+    counts = catalog_status(options)
     click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())
 
 

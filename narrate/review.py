@@ -37,7 +37,10 @@ from narrate.quality import PASS_SCORE
 from narrate.storage import open_uri
 
 WAVEFORM_COLUMNS = 480  # peaks per waveform: finer than a phone's width, ~6 KB of SVG a book
-DEFAULT_PLAYERS = 200  # books with a player and a waveform; the table lists every book
+DEFAULT_PLAYERS = 200  # books with a player; the table lists every book
+# audio decoded for waveforms and loudness, in the books' review order: an hour-long MP3 takes
+# tens of seconds to decode, and a page should not keep a finished run waiting for minutes
+WAVEFORM_BUDGET_S = 3 * 3600.0
 FETCH_TIMEOUT_S = 30.0
 FETCH_TRIES = 3
 _STATUS_RANK = {"failed": 0, "marked": 1, "ready": 2, "skipped": 3}
@@ -466,16 +469,19 @@ def render_page(
 ) -> str:
     """The review page of `report` (a run report's JSON) as it will be written at `page`.
 
-    The first `players` books in review order get a player, a waveform and their loudness
-    (each file read once with `read`); a file that cannot be read or decoded shows none."""
+    The first `players` books in review order get a player; a waveform and their loudness
+    too (each file read once with `read`) until WAVEFORM_BUDGET_S of audio is decoded; a file
+    that cannot be read or decoded shows none."""
     books = review_order(report.get("books") or [])
     heard: dict[str, Heard] = {}
+    budget = WAVEFORM_BUDGET_S
     for book in books[:players]:
-        if book.get("url"):
+        if book.get("url") and budget > 0:
             try:
                 heard[str(book["book_id"])] = hear(read(str(book["url"])))
             except (OSError, ValueError, AudioError, UsageError, urllib.error.URLError):
                 continue  # the page shows the book without its waveform
+            budget -= heard[str(book["book_id"])].duration_s
     cards = [
         _card(i, book, page, heard.get(str(book.get("book_id"))))
         for i, book in enumerate(books[:players])
