@@ -241,3 +241,25 @@ def test_the_checks_faults_are_shown_whichever_way_the_report_lists_them() -> No
         assert details[1]["words"][0]["word"] == "volcano"
     assert chunk_details(by_chunk)[1]["spans"][0]["reason"] == "unexplained speech"
     assert chunk_details({"chunk_scores": None}) == []
+
+
+def test_books_published_to_cloud_storage_play_from_their_published_url(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    from narrate.storage import open_storage
+
+    storage = open_storage(f"gs://{gcs_bucket}/site")
+    data = encode(tone(2.0, 1), RATE, PostConfig(format="mp3"), Tags("fox"))
+    stored = storage.put("narrations/fox.mp3", data, content_type="audio/mpeg")
+    assert stored is not None
+    urls = {style: storage.url(stored, style) for style in ("gs", "public")}
+    books = [
+        {"book_id": style, "status": "ready", "duration_s": 2.0, "url": url}
+        for style, url in urls.items()
+    ]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"totals": {}, "books": books}))
+    page = write_review(report).read_text()
+    for url in urls.values():
+        assert f'src="{url}"' in page  # as published: the page does not copy the audio
+    assert page.count('<svg class="wave"') == 2  # both read from the bucket for the waveform
