@@ -319,7 +319,7 @@ def _totals(totals: Mapping[str, Any]) -> str:
     return f'<dl class="totals">{cells}</dl>{"".join(notes)}'
 
 
-def _table(books: Sequence[Mapping[str, Any]], heard: Mapping[str, Heard]) -> str:
+def _table(books: Sequence[Mapping[str, Any]], heard: Mapping[str, Heard], carded: set[int]) -> str:
     rows = []
     for position, book in enumerate(books):
         book_id = str(book.get("book_id"))
@@ -329,7 +329,12 @@ def _table(books: Sequence[Mapping[str, Any]], heard: Mapping[str, Heard]) -> st
         duration = book.get("duration_s") or None
         retried = int(book.get("chunks_retried") or 0)
         cells = [
-            (f'<a href="#b{position}">{_esc(book_id)}</a>', book_id),
+            (
+                f'<a href="#b{position}">{_esc(book_id)}</a>'
+                if position in carded
+                else _esc(book_id),
+                book_id,
+            ),
             (f'<span class="tag {state}">{state}</span>', _STATUS_RANK.get(state, 4)),
             (_score(score), score if score is not None else 2),
             (str(retried), retried),
@@ -475,17 +480,19 @@ def render_page(
     books = review_order(report.get("books") or [])
     heard: dict[str, Heard] = {}
     budget = WAVEFORM_BUDGET_S
-    for book in books[:players]:
+    # a card for each book there is something to hear or fix (a skipped book has no file URL
+    # in its report: it is in the table only)
+    listened = [
+        (i, book) for i, book in enumerate(books) if book.get("url") or _state(book) == "failed"
+    ][:players]
+    for _, book in listened:
         if book.get("url") and budget > 0:
             try:
                 heard[str(book["book_id"])] = hear(read(str(book["url"])))
             except (OSError, ValueError, AudioError, UsageError, urllib.error.URLError):
                 continue  # the page shows the book without its waveform
             budget -= heard[str(book["book_id"])].duration_s
-    cards = [
-        _card(i, book, page, heard.get(str(book.get("book_id"))))
-        for i, book in enumerate(books[:players])
-    ]
+    cards = [_card(i, book, page, heard.get(str(book.get("book_id")))) for i, book in listened]
     rejected = report.get("rejected_rows") or []
     rejected_html = ""
     if rejected:
@@ -495,10 +502,11 @@ def render_page(
             for r in rejected
         )
         rejected_html = f"<h2>Rejected rows ({len(rejected)})</h2><ul>{items}</ul>"
+    left = sum(1 for book in books if book.get("url")) - sum(1 for _, b in listened if b.get("url"))
     more = (
-        f"<p>{len(books) - players} more books are in the table only "
+        f"<p>{left} more books are in the table only "
         f"(<code>narrate review --players N</code> shows more).</p>"
-        if len(books) > players
+        if left > 0
         else ""
     )
     generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -508,7 +516,7 @@ def render_page(
         f'<link rel="icon" href="data:,"><title>{_esc(title)}</title>'
         f"<style>{_STYLE}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p>{generated}</p>{_totals(report.get('totals') or {})}"
-        f"<h2>Books</h2>{_table(books, heard)}"
+        f"<h2>Books</h2>{_table(books, heard, {i for i, _ in listened})}"
         f"<h2>Listen: failed and marked books and the lowest scores first</h2>"
         f"{''.join(cards)}{more}{rejected_html}"
         f"<script>{_SCRIPT}</script></body></html>"

@@ -263,3 +263,12 @@ def test_books_published_to_cloud_storage_play_from_their_published_url(
     for url in urls.values():
         assert f'src="{url}"' in page  # as published: the page does not copy the audio
     assert page.count('<svg class="wave"') == 2  # both read from the bucket for the waveform
+
+
+def test_a_skipped_book_is_in_the_table_only(report: Path) -> None:
+    data = json.loads(report.read_text())
+    data["books"].append({"book_id": "old-owl", "status": "skipped", "url": None})
+    report.write_text(json.dumps(data))
+    page = write_review(report).read_text()
+    assert '<td data-v="old-owl">old-owl</td>' in page
+    assert page.count('<section class="book') == 4  # the other four books
