@@ -370,6 +370,16 @@ watermark_model_option = click.option(
 )
 
 
+def room_tone_option(name: str, default: float, where: str) -> Callable[..., Any]:
+    return click.option(
+        name,
+        default=default,
+        show_default=True,
+        type=click.FloatRange(0, 10),
+        help=f"seconds of room tone (silence) {where}",
+    )
+
+
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options naming where a run's results live (run, status, doctor): the command gets them as
     `outputs: OutputOptions`."""
@@ -463,20 +473,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--no-watermark", is_flag=True, help="publish without the AudioSeal watermark"
         ),
         watermark_model_option,
-        click.option(
-            "--head-silence",
-            default=0.3,
-            show_default=True,
-            type=click.FloatRange(0, 10),
-            help="seconds of room tone (silence) before the first word",
-        ),
-        click.option(
-            "--tail-silence",
-            default=0.5,
-            show_default=True,
-            type=click.FloatRange(0, 10),
-            help="seconds of room tone (silence) after the last word",
-        ),
+        room_tone_option("--head-silence", 0.3, "before the first word"),
+        room_tone_option("--tail-silence", 0.5, "after the last word"),
     ]
     return add_options(with_outputs, options)
 
