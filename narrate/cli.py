@@ -192,7 +192,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="processes planning windows in parallel [default: one per CPU core]",
 )
 def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None) -> None:
-    """Validate and plan MANIFEST (JSONL or Parquet, local or gs://) without synthesizing.
+    """Validate and plan MANIFEST (JSONL, CSV or Parquet, local or gs://) without synthesizing.
 
     Exit 0 when every row is valid, 1 when some rows were rejected, 2 when the manifest cannot
     be read.
@@ -370,6 +370,16 @@ watermark_model_option = click.option(
 )
 
 
+def room_tone_option(name: str, default: float, where: str) -> Callable[..., Any]:
+    return click.option(
+        name,
+        default=default,
+        show_default=True,
+        type=click.FloatRange(0, 10),
+        help=f"seconds of room tone (silence) {where}",
+    )
+
+
 def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options naming where a run's results live (run, status, doctor): the command gets them as
     `outputs: OutputOptions`."""
@@ -387,6 +397,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
         loudness: float,
         no_watermark: bool,
         watermark_model: str | None,
+        head_silence: float,
+        tail_silence: float,
         **kwargs: Any,
     ) -> Any:
         import os
@@ -399,6 +411,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             loudness_lufs=loudness,
             watermark=not no_watermark,
             watermark_model=watermark_model,
+            head_s=head_silence,
+            tail_s=tail_silence,
         )
         outputs = OutputOptions(
             out=out,
@@ -459,6 +473,8 @@ def output_options(command: Callable[..., Any]) -> Callable[..., Any]:
             "--no-watermark", is_flag=True, help="publish without the AudioSeal watermark"
         ),
         watermark_model_option,
+        room_tone_option("--head-silence", 0.3, "before the first word"),
+        room_tone_option("--tail-silence", 0.5, "after the last word"),
     ]
     return add_options(with_outputs, options)
 
@@ -526,21 +542,26 @@ def device_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return add_options(with_devices, options)
 
 
-@cli.command()
-@click.argument("manifest", required=False)
-@catalog_options
-@output_options
-@click.option(
+# the site's request queue instead of a manifest (run, status)
+requests_option = click.option(
     "--requests",
     is_flag=True,
-    help="render the books the site marked 'requested' instead of a manifest",
+    help="the books the site marked 'requested' instead of a manifest",
 )
-@click.option(
+text_field_option = click.option(
     "--text-field",
     default="narrative",
     show_default=True,
     help="record field holding the text, with --requests",
 )
+
+
+@cli.command()
+@click.argument("manifest", required=False)
+@catalog_options
+@output_options
+@requests_option
+@text_field_option
 @click.option(
     "--url-style",
     default="token",
@@ -718,26 +739,35 @@ def review(report: str, output: str | None, players: int) -> None:
 
 
 @cli.command()
-@click.argument("manifest")
+@click.argument("manifest", required=False)
 @catalog_options
 @output_options
 @selection_options
+@requests_option
+@text_field_option
 @click.option("--json", "as_json", is_flag=True, help="print the counts as JSON")
 def status(
-    manifest: str,
+    manifest: str | None,
     catalog: CatalogOptions,
     outputs: OutputOptions,
     selection: Selection,
+    requests: bool,
+    text_field: str,
     as_json: bool,
 ) -> None:
-    """Where MANIFEST stands: books done (and below the quality threshold), cached, partly
-    cached, pending, failed.
+    """Where MANIFEST (or the request queue) stands: books done (and below the quality
+    threshold), cached, partly cached, pending, failed, and why.
 
     Reads the cache and the outputs only; no model is loaded.
     """
     from narrate.status import catalog_status
 
-    counts = catalog_status(RunOptions(manifest, catalog, outputs, selection=selection))
+    if bool(manifest) == requests:
+        raise click.UsageError("give a MANIFEST or --requests (not both)")
+    options = RunOptions(
+        manifest, catalog, outputs, requests=requests, text_field=text_field, selection=selection
+    )
+    counts = catalog_status(options)
     click.echo(json.dumps(counts.to_json(), indent=2) if as_json else counts.render())
 
 
@@ -783,7 +813,7 @@ def detect(
     from narrate.post.detect import books_by_payload, detect_files
 
     books = books_by_payload(manifest) if manifest else None
-    for found in detect_files(files, Watermarker.load(watermark_model), books):
+    for found in detect_files(files, Watermarker.for_detection(watermark_model), books):
         click.echo(json.dumps(found.to_json()) if as_json else str(found))
 
 

@@ -193,6 +193,13 @@ class PostConfig:
     # None: AudioSeal's model cards (audioseal_wm_16bits / audioseal_detector_16bits, weights
     # from the Hugging Face hub); else a local directory or "GENERATOR.pth,DETECTOR.pth"
     watermark_model: str | None = None
+    # room tone (silence) before the first word and after the last: a player's first word is
+    # not clipped, and consecutive books do not run into each other
+    head_s: float = 0.3
+    tail_s: float = 0.5
+    # the file's artist tag: the synthetic voice and model (set per book by the run; not part
+    # of any hash, the model and voice are in the chunk ids)
+    narrator: str = ""
 
     def pause_ms(self, pause: Pause) -> int:
         """Silence wanted between the speech of two chunks joined with this pause."""

@@ -136,6 +136,8 @@ class Console:
             if postfix:
                 current.set_postfix(postfix, refresh=False)
             current.update(advance)
+            if bar == "chunks" and advance:
+                self.loading = None  # a chunk came back: whatever was loading has loaded
         self._describe()
 
     def _describe(self) -> None:

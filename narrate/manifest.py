@@ -1,8 +1,9 @@
-"""Manifest reading: JSONL or Parquet rows in, `Book`s and `RowError`s out, streaming.
+"""Manifest reading: JSONL, CSV or Parquet rows in, `Book`s and `RowError`s out, streaming.
 
 Rows are validated one at a time and yielded in manifest order, so a bad row never stops the
 good ones and a 1M-row manifest never sits in memory as Python objects: Parquet is read in
-record batches of `batch_rows`, JSONL line by line. The schema is documented in
+record batches of `batch_rows`, CSV in blocks by pyarrow's streaming reader, JSONL line by
+line. The schema is documented in
 `manifests/README.md`.
 """
 
@@ -27,20 +28,25 @@ if TYPE_CHECKING:  # pyarrow is imported when a Parquet manifest is read, not wi
 
 log = logging.getLogger("narrate.manifest")
 
-FORMATS = ("jsonl", "parquet")
+FORMATS = ("jsonl", "csv", "parquet")
 FIELDS = ("book_id", "text", "text_uri", "title", "speaker", "voice", "language", "priority")
 ALIASES = {"bookId": "book_id", "narrative": "text"}  # the site's own field names
 KNOWN_COLUMNS = frozenset(FIELDS) | frozenset(ALIASES)
 MAX_ID_BYTES = 128
 
 _SUFFIX_FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl"}
-_SUFFIX_FORMATS |= {".parquet": "parquet", ".pq": "parquet"}
+_SUFFIX_FORMATS |= {".parquet": "parquet", ".pq": "parquet", ".csv": "csv"}
+_CSV_BLOCK_BYTES = 1 << 20  # CSV is parsed a block at a time: memory stays bounded
+_CSV_INTEGERS = ("speaker", "priority")  # CSV cells are text: these are parsed here
 _PARQUET_MAGIC = b"PAR1"
 _UTF8_BOM = b"\xef\xbb\xbf"
 # A Realtime Database key cannot hold . $ # [ ] / or ASCII control characters; a storage
 # object name must not hold "/" (a book id is one object, not a folder) nor "..".
 _FORBIDDEN_ID_CHAR = re.compile(r"[.$#\[\]/\x00-\x1f\x7f]")
-_FORMAT_HINT = "name the manifest .jsonl or .parquet, or pass the format explicitly (--format)"
+_FORMAT_HINT = (
+    "name the manifest .jsonl, .csv or .parquet (a spreadsheet or catalog export: save it as "
+    "CSV with a header row, UTF-8)"
+)
 
 Source = str | os.PathLike | BinaryIO
 
@@ -225,8 +231,12 @@ class ManifestReader:
         self._parquet_columns: list[tuple[str, ...]] = []  # per field: its column, then alias
         if self.format == "parquet":
             self._read_parquet_schema()
+        elif self.format == "csv":
+            self._read_csv_schema()
 
     def __iter__(self) -> Iterator[Book | RowError]:
+        if self.format == "csv":
+            return self._iter_csv()
         return self._iter_parquet() if self.format == "parquet" else self._iter_jsonl()
 
     # -- opening -----------------------------------------------------------------------------
@@ -240,7 +250,8 @@ class ManifestReader:
             except OSError as exc:
                 raise ManifestError(
                     f"cannot read manifest {self.name}: {exc.strerror or exc}",
-                    hint="check the path; a manifest is a .jsonl or .parquet file or gs:// URI",
+                    hint="check the path; a manifest is a .jsonl, .csv or .parquet file or "
+                    "gs:// URI",
                 ) from exc
             with stream:
                 yield stream
@@ -303,6 +314,11 @@ class ManifestReader:
             names = parquet.schema_arrow.names
             self.total_rows = parquet.metadata.num_rows
         self._iterated = False
+        self._place_columns(names)
+
+    def _place_columns(self, names: list[str]) -> None:
+        """Each field's column (then its alias) among a Parquet or CSV file's `names`; a
+        manifest without an id or a text column is refused as a whole."""
         alias_of = {canonical: alias for alias, canonical in ALIASES.items()}
         self._parquet_columns = [
             tuple(name for name in (field, alias_of.get(field)) if name in names)
@@ -341,6 +357,70 @@ class ManifestReader:
                 raise ManifestError(
                     f"manifest {self.name} is damaged after row {row}: {exc}",
                     hint="rewrite or re-upload the Parquet file",
+                ) from exc
+
+    # -- CSV ---------------------------------------------------------------------------------
+
+    def _csv_reader(self, stream: BinaryIO, invalid: list[int]) -> Any:
+        """pyarrow's streaming CSV reader: every known column as bytes (UTF-8 is checked per
+        row, as for the other formats), empty cells as null, a row with the wrong number of
+        cells skipped and its record number appended to `invalid`."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        def skip(row: Any) -> str:
+            invalid.append(row.number - 1 if row.number else 0)  # record 1 is the header
+            return "skip"
+
+        try:
+            return pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(use_threads=False, block_size=_CSV_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=skip),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(KNOWN_COLUMNS, pa.large_binary()),
+                    strings_can_be_null=True,
+                ),
+            )
+        except (pa.ArrowException, OSError) as exc:
+            raise ManifestError(
+                f"{self.name} is not a readable CSV file: {exc}",
+                hint="a CSV manifest needs a header row naming its columns (book_id, text, ...)",
+            ) from exc
+
+    def _read_csv_schema(self) -> None:
+        with self._open() as stream:
+            names = self._csv_reader(stream, []).schema.names
+        self._iterated = False
+        self._place_columns(names)
+
+    def _iter_csv(self) -> Iterator[Book | RowError]:
+        import pyarrow as pa
+
+        self._warn_unknown()
+        check = _RowChecker(self.max_text_chars)
+        invalid: list[int] = []
+        row = 0
+        with self._open() as stream:
+            reader = self._csv_reader(stream, invalid)
+            try:
+                for batch in reader:
+                    values = [_field_values(batch, names) for names in self._parquet_columns]
+                    skipped = set(invalid)
+                    for fields in zip(*values, strict=False):  # repeat() pads
+                        row += 1
+                        while row in skipped:  # a malformed record held this number
+                            yield _wrong_cells(row)
+                            row += 1
+                        yield check(row, *_csv_fields(fields))
+                    for number in sorted(n for n in skipped if n > row):
+                        row = number
+                        yield _wrong_cells(row)
+                    invalid.clear()
+            except (pa.ArrowException, OSError) as exc:
+                raise ManifestError(
+                    f"manifest {self.name} cannot be parsed after row {row}: {exc}",
+                    hint="check the CSV's quoting (a cell holding commas or newlines is quoted)",
                 ) from exc
 
     # -- JSONL -------------------------------------------------------------------------------
@@ -390,6 +470,23 @@ def _field_values(batch: pa.RecordBatch, names: tuple[str, ...]) -> Iterable[obj
         alias = _column_values(batch.column(names[1]))
         values = [a if v is None else v for v, a in zip(values, alias, strict=True)]
     return values
+
+
+def _wrong_cells(row: int) -> RowError:
+    return RowError(row, "malformed_csv", "the row does not have one cell per header column")
+
+
+def _csv_fields(fields: tuple[object, ...]) -> tuple[object, ...]:
+    """A CSV row's cells in FIELDS order with the integer columns parsed (a cell that is no
+    integer stays text and is rejected by the row check, naming the field)."""
+    parsed = list(fields)
+    for index in (FIELDS.index(name) for name in _CSV_INTEGERS):
+        cell = parsed[index]
+        if isinstance(cell, bytes) and re.fullmatch(rb"\s*-?\d{1,18}\s*", cell):
+            parsed[index] = int(cell)
+        elif isinstance(cell, bytes):
+            parsed[index] = cell.decode("utf-8", "replace")
+    return tuple(parsed)
 
 
 def _column_values(column: pa.Array) -> list[object]:

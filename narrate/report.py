@@ -34,6 +34,7 @@ class BookResult:
     quality_score: float | None = None  # the worst chunk's (1.0: every chunk passed the check)
     chunks_retried: int = 0  # chunks the quality check sent back for another take
     chunk_scores: list[float | None] | None = None  # by chunk index; None: unchecked chunk
+    hint: str | None = None  # what to do about a failure, where the error says
 
     @property
     def below_threshold(self) -> bool:

@@ -37,7 +37,10 @@ from narrate.quality import PASS_SCORE
 from narrate.storage import open_uri
 
 WAVEFORM_COLUMNS = 480  # peaks per waveform: finer than a phone's width, ~6 KB of SVG a book
-DEFAULT_PLAYERS = 200  # books with a player and a waveform; the table lists every book
+DEFAULT_PLAYERS = 200  # books with a player; the table lists every book
+# audio decoded for waveforms and loudness, in the books' review order: an hour-long MP3 takes
+# tens of seconds to decode, and a page should not keep a finished run waiting for minutes
+WAVEFORM_BUDGET_S = 3 * 3600.0
 FETCH_TIMEOUT_S = 30.0
 FETCH_TRIES = 3
 _STATUS_RANK = {"failed": 0, "marked": 1, "ready": 2, "skipped": 3}
@@ -174,9 +177,51 @@ def _times(item: Mapping[str, Any]) -> str:
     return f" {float(start):.2f}–{float(end):.2f} s" if end is not None else f" {start:.2f} s"
 
 
-def _failing_words(detail: Mapping[str, Any]) -> list[Mapping[str, Any]]:
-    words = detail.get("failing_words") or detail.get("failed_words") or []
-    return [w if isinstance(w, Mapping) else {"word": w} for w in words]
+# where a report may name a book's per-chunk check results: a list by chunk index of objects
+# (text, score, reason, failing_words, failing_spans, or the check's `faults`), or of lists of
+# faults; a book-level `faults` list whose items carry their `chunk` index is read too
+_CHUNK_LISTS = ("chunk_quality", "chunk_verdicts", "chunk_checks", "chunk_faults")
+
+
+def chunk_details(book: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each chunk's check results, normalized: `score`, `text`, `reason`, `words` (failing
+    words: `word`, times) and `spans` (sound no word explains: `reason`, times)."""
+    scores = list(book.get("chunk_scores") or [])
+    lists = [book[key] for key in _CHUNK_LISTS if isinstance(book.get(key), list)]
+    count = max([len(scores), *map(len, lists)], default=0)
+    details: list[dict[str, Any]] = [
+        {"score": scores[i] if i < len(scores) else None, "words": [], "spans": []}
+        for i in range(count)
+    ]
+    for found in lists:
+        for index, item in enumerate(found):
+            if isinstance(item, list):
+                item = {"faults": item}
+            if isinstance(item, Mapping):
+                _merge(details[index], item)
+    for fault in book.get("faults") or []:
+        chunk = fault.get("chunk") if isinstance(fault, Mapping) else None
+        if isinstance(chunk, int) and 0 <= chunk < count:
+            _merge(details[chunk], {"faults": [fault]})
+    return details
+
+
+def _merge(detail: dict[str, Any], item: Mapping[str, Any]) -> None:
+    for key in ("text", "reason"):
+        if item.get(key):
+            detail[key] = str(item[key])
+    if isinstance(item.get("score"), (int, float)):
+        detail["score"] = float(item["score"])
+    words = item.get("failing_words") or item.get("failed_words") or []
+    detail["words"] += [w if isinstance(w, Mapping) else {"word": w} for w in words]
+    detail["spans"] += [s for s in item.get("failing_spans") or [] if isinstance(s, Mapping)]
+    for fault in item.get("faults") or []:
+        if not isinstance(fault, Mapping):
+            continue
+        if fault.get("kind") == "word" and fault.get("word"):
+            detail["words"].append(fault)
+        else:
+            detail["spans"].append({"reason": "unexplained speech", **fault})
 
 
 def _highlighted(text: str, failing: Sequence[Mapping[str, Any]]) -> str:
@@ -207,26 +252,24 @@ def _highlighted(text: str, failing: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _chunk_rows(book: Mapping[str, Any]) -> str:
-    scores = book.get("chunk_scores") or []
-    details = book.get("chunk_quality") or []
     rows = []
-    for index in range(max(len(scores), len(details))):
-        detail = details[index] if index < len(details) and details[index] else {}
-        score = detail.get("score", scores[index] if index < len(scores) else None)
-        failing = _failing_words(detail)
-        text = detail.get("text")
-        said = _highlighted(str(text), failing) if text else ""
-        loose = [w for w in failing if not text]
-        loose_words = " ".join(
-            f"<mark>{_esc(w.get('word', w.get('text', '?')))}</mark>{_esc(_times(w))}"
-            for w in loose
+    for index, detail in enumerate(chunk_details(book)):
+        score, failing, text = detail["score"], detail["words"], detail.get("text")
+        said = _highlighted(text, failing) if text else ""
+        loose_words = (
+            ""
+            if text
+            else " ".join(
+                f"<mark>{_esc(w.get('word', w.get('text', '?')))}</mark>{_esc(_times(w))}"
+                for w in failing
+            )
         )
-        spans = detail.get("failing_spans") or detail.get("spans") or []
         span_text = "; ".join(
-            f"{_esc(s.get('reason', s.get('kind', 'unexplained sound')))}{_esc(_times(s))}"
-            for s in spans
-            if isinstance(s, Mapping)
+            f"{_esc(s.get('reason') or s.get('kind') or 'unexplained sound')}{_esc(_times(s))}"
+            for s in detail["spans"]
         )
+        if not (failing or span_text) and detail.get("reason"):
+            span_text = _esc(detail["reason"])
         bad = score is not None and score < PASS_SCORE
         rows.append(
             f'<li class="{"bad" if bad else "ok"}"><span class="n">{index + 1}</span> '
@@ -276,7 +319,7 @@ def _totals(totals: Mapping[str, Any]) -> str:
     return f'<dl class="totals">{cells}</dl>{"".join(notes)}'
 
 
-def _table(books: Sequence[Mapping[str, Any]], heard: Mapping[str, Heard]) -> str:
+def _table(books: Sequence[Mapping[str, Any]], heard: Mapping[str, Heard], carded: set[int]) -> str:
     rows = []
     for position, book in enumerate(books):
         book_id = str(book.get("book_id"))
@@ -286,7 +329,12 @@ def _table(books: Sequence[Mapping[str, Any]], heard: Mapping[str, Heard]) -> st
         duration = book.get("duration_s") or None
         retried = int(book.get("chunks_retried") or 0)
         cells = [
-            (f'<a href="#b{position}">{_esc(book_id)}</a>', book_id),
+            (
+                f'<a href="#b{position}">{_esc(book_id)}</a>'
+                if position in carded
+                else _esc(book_id),
+                book_id,
+            ),
             (f'<span class="tag {state}">{state}</span>', _STATUS_RANK.get(state, 4)),
             (_score(score), score if score is not None else 2),
             (str(retried), retried),
@@ -426,20 +474,25 @@ def render_page(
 ) -> str:
     """The review page of `report` (a run report's JSON) as it will be written at `page`.
 
-    The first `players` books in review order get a player, a waveform and their loudness
-    (each file read once with `read`); a file that cannot be read or decoded shows none."""
+    The first `players` books in review order get a player; a waveform and their loudness
+    too (each file read once with `read`) until WAVEFORM_BUDGET_S of audio is decoded; a file
+    that cannot be read or decoded shows none."""
     books = review_order(report.get("books") or [])
     heard: dict[str, Heard] = {}
-    for book in books[:players]:
-        if book.get("url"):
+    budget = WAVEFORM_BUDGET_S
+    # a card for each book there is something to hear or fix (a skipped book has no file URL
+    # in its report: it is in the table only)
+    listened = [
+        (i, book) for i, book in enumerate(books) if book.get("url") or _state(book) == "failed"
+    ][:players]
+    for _, book in listened:
+        if book.get("url") and budget > 0:
             try:
                 heard[str(book["book_id"])] = hear(read(str(book["url"])))
             except (OSError, ValueError, AudioError, UsageError, urllib.error.URLError):
                 continue  # the page shows the book without its waveform
-    cards = [
-        _card(i, book, page, heard.get(str(book.get("book_id"))))
-        for i, book in enumerate(books[:players])
-    ]
+            budget -= heard[str(book["book_id"])].duration_s
+    cards = [_card(i, book, page, heard.get(str(book.get("book_id")))) for i, book in listened]
     rejected = report.get("rejected_rows") or []
     rejected_html = ""
     if rejected:
@@ -449,10 +502,11 @@ def render_page(
             for r in rejected
         )
         rejected_html = f"<h2>Rejected rows ({len(rejected)})</h2><ul>{items}</ul>"
+    left = sum(1 for book in books if book.get("url")) - sum(1 for _, b in listened if b.get("url"))
     more = (
-        f"<p>{len(books) - players} more books are in the table only "
+        f"<p>{left} more books are in the table only "
         f"(<code>narrate review --players N</code> shows more).</p>"
-        if len(books) > players
+        if left > 0
         else ""
     )
     generated = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -462,7 +516,7 @@ def render_page(
         f'<link rel="icon" href="data:,"><title>{_esc(title)}</title>'
         f"<style>{_STYLE}</style></head><body>"
         f"<h1>{_esc(title)}</h1><p>{generated}</p>{_totals(report.get('totals') or {})}"
-        f"<h2>Books</h2>{_table(books, heard)}"
+        f"<h2>Books</h2>{_table(books, heard, {i for i, _ in listened})}"
         f"<h2>Listen: failed and marked books and the lowest scores first</h2>"
         f"{''.join(cards)}{more}{rejected_html}"
         f"<script>{_SCRIPT}</script></body></html>"

@@ -53,7 +53,7 @@ from narrate.publish import content_hash, open_outputs
 from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
 from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
-from narrate.settings import SETTINGS_KEY, model_name, settings_metadata
+from narrate.settings import SETTINGS_KEY, model_name, narrator, settings_metadata
 from narrate.sources import planned_windows
 from narrate.storage import StoredObject
 from narrate.workers import (
@@ -384,11 +384,16 @@ class Run:
             return
         self.posting.add(self.post_pool.submit(self._render, job))
 
-    def _fail(self, job: BookJob, error: str) -> BookResult:
+    def _fail(self, job: BookJob, error: str, hint: str | None = None) -> BookResult:
         self.seen.pop(job.book_id, None)
         self.outputs.status.failed(job.book_id, error)
         return BookResult(
-            job.book_id, "failed", chunks=len(job.planned.chunks), retries=job.retries, error=error
+            job.book_id,
+            "failed",
+            chunks=len(job.planned.chunks),
+            retries=job.retries,
+            error=error,
+            hint=hint,
         )
 
     def _render(self, job: BookJob) -> BookResult | Future[BookResult]:
@@ -402,7 +407,7 @@ class Run:
             encoded = self.renderers.render(
                 book.book_id,
                 job.planned.chunks,
-                self.options.outputs.post,
+                replace(self.options.outputs.post, narrator=narrator(self.options, book.voice)),
                 self.watermarker,
                 content_hash=job.content_hash,
                 title=book.title,
@@ -410,7 +415,7 @@ class Run:
         except InfrastructureError:
             raise  # not this book's fault: the run stops and the book goes back on the queue
         except NarrateError as exc:
-            return self._fail(job, exc.message)
+            return self._fail(job, exc.message, exc.hint)
         self.upload_slots.acquire()  # bounds the encoded files held in memory
         return self.upload_pool.submit(self._publish, job, encoded, *quality)
 
@@ -433,7 +438,7 @@ class Run:
         except InfrastructureError:
             raise
         except NarrateError as exc:
-            return self._fail(job, exc.message)
+            return self._fail(job, exc.message, exc.hint)
         finally:
             self.upload_slots.release()
         return BookResult(

@@ -30,6 +30,12 @@ def model_name(options: RunOptions) -> str:
     return engine.model if engine.engine == "csm" else "espeak-ng"
 
 
+def narrator(options: RunOptions, voice: str | None) -> str:
+    """The file's artist tag: says the voice is synthetic, and which model and voice."""
+    named = f", voice {voice}" if voice else ""
+    return f"synthetic voice ({model_name(options)}{named})"
+
+
 def rendered_with(options: RunOptions) -> dict[str, object]:
     """What of a run's options shapes its files (and is not in the book's own row)."""
     engine, post = options.catalog.engine, options.outputs.post
@@ -43,8 +49,8 @@ def rendered_with(options: RunOptions) -> dict[str, object]:
         "lexicon": lexicon.key if lexicon is not None and lexicon.entries else "",
         "loudness": post.loudness_lufs,
         "watermark": post.watermark,
-        "head_s": getattr(post, "head_s", None),
-        "tail_s": getattr(post, "tail_s", None),
+        "head_s": post.head_s,
+        "tail_s": post.tail_s,
     }
 
 

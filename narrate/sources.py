@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 def manifest_rows(manifest: str, *, max_text_chars: int) -> ManifestReader:
-    """A manifest's rows (JSONL or Parquet, local or gs://); `total_rows` when known up front."""
+    """A manifest's rows (JSONL, CSV or Parquet, local or gs://); `total_rows` when known."""
     return ManifestReader(manifest, max_text_chars=max_text_chars)
 
 

@@ -379,7 +379,7 @@ def test_spent_stream_that_cannot_rewind_is_an_error() -> None:
     [
         (lambda d: d / "nope.jsonl", "No such file"),
         (lambda d: d, "Is a directory|Permission denied"),
-        (lambda d: (d / "m.csv").write_text("book_id,text\n") and d / "m.csv", "cannot tell"),
+        (lambda d: (d / "m.txt").write_text("book_id;text\n") and d / "m.txt", "cannot tell"),
     ],
 )
 def test_unreadable_manifests_raise_with_a_hint(tmp_path: Path, make, match: str) -> None:
@@ -389,8 +389,8 @@ def test_unreadable_manifests_raise_with_a_hint(tmp_path: Path, make, match: str
 
 
 def test_unknown_format_name_is_a_usage_error(tmp_path: Path) -> None:
-    with pytest.raises(ManifestError, match="unknown manifest format 'csv'"):
-        ManifestReader(tmp_path / "m.csv", format="csv")
+    with pytest.raises(ManifestError, match="unknown manifest format 'xml'"):
+        ManifestReader(tmp_path / "m.xml", format="xml")
 
 
 @pytest.mark.slow

@@ -139,7 +139,8 @@ def test_render_book_keeps_the_configured_pauses() -> None:
     book = render_book("b", chunks, audios, config, None, content_hash="h")
     speech = sum(len(a) for a in audios) / SAMPLE_RATE - 3 * 0.6
     # the syllable pattern has its own short gaps; the joins add the configured pauses
-    assert book.duration_s == pytest.approx(speech + 0.3 + 0.9, abs=0.2)
+    room_tone = config.head_s + config.tail_s
+    assert book.duration_s == pytest.approx(speech + 0.3 + 0.9 + room_tone, abs=0.2)
 
 
 def test_a_silent_book_fails() -> None:
@@ -224,7 +225,14 @@ def test_detect_command_fails_clearly_without_weights(tmp_path: Path) -> None:
     path.write_bytes(encode(speechlike(1), SAMPLE_RATE, PostConfig(), Tags("plain")))
     result = CliRunner().invoke(cli, ["detect", str(path), "--watermark-model", str(tmp_path)])
     assert result.exit_code == 3
-    assert "no AudioSeal generator checkpoint" in result.output
+    assert "no AudioSeal detector checkpoint" in result.output
+    assert "--watermark-model DIR" in result.output and "--no-watermark" not in result.output
+    # no folder, offline, nothing cached: the detector (detect needs nothing else) is named
+    env = {"HF_HUB_OFFLINE": "1", "AUDIOSEAL_CACHE_DIR": str(tmp_path / "empty")}
+    result = CliRunner().invoke(cli, ["detect", str(path)], env=env)
+    assert result.exit_code == 3
+    assert "cannot load the AudioSeal watermark detector" in result.output
+    assert "generator" not in result.output and "--no-watermark" not in result.output
 
 
 # demo books whose MP3 went over the true-peak limit when lossy files were mastered like WAV

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from narrate.cli import cli
 from narrate.config import PostConfig
 from narrate.post.encode import Tags, encode
-from narrate.review import review_order, waveform_path, write_review
+from narrate.review import chunk_details, review_order, waveform_path, write_review
 
 RATE = 24_000
 PHONE_WIDTH = 390  # CSS pixels
@@ -228,3 +228,47 @@ def test_a_run_with_a_report_writes_its_review_page_beside_it(tmp_path: Path) ->
     page = (tmp_path / "out" / "report.html").read_text()
     assert '<audio controls preload="metadata" src="fox.wav">' in page
     assert '<svg class="wave"' in page
+
+
+def test_the_checks_faults_are_shown_whichever_way_the_report_lists_them() -> None:
+    fault_word = {"kind": "word", "word": "volcano", "start_s": 1.2, "end_s": 1.7}
+    fault_speech = {"kind": "speech", "word": "", "start_s": 2.0, "end_s": 2.6}
+    by_chunk = {"chunk_scores": [1.0, 0.4], "chunk_faults": [[], [fault_word, fault_speech]]}
+    at_book = {"chunk_scores": [1.0, 0.4], "faults": [{**fault_word, "chunk": 1}]}
+    for book in (by_chunk, at_book):
+        details = chunk_details(book)
+        assert details[0]["words"] == [] and details[1]["score"] == 0.4
+        assert details[1]["words"][0]["word"] == "volcano"
+    assert chunk_details(by_chunk)[1]["spans"][0]["reason"] == "unexplained speech"
+    assert chunk_details({"chunk_scores": None}) == []
+
+
+def test_books_published_to_cloud_storage_play_from_their_published_url(
+    tmp_path: Path, gcs_bucket: str
+) -> None:
+    from narrate.storage import open_storage
+
+    storage = open_storage(f"gs://{gcs_bucket}/site")
+    data = encode(tone(2.0, 1), RATE, PostConfig(format="mp3"), Tags("fox"))
+    stored = storage.put("narrations/fox.mp3", data, content_type="audio/mpeg")
+    assert stored is not None
+    urls = {style: storage.url(stored, style) for style in ("gs", "public")}
+    books = [
+        {"book_id": style, "status": "ready", "duration_s": 2.0, "url": url}
+        for style, url in urls.items()
+    ]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"totals": {}, "books": books}))
+    page = write_review(report).read_text()
+    for url in urls.values():
+        assert f'src="{url}"' in page  # as published: the page does not copy the audio
+    assert page.count('<svg class="wave"') == 2  # both read from the bucket for the waveform
+
+
+def test_a_skipped_book_is_in_the_table_only(report: Path) -> None:
+    data = json.loads(report.read_text())
+    data["books"].append({"book_id": "old-owl", "status": "skipped", "url": None})
+    report.write_text(json.dumps(data))
+    page = write_review(report).read_text()
+    assert '<td data-v="old-owl">old-owl</td>' in page
+    assert page.count('<section class="book') == 4  # the other four books

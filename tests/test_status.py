@@ -89,3 +89,15 @@ def test_run_takes_the_sampling_options_and_a_new_temperature_renders_again(tmp_
     assert run("--temperature", "0.9", "--top-k", "50")["skipped"] == 1  # the defaults
     again = run("--temperature", "0.5", "--top-k", "5")
     assert again["ready"] == 1 and again["chunks_synthesized"] == 1
+
+
+def test_status_reads_the_request_queue_as_run_does(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    record = {"narrativeAudioStatus": "requested", "narrative": "Who goes there?"}
+    (out / "status.json").write_text(json.dumps({"books": {"owl": record}}))
+    where = [f"--out={out}", f"--cache={tmp_path / 'cache'}", "--engine=preview"]
+    counts = json.loads(invoke("status", "--requests", "--json", *where))
+    assert counts["pending"] == 1 and counts["books"][0]["book_id"] == "owl"
+    result = CliRunner().invoke(cli, ["status", *where])
+    assert result.exit_code == 2 and "give a MANIFEST or --requests" in result.output

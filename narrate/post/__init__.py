@@ -113,7 +113,7 @@ def finish_book(
     _, ceiling = encoder_allowance(config)
     if payload is not None:  # the residual is quiet but can still nudge a peak over the ceiling
         audio = limit_true_peak(audio, SAMPLE_RATE, ceiling)
-    tags = Tags(book_id, title)
+    tags = Tags(book_id, title, config.narrator or None, watermarked=payload is not None)
     data = encode(audio, SAMPLE_RATE, config, tags)
     measured = gate.measure(data)
     for _ in range(_MAX_CORRECTIONS):

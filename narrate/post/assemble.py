@@ -1,4 +1,5 @@
-"""Book assembly: chunk waveforms trimmed, joined in order with crossfades, pauses inserted."""
+"""Book assembly: chunk waveforms trimmed, joined in order with crossfades, pauses inserted,
+room tone at the head and the tail."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def assemble(
         raise ValueError(f"{len(chunks)} chunks but {len(audios)} waveforms")
     fade = sample_rate * config.crossfade_ms // 1000
     parts: list[np.ndarray] = []
-    previous_tail = 0
+    first_lead = previous_tail = 0
     pause: Pause = "none"
     for chunk, audio in sorted(zip(chunks, audios, strict=True), key=lambda pair: pair[0].index):
         if parts and _PAUSE_RANK[chunk.pause_before] > _PAUSE_RANK[pause]:
@@ -92,6 +93,8 @@ def assemble(
         if trimmed is None:
             continue
         piece = _faded(trimmed.audio, fade)
+        if not parts:
+            first_lead = trimmed.lead
         if parts:
             wanted = sample_rate * config.pause_ms(pause) // 1000
             silence = wanted - previous_tail - trimmed.lead
@@ -104,4 +107,9 @@ def assemble(
         parts.append(piece)
         previous_tail = trimmed.tail
         pause = "none"
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+    if not parts:
+        return np.zeros(0, dtype=np.float32)
+    # room tone: the margins kept around the speech count towards it
+    head = max(0, round(config.head_s * sample_rate) - first_lead)
+    tail = max(0, round(config.tail_s * sample_rate) - previous_tail)
+    return np.concatenate([np.zeros(head, np.float32), *parts, np.zeros(tail, np.float32)])

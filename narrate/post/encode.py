@@ -32,14 +32,35 @@ _ENCODER_OPTIONS = {"mp3": {"compression_level": "7"}, "opus": {}}
 
 @dataclass(frozen=True, slots=True)
 class Tags:
-    """What a file says about itself: players show the title; the book id traces it back."""
+    """What a file says about itself: players show the title and the artist (the synthetic
+    narrator: voice and model); the book id traces it back; the comment says, in words a
+    person reads in any player, that the voice is synthetic and whether a watermark is in it."""
 
     book_id: str
     title: str | None = None
+    narrator: str | None = None  # e.g. "synthetic voice (sesame/csm-1b)"
+    watermarked: bool | None = None  # None: not said (files written outside a run)
+
+    @property
+    def comment(self) -> str:
+        parts = [f"book_id={self.book_id}"]
+        if self.narrator:
+            parts.append(f"narrated by a {self.narrator}")
+        if self.watermarked is not None:
+            parts.append(
+                "AudioSeal watermark embedded" if self.watermarked else "no watermark embedded"
+            )
+        return "; ".join(parts)
 
     def as_dict(self) -> dict[str, str]:
-        tags = {"book_id": self.book_id, "comment": f"book_id={self.book_id}"}
-        return tags | ({"title": self.title} if self.title else {})
+        tags = {"book_id": self.book_id, "comment": self.comment}
+        if self.watermarked is not None:
+            tags["watermark"] = "audioseal" if self.watermarked else "none"
+        return (
+            tags
+            | ({"title": self.title} if self.title else {})
+            | ({"artist": self.narrator} if self.narrator else {})
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +87,11 @@ def _encode_soundfile(audio: np.ndarray, sample_rate: int, fmt: str, tags: Tags)
     with soundfile.SoundFile(
         buffer, "w", samplerate=sample_rate, channels=1, format=container, subtype=subtype
     ) as out:
-        out.comment = tags.as_dict()["comment"]
+        out.comment = tags.comment
         if tags.title:
             out.title = tags.title
+        if tags.narrator:
+            out.artist = tags.narrator
         out.write(np.clip(audio, -1.0, 1.0))
     return buffer.getvalue()
 
@@ -79,7 +102,7 @@ def encode_wav(audio: np.ndarray, sample_rate: int, tags: Tags) -> bytes:
     through Python callbacks to write into memory)."""
     scaled = np.floor(np.clip(audio, -1.0, 1.0) * np.float32(32768))  # libsndfile's rounding
     pcm = np.clip(scaled, -32768, 32767).astype("<i2").tobytes()
-    texts = [("ICMT", tags.as_dict()["comment"]), ("INAM", tags.title or "")]
+    texts = [("ICMT", tags.comment), ("INAM", tags.title or ""), ("IART", tags.narrator or "")]
     info = b"".join(_riff_chunk(key, _info_text(text)) for key, text in texts if text)
     fmt = struct.pack("<HHIIHH", 1, 1, sample_rate, 2 * sample_rate, 2, 16)  # PCM, mono
     body = b"WAVE" + _riff_chunk("fmt ", fmt) + _riff_chunk("LIST", b"INFO" + info)

@@ -78,6 +78,13 @@ def bits_payload(bits: list[int]) -> int:
     return sum(bit << (NBITS - 1 - i) for i, bit in enumerate(bits))
 
 
+_DETECT_HINT = (
+    "AudioSeal's detector weights come from huggingface.co/facebook/audioseal: without network "
+    f"access, put {DETECTOR_FILE} in a folder and pass --watermark-model DIR (or set "
+    "NARRATE_AUDIOSEAL_DIR)"
+)
+
+
 def resolve_checkpoints(model: str | None) -> tuple[str, str]:
     """Generator and detector to load: model cards, a folder, or "GENERATOR,DETECTOR"."""
     if model is None:
@@ -93,16 +100,14 @@ def resolve_checkpoints(model: str | None) -> tuple[str, str]:
     return _find_checkpoint(folder, GENERATOR_FILE), _find_checkpoint(folder, DETECTOR_FILE)
 
 
-def _find_checkpoint(folder: Path, name: str) -> str:
+def _find_checkpoint(folder: Path, name: str, hint: str = _LOAD_HINT) -> str:
     if (folder / name).is_file():
         return str(folder / name)
     role = name.split("_")[0]
     found = sorted(folder.glob(f"*{role}*.pth"))
     if len(found) != 1:
         what = "no" if not found else "more than one"
-        raise ModelError(
-            f"{what} AudioSeal {role} checkpoint (*{role}*.pth) in {folder}", _LOAD_HINT
-        )
+        raise ModelError(f"{what} AudioSeal {role} checkpoint (*{role}*.pth) in {folder}", hint)
     return str(found[0])
 
 
@@ -138,21 +143,21 @@ def _offline_without_weights(source: str) -> bool:
     return not (Path(root or Path.home() / ".cache") / "audioseal" / name).is_file()
 
 
-def _load_model(kind: str, source: str, device: str) -> Any:
+def _load_model(kind: str, source: str, device: str, hint: str = _LOAD_HINT) -> Any:
     from audioseal import AudioSeal
 
     if _offline_without_weights(source):
         raise ModelError(
             f"cannot load the AudioSeal watermark {kind} {source!r}: HF_HUB_OFFLINE is set "
             "and its weights were never downloaded",
-            _LOAD_HINT,
+            hint,
         )
     load = AudioSeal.load_generator if kind == "generator" else AudioSeal.load_detector
     try:
         model = load(source, nbits=NBITS, device=torch.device(device))
     except Exception as exc:  # the loader raises whatever its download or unpickling raised
         raise ModelError(
-            f"cannot load the AudioSeal watermark {kind} {source!r}: {exc}", _LOAD_HINT
+            f"cannot load the AudioSeal watermark {kind} {source!r}: {exc}", hint
         ) from exc
     return model.eval()
 
@@ -160,12 +165,32 @@ def _load_model(kind: str, source: str, device: str) -> Any:
 class Watermarker:
     """Embeds and detects book payloads. Load it once per process with `Watermarker.load`."""
 
-    def __init__(self, generator: AudioSealWM, detector_source: str, device: str) -> None:
+    def __init__(self, generator: AudioSealWM | None, detector_source: str, device: str) -> None:
         self.generator = generator
         self.device = device
         self._detector_source = detector_source
         self._detector: AudioSealDetector | None = None
         self._detector_lock = threading.Lock()
+
+    @classmethod
+    def for_detection(cls, model: str | None = None, device: str = "cpu") -> Watermarker:
+        """Only the detector (`narrate detect`): loaded now, ModelError naming the detector
+        if it cannot be; no generator is needed or loaded."""
+        if model is None:
+            source = DETECTOR_CARD
+        elif "," in model:
+            source = model.split(",", 1)[1].strip()
+        elif Path(model).is_dir():
+            source = _find_checkpoint(Path(model), DETECTOR_FILE, _DETECT_HINT)
+        else:
+            raise ModelError(
+                f"--watermark-model {model!r} is neither a folder nor GENERATOR,DETECTOR",
+                _DETECT_HINT,
+            )
+        detector = _load_model("detector", source, device, _DETECT_HINT)
+        watermarker = cls(None, source, device)
+        watermarker._detector = detector
+        return watermarker
 
     @classmethod
     def load(cls, model: str | None = None, device: str = "cpu") -> Watermarker:
@@ -201,6 +226,7 @@ class Watermarker:
         weight[: 2 * context], weight[-2 * context :] = ramp, ramp.flip(0)
         total, weights = torch.zeros(len(padded)), torch.zeros(len(padded))
         message = torch.tensor([payload_bits(payload)], device=self.device)
+        assert self.generator is not None, "a detection-only Watermarker cannot embed"
         with _inference():
             for first in range(0, count, SEGMENTS_PER_BATCH):
                 batch = segments[first : first + SEGMENTS_PER_BATCH].to(self.device)
