@@ -269,16 +269,22 @@ def say(
 @click.option("--book", "book_id", default=None, help="book id, with --manifest")
 @text_root_option
 @lexicon_option
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="then list each rewrite with its rule and each form left as written with the reason",
+)
 def spoken(
     text: str | None,
     manifest: str | None,
     book_id: str | None,
     text_root: str | None,
     lexicon: Any,
+    explain: bool,
 ) -> None:
     """Print TEXT (or --book of --manifest) as it will be spoken: normalized, with numbers,
     currency, times, units, abbreviations and Roman numerals as words, the lexicon applied."""
-    from narrate.text import spoken_text
+    from narrate.text import explain_spoken, spoken_text
 
     if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
         raise click.UsageError("give TEXT, or --manifest and --book")
@@ -288,6 +294,18 @@ def spoken(
         text = manifest_book_text(manifest, book_id, text_root)
     assert text is not None
     click.echo(spoken_text(text, lexicon))
+    if explain:
+        decisions = explain_spoken(text, lexicon)
+        click.echo()
+        for d in decisions:
+            if d.spoken is None:
+                click.echo(f"left as written {json.dumps(d.written)}: {d.rule}")
+            else:
+                click.echo(
+                    f"rewritten {json.dumps(d.written)} -> {json.dumps(d.spoken)} ({d.rule})"
+                )
+        left = sum(d.spoken is None for d in decisions)
+        click.echo(f"{left} form{'' if left == 1 else 's'} left as written")
 
 
 @cli.group()

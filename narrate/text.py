@@ -11,6 +11,7 @@ the per-character rules (controls, dashes, paragraphs, sentence ends, packing) r
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from array import array
 from collections.abc import Callable
@@ -28,7 +29,7 @@ except ImportError as exc:  # a checkout used without `make install` / `pip inst
 from narrate.config import ChunkingConfig, Lexicon, fingerprint
 from narrate.errors import UsageError
 from narrate.records import Chunk, Pause
-from narrate.spoken import speak
+from narrate.spoken import Decision, explain, speak
 
 # --- normalization -------------------------------------------------------------------------
 
@@ -43,11 +44,18 @@ _TYPOGRAPHY = {
 }
 
 
+# NFKC writes "3½" as "31⁄2": a space keeps the whole number apart ("3 1⁄2", three and a half)
+_MIXED_FRACTION = re.compile(r"(?<=\d)(?=[\u00bc-\u00be\u2150-\u215e])")
+
+
 def _unicode_forms(text: str) -> str:
     """NFKC, then the typography NFKC leaves alone; ASCII text has nothing to change."""
     if text.isascii():
         return text
-    text = unicodedata.normalize("NFKC", text)
+    normalized = unicodedata.normalize("NFKC", text)
+    if "\u2044" in normalized:  # a vulgar fraction (rare): keep it apart from a number before
+        normalized = unicodedata.normalize("NFKC", _MIXED_FRACTION.sub(" ", text))
+    text = normalized
     if " \u2013 " in text:  # a spaced en dash is a dash, not a range
         text = text.replace(" \u2013 ", " \u2014 ")
     # str.translate is slow on non-ASCII strings; a few memchr-fast scans are not
@@ -84,6 +92,12 @@ def spoken_text(text: str, lexicon: Lexicon | None = None) -> str:
     """The text as the model will read it: `normalize` of the spoken forms (what `chunk_book`
     packs into chunks; `narrate spoken` prints it)."""
     return "\n\n".join(_textcore.paragraphs(_spoken_forms(text, lexicon)))
+
+
+def explain_spoken(text: str, lexicon: Lexicon | None = None) -> list[Decision]:
+    """What `spoken_text` rewrote in `text` and by which rule, and what it left as written and
+    why (narrate.spoken.explain on the Unicode forms)."""
+    return explain(_unicode_forms(text), lexicon)
 
 
 # --- sentence splitting --------------------------------------------------------------------
