@@ -4,6 +4,7 @@ words; what it does not recognise left alone; the pronunciation lexicon and `nar
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -361,6 +362,92 @@ def test_a_bad_lexicon_is_a_usage_error_naming_the_line(
     path.write_text(content)
     with pytest.raises(UsageError, match=re.escape(message)):
         load_lexicon(path)
+
+
+def test_the_longest_entry_wins_whatever_its_case_rule() -> None:
+    lexicon = Lexicon((("New York", "Noo York"), ("new york times", "noo york tymes")))
+    assert speak("He read the New York Times in New York.", lexicon) == (
+        "He read the Noo york tymes in Noo York."
+    )
+
+
+def test_an_entry_matches_across_a_line_break_or_a_run_of_spaces() -> None:
+    text = "She sailed for New\nYork, then New   York again."
+    assert speak(text, LEXICON) == "She sailed for Noo York, then Noo York again."
+    assert spoken_text("She left New\nYork.", LEXICON) == "She left Noo York."
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_entry(tmp_path: Path) -> None:
+    for name, content in (("a.tsv", "Hermione\tHer-my-oh-nee\n"), ("a.json", '{"gif": "jif"}')):
+        path = tmp_path / name
+        path.write_text("\ufeff" + content, encoding="utf-8")
+        assert load_lexicon(path).entries[0][0] in {"Hermione", "gif"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{\n "gif": "jif",\n "cat": "kat",\n "gif": "gift"\n}', "line 4: 'gif' is defined twice"),
+        ("[" * 100_000 + "]" * 100_000, "not a lexicon (nested too deeply)"),
+        ('{"a": ' + "9" * 5000 + "}", "not a lexicon (Exceeds the limit"),
+        ('{"a": {"b": "c"}}', "entry 'a': the spoken form must be a string"),
+    ],
+)
+def test_a_json_lexicon_that_is_no_lexicon_is_a_usage_error(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "names.json"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_lexicon(path)
+
+
+def test_a_device_or_a_fifo_as_lexicon_stops_with_exit_two_and_a_hint(tmp_path: Path) -> None:
+    fifo = tmp_path / "names.tsv"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        result = CliRunner().invoke(cli, ["spoken", "Hi.", "--lexicon", path])
+        assert result.exit_code == 2, result.output
+        assert f"lexicon {path}: not a regular file" in result.output
+        assert "hint: give lexicon as a regular UTF-8 file" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_the_length_limit_applies_to_the_text_as_spoken() -> None:
+    lexicon = Lexicon((("cat", "meow " * 10_000),))
+    assert len(speak("a cat", lexicon, limit=60_000)) > 50_000
+    with pytest.raises(UsageError, match="more than 1,000 characters once spoken"):
+        speak("a cat and a cat", lexicon, limit=1_000)
+
+
+def test_plan_rejects_a_row_the_lexicon_makes_too_long_and_plans_the_others(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"book_id": "a", "text": "The cat sat. " * 20}, {"book_id": "b", "text": "Hi there."}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lexicon = tmp_path / "names.tsv"
+    lexicon.write_text("cat\t" + "meow " * 100_000 + "\n")
+    args = ["plan", str(manifest), "--engine", "preview", "--lexicon", str(lexicon), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.output)
+    assert summary["books"] == 1 and summary["rejected_by_reason"] == {"text_too_long": 1}
+    assert "more than 200,000 characters once spoken" in summary["rejected_rows"][0]["message"]
+
+
+def test_plan_counts_the_forms_left_as_written_per_book(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"book_id": "a", "text": "The Boeing 747 and the 1861 book. In 1815 it rained."},
+        {"book_id": "b", "text": "In 1815 it rained."},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(cli, ["plan", str(manifest), "--engine", "preview", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["forms_left_as_written"] == 2
+    assert summary["forms_left_as_written_by_book"] == {"a": 2}
 
 
 def test_plan_and_run_count_the_same_spoken_chunks() -> None:
