@@ -95,10 +95,18 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
         text_root: str | None,
         max_text_chars: int,
         lexicon: Lexicon | None,
+        language_check: bool,
         **kwargs: Any,
     ) -> Any:
         configs = build_configs(
-            engine, model, batch_size, window_books, max_audio_length_ms, max_text_chars, lexicon
+            engine,
+            model,
+            batch_size,
+            window_books,
+            max_audio_length_ms,
+            max_text_chars,
+            lexicon,
+            language_check,
         )
         catalog = CatalogOptions(*configs, voices_dir=voices_dir, text_root=text_root)
         return command(*args, catalog=catalog, **kwargs)
@@ -149,6 +157,12 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             type=click.IntRange(1),
             help="longest narrative accepted",
+        ),
+        click.option(
+            "--language-check/--no-language-check",
+            default=True,
+            show_default=True,
+            help="reject rows not in English (CSM-1B speaks English) before synthesis",
         ),
     ]
     return add_options(with_catalog, options)

@@ -92,6 +92,7 @@ def book_texts(
     text (behind `text_uri`) is over the limit, becomes a RowError. Without a `text_loader`,
     only inline texts are read (narrate.sources.TextFetcher reads `text_uri`)."""
     from narrate.errors import NarrateError
+    from narrate.language import language_error
 
     for item in items:
         if isinstance(item, RowError):
@@ -119,6 +120,9 @@ def book_texts(
                 item.book_id,
                 "text_uri",
             )
+            continue
+        if chunking.check_language and (error := language_error(item, text)):
+            yield error
             continue
         yield BookText(item, text, voice_key, prompt_positions)
 

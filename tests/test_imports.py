@@ -16,6 +16,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate", "narrate.errors", "narrate.records"),
     ("narrate.config", "narrate.atomic"),
     ("narrate.spoken",),  # text as spoken (numbers, abbreviations, the lexicon): pure, under text
+    ("narrate.language",),  # the language check of a row's text, before planning
     ("narrate.text", "narrate.report"),  # text rules and run reporting, no I/O of their own
     ("narrate.plan",),  # pure planning: rows, text loaders and voice lookups are passed in
     ("narrate.options",),  # what a command was asked to do, as typed objects
