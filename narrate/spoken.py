@@ -171,7 +171,7 @@ _UNIT_KEYS = ("", "_range", "_fraction")
 def _group(m: re.Match[str], name: str) -> str | None:
     """The named group of whichever alternative matched (see `_unit`)."""
     for key in _UNIT_KEYS:
-        if value := m.groupdict().get(name + key):
+        if value := m[name + key]:
             return value
     return None
 
@@ -1066,10 +1066,23 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
 _ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
 
 
+# matched text -> reading, for the forms whose reading does not depend on their context (all
+# but plain numbers): books repeat their sums, times and dates
+_READINGS: dict[str, _Reading | None] = {}
+_UNREAD = _Reading(None, "")
+
+
 def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
         return None
-    reading = _number_reading(text, m)
+    if m["whole"] is None:
+        reading = _READINGS.get(m.group(), _UNREAD)
+        if reading is _UNREAD:
+            reading = _number_reading(text, m)
+            if len(_READINGS) < 65_536:
+                _READINGS[m.group()] = reading
+    else:
+        reading = _number_reading(text, m)
     if reading is None or reading.spoken is None:
         return reading
     words = reading.spoken
