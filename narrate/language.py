@@ -29,7 +29,7 @@ _ENGLISH_WORDS = re.compile(
     r" (?:the|and|of|to|that|his|her|with|had|for|she|he|it|not|but|from|you|they) "
 )
 SURE_HITS = 4
-_ENGLISH_SHARE = 0.08  # of the words of the first FAST_SAMPLE_CHARS characters, at least
+_ENGLISH_SHARE = 0.05  # of the words of the first FAST_SAMPLE_CHARS characters, at least
 FAST_SAMPLE_CHARS = 1000
 _LETTERS = re.compile(r"[^\W\d_]+")
 

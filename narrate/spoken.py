@@ -219,6 +219,22 @@ def _meridiem(written: str) -> str:
 _MONTHS = frozenset(
     "January February March April May June July August September October November December".split()
 )
+_MONTH_ABBREVIATIONS = {
+    "Jan": "January",
+    "Feb": "February",
+    "Mar": "March",
+    "Apr": "April",
+    "Jun": "June",
+    "Jul": "July",
+    "Aug": "August",
+    "Sep": "September",
+    "Sept": "September",
+    "Oct": "October",
+    "Nov": "November",
+    "Dec": "December",
+}
+# a month, as a number's context ("July 4", "Jan. 5, 1920")
+_MONTH_WORDS = _MONTHS | {f"{abbreviation}." for abbreviation in _MONTH_ABBREVIATIONS}
 # words after which a number is a count or a label, never a year ("page 1200", "Room 101")
 _COUNTING_WORDS = frozenset(
     "chapter book part volume vol act scene canto section appendix psalm hymn verse line page "
@@ -227,14 +243,16 @@ _COUNTING_WORDS = frozenset(
 )
 # a four-digit number after these is a year ("in 1815", "since 1945")
 _YEAR_WORDS = frozenset(
-    "in by since until till from before after during between circa c ca year years".split()
+    "in by since until till from before after during between circa c ca year years born died "
+    "founded built published completed erected established crowned elected married".split()
 )
 # "the winter of 1850": a year after "of" when one of these comes before it
 _YEAR_OF = frozenset(
     "summer winter spring autumn fall year end beginning start middle census siege treaty war "
     "battle revolution revolutions plague uprising rebellion riots crash flood fire famine "
     "election elections act acts exhibition olympics campaign crisis edition class events "
-    "depression massacre earthquake storm".split()
+    "depression massacre earthquake storm panic constitution convention congress parliament "
+    "session peace reform strike coup mutiny raid winter".split()
     + [m.lower() for m in _MONTHS]
 )
 _ERA_AFTER = re.compile(r"\s*(?:BCE?|AD|CE|B\.C\.(?:E\.)?|A\.D\.|C\.E\.)(?!\w)")
@@ -293,11 +311,11 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
     previous = words[-1] if words else ""
     if previous in {"AD", "A.D."}:
         return "year"
-    if previous in _MONTHS:  # "May 1588", "July 4, 1776" (the day is read by _date)
+    if previous in _MONTH_WORDS:  # "May 1588", "July 4, 1776" (the day is read as a date)
         return "year"
     if (
         len(words) >= 2
-        and words[-2] in _MONTHS
+        and words[-2] in _MONTH_WORDS
         and before[-1].rstrip(",").rstrip("stndrh").isdigit()
     ):
         return "year"
@@ -306,13 +324,20 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
     lower = previous.lower().rstrip(".")
     if lower in _YEAR_WORDS:
         return "year"
-    if lower == "of" and len(words) >= 2 and words[-2].lower() in _YEAR_OF:
+    if lower == "of" and len(words) >= 2 and _year_of(words[-2]):
         return "year"
     if lower in {"to", "and", "through"} and len(before) >= 2 and _is_year_number(before[-2]):
         return "year"
     if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() == "it":
         return "year"  # "It was 1936, and..."
     return None
+
+
+def _year_of(word: str) -> bool:
+    """ "the winter of 1850", "the floods of 1953", "the Constitution of 1787": a time or an
+    event, or a name (capitalized), before "of" makes the number after it a year."""
+    lower = word.lower()
+    return lower in _YEAR_OF or lower.removesuffix("s") in _YEAR_OF or word[:1].isupper()
 
 
 def _is_name(token: str, text: str, at: int) -> bool:
@@ -369,9 +394,19 @@ def _number_reading(text: str, m: re.Match[str]) -> _Reading | None:
         return _ordinal_reading(text, m)
     if m["decade"]:
         decade = m["decade"].lstrip("'")
+        if len(decade) == 2 and not m["decade"].startswith("'") and not _decade_before(text, m):
+            return None  # "he paid 10s." (shillings), not "in her 20s"
         spoken = _plural(_year(int(decade)) if len(decade) == 4 else _cardinal(int(decade)))
         return _Reading(spoken, "decade")
     return _plain_number(text, m)
+
+
+_DECADE_WORDS = frozenset("her his their my your our its the early late mid".split())
+
+
+def _decade_before(text: str, m: re.Match[str]) -> bool:
+    before = _words_before(text, m.start())
+    return bool(before) and before[-1].lower().rstrip("-") in _DECADE_WORDS
 
 
 def _clock(m: re.Match[str]) -> str | None:
@@ -493,7 +528,7 @@ def _label_reading(
     lower = previous.lower().rstrip(".")
     if lower in _COUNTING_WORDS and before[-1] == previous:
         return _Reading(_cardinal(number), "number after a counting word")
-    if previous in _MONTHS and before[-1] == previous:
+    if previous in _MONTH_WORDS and before[-1] == previous:
         if (
             len(m["whole"]) <= 2
             and 1 <= number <= 31
@@ -505,7 +540,7 @@ def _label_reading(
     if month in _MONTHS and 1 <= number <= 31 and len(m["whole"]) <= 2:
         the = "" if lower == "the" else "the "
         return _Reading(f"{the}{_ordinal(number)} of", "date")  # "6 June" -> "the sixth of June"
-    if _is_name(before[-1], text, m.start()) and previous not in _MONTHS:
+    if _is_name(before[-1], text, m.start()) and previous not in _MONTH_WORDS:
         if previous in {"AD", "A.D."} or _counted_noun(_word_after(text, m.end())):
             return False  # "AD 1100", "London 1200 miles away"
         if len(m["whole"]) >= 3:
@@ -617,6 +652,7 @@ _BEFORE_NUMBERS = {
     "ch": "chapter",
     "c": "circa",
     "ca": "circa",
+    **_MONTH_ABBREVIATIONS,
 }
 # may end a sentence: the period stays when a capitalized word follows
 _MAY_END_SENTENCE = {"Jr", "Sr", "etc", "Street", "Drive"}
@@ -1067,7 +1103,7 @@ _ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
 
 
 # matched text -> reading, for the forms whose reading does not depend on their context (all
-# but plain numbers): books repeat their sums, times and dates
+# but plain numbers and decades): books repeat their sums, times and dates
 _READINGS: dict[str, _Reading | None] = {}
 _UNREAD = _Reading(None, "")
 
@@ -1075,7 +1111,7 @@ _UNREAD = _Reading(None, "")
 def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
         return None
-    if m["whole"] is None:
+    if m["whole"] is None and m["decade"] is None:
         reading = _READINGS.get(m.group(), _UNREAD)
         if reading is _UNREAD:
             reading = _number_reading(text, m)
@@ -1102,7 +1138,7 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
 
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"
 _ABBREVIATED_BEFORE = re.compile(
-    r"(?:\A|[\s(])(?:[A-Za-z]|no|nos|nr|p|pp|ch|vol|fig|art|sec|op|para|ed|eq|ref|cf|c|ca|"
+    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|ch|vol|fig|art|sec|op|para|ed|eq|ref|cf|c|ca|"
     r"approx|ft|in|oz|lb|lbs|tbsp|tsp|min|hr)\.\s+\Z",
     re.IGNORECASE,
 )
