@@ -1,4 +1,9 @@
-"""Cost of the spoken step (narrate.spoken.speak) in characters per second, on one core.
+"""Accuracy of the spoken step on the corpus of book prose (tests/corpus), then its cost
+(narrate.spoken.speak) in characters per second, on one core.
+
+Accuracy: the share of written -> spoken pairs read exactly as the editor wrote them, and of
+the sentences that must come out unchanged that do (targets: pairs >= 95 %, unchanged 100 %);
+each miss is printed.
 
 Texts: the synthetic prose of bench/plan_scale.py (nothing to speak: only the C++ scan runs),
 the same prose with a number, a title or a Roman numeral in about one sentence of eight, and
@@ -14,13 +19,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 from plan_scale import synthetic_pool
 
 from narrate.config import ChunkingConfig, Lexicon
 from narrate.spoken import speak
-from narrate.text import measure_book
+from narrate.text import measure_book, spoken_text
+
+CORPUS = Path(__file__).resolve().parent.parent / "tests" / "corpus"
 
 SPRINKLES = ("in 1984", "Dr. Lee", "$12.50", "Chapter XIV", "the 3rd", "at 10:30 p.m.", "5 km")
 
@@ -41,11 +49,38 @@ def rate(fn: object, text: str, repeats: int) -> list[float]:
     return rates
 
 
+def corpus_rows(name: str) -> list[list[str]]:
+    lines = (CORPUS / name).read_text(encoding="utf-8").splitlines()
+    return [line.split("\t") for line in lines if line.strip() and not line.startswith("#")]
+
+
+def accuracy() -> None:
+    pairs = corpus_rows("spoken_pairs.tsv")
+    unchanged = corpus_rows("unchanged.tsv")
+    right = 0
+    for genre, written, spoken in pairs:
+        got = spoken_text(written)
+        right += got == spoken
+        if got != spoken:
+            print(f"  miss ({genre}): {written!r}\n    got  {got!r}\n    want {spoken!r}")
+    kept = 0
+    for genre, written in unchanged:
+        got = spoken_text(written)
+        kept += got == written
+        if got != written:
+            print(f"  changed ({genre}): {written!r}\n    got  {got!r}")
+    print(f"pairs read right      {right}/{len(pairs)} ({right / len(pairs):.1%}; target 95 %)")
+    print(
+        f"unchanged kept        {kept}/{len(unchanged)} ({kept / len(unchanged):.1%}; target 100 %)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--words", type=int, default=200_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    accuracy()
     rng = np.random.default_rng(7)
     plain, _ = synthetic_pool(args.words, rng)
     lexicon = Lexicon(tuple((f"name{i}x", f"spoken {i}") for i in range(1000)))

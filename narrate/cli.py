@@ -110,6 +110,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
         text_root: str | None,
         max_text_chars: int,
         lexicon: Lexicon | None,
+        language_check: bool,
         temperature: float,
         top_k: int,
         **kwargs: Any,
@@ -122,6 +123,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             max_audio_length_ms,
             max_text_chars,
             lexicon,
+            language_check,
             temperature=temperature,
             top_k=top_k,
         )
@@ -176,6 +178,12 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
             show_default=True,
             type=click.IntRange(1),
             help="longest narrative accepted",
+        ),
+        click.option(
+            "--language-check/--no-language-check",
+            default=True,
+            show_default=True,
+            help="reject rows not in English (CSM-1B speaks English) before synthesis",
         ),
     ]
     return add_options(with_catalog, options)
@@ -296,16 +304,22 @@ def say(
 @click.option("--book", "book_id", default=None, help="book id, with --manifest")
 @text_root_option
 @lexicon_option
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="then list each rewrite with its rule and each form left as written with the reason",
+)
 def spoken(
     text: str | None,
     manifest: str | None,
     book_id: str | None,
     text_root: str | None,
     lexicon: Any,
+    explain: bool,
 ) -> None:
     """Print TEXT (or --book of --manifest) as it will be spoken: normalized, with numbers,
     currency, times, units, abbreviations and Roman numerals as words, the lexicon applied."""
-    from narrate.text import spoken_text
+    from narrate.text import explain_spoken, spoken_text
 
     if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
         raise click.UsageError("give TEXT, or --manifest and --book")
@@ -315,6 +329,18 @@ def spoken(
         text = manifest_book_text(manifest, book_id, text_root)
     assert text is not None
     click.echo(spoken_text(text, lexicon))
+    if explain:
+        decisions = explain_spoken(text, lexicon)
+        click.echo()
+        for d in decisions:
+            if d.spoken is None:
+                click.echo(f"left as written {json.dumps(d.written)}: {d.rule}")
+            else:
+                click.echo(
+                    f"rewritten {json.dumps(d.written)} -> {json.dumps(d.spoken)} ({d.rule})"
+                )
+        left = sum(d.spoken is None for d in decisions)
+        click.echo(f"{left} form{'' if left == 1 else 's'} left as written")
 
 
 @cli.group()

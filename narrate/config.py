@@ -119,6 +119,9 @@ class ChunkingConfig:
     # the catalog's pronunciation lexicon (narrate.spoken), applied before chunking: it changes
     # chunk texts, and so the ids of the chunks it changes, and no other
     lexicon: Lexicon | None = None
+    # reject rows not in English before synthesis (narrate.language); off for operators whose
+    # model speaks other languages
+    check_language: bool = True
 
     def expected_frames(self, chars: int) -> float:
         return chars / self.chars_per_second * FRAME_RATE
@@ -153,6 +156,7 @@ def build_configs(
     max_audio_length_ms: int,
     max_text_chars: int,
     lexicon: Lexicon | None = None,
+    check_language: bool = True,
     *,
     temperature: float = 0.9,
     top_k: int = 50,
@@ -160,7 +164,10 @@ def build_configs(
     """The option sets of the catalog options (`narrate plan`, `run`, `status`): a batch may
     hold `batch_size` rows of a full window."""
     chunking = ChunkingConfig(
-        max_audio_ms=max_audio_length_ms, max_text_chars=max_text_chars, lexicon=lexicon
+        max_audio_ms=max_audio_length_ms,
+        max_text_chars=max_text_chars,
+        lexicon=lexicon,
+        check_language=check_language,
     )
     plan = PlanConfig(
         batch_size=batch_size,

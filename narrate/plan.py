@@ -32,6 +32,8 @@ VoiceLookup = Callable[[str | None], tuple[str, int]]
 T = TypeVar("T")
 U = TypeVar("U")
 V = TypeVar("V")
+
+LISTED_BOOKS = 1000  # books listed by id in a plan's counts of forms left as written
 TextLoader = Callable[[Book], str]
 
 
@@ -74,6 +76,10 @@ class BookText:
             self.book.row, "empty_text", "text: nothing to speak", self.book.book_id, "text"
         )
 
+    def too_long_error(self, error: Exception) -> RowError:
+        """The text as spoken is over the limit (narrate.spoken.SpokenTooLong)."""
+        return RowError(self.book.row, "text_too_long", str(error), self.book.book_id, "text")
+
 
 def book_texts(
     items: Iterable[Book | RowError],
@@ -86,6 +92,7 @@ def book_texts(
     text (behind `text_uri`) is over the limit, becomes a RowError. Without a `text_loader`,
     only inline texts are read (narrate.sources.TextFetcher reads `text_uri`)."""
     from narrate.errors import NarrateError
+    from narrate.language import language_error
 
     for item in items:
         if isinstance(item, RowError):
@@ -114,6 +121,9 @@ def book_texts(
                 "text_uri",
             )
             continue
+        if chunking.check_language and (error := language_error(item, text)):
+            yield error
+            continue
         yield BookText(item, text, voice_key, prompt_positions)
 
 
@@ -127,23 +137,28 @@ def chunk_books(
     count_tokens: Callable[[str], int] | None = None,
 ) -> Iterator[PlannedBook | RowError]:
     """Chunk each valid book; a book whose text or voice cannot be resolved becomes a RowError."""
+    from narrate.spoken import SpokenTooLong
     from narrate.text import chunk_book
 
     for item in book_texts(items, chunking=chunking, voices=voices, text_loader=text_loader):
         if isinstance(item, RowError):
             yield item
             continue
-        chunks = chunk_book(
-            item.book.book_id,
-            item.text,
-            config=chunking,
-            engine_fingerprint=engine_fingerprint,
-            speaker=item.book.speaker,
-            voice=item.book.voice,
-            voice_key=item.voice_key,
-            prompt_positions=item.prompt_positions,
-            count_tokens=count_tokens,
-        )
+        try:
+            chunks = chunk_book(
+                item.book.book_id,
+                item.text,
+                config=chunking,
+                engine_fingerprint=engine_fingerprint,
+                speaker=item.book.speaker,
+                voice=item.book.voice,
+                voice_key=item.voice_key,
+                prompt_positions=item.prompt_positions,
+                count_tokens=count_tokens,
+            )
+        except SpokenTooLong as exc:
+            yield item.too_long_error(exc)
+            continue
         yield PlannedBook(item.book, tuple(chunks)) if chunks else item.empty_error()
 
 
@@ -278,10 +293,21 @@ class PlanSummary:
     batches: int = 0
     useful_positions: int = 0
     computed_positions: int = 0
+    # forms the spoken step left as written, their reading not certain (narrate spoken
+    # --explain shows them): in all, in how many books, and per book for the first books
+    left_as_written: int = 0
+    books_left_as_written: int = 0
+    left_as_written_by_book: dict[str, int] = field(default_factory=dict)
 
     def add_error(self, error: RowError) -> None:
         self.rejected[error.reason] += 1
         self.rejected_rows.append(error)
+
+    def add_left_as_written(self, book_id: str, forms: int) -> None:
+        self.left_as_written += forms
+        self.books_left_as_written += 1
+        if len(self.left_as_written_by_book) < LISTED_BOOKS:
+            self.left_as_written_by_book[book_id] = forms
 
     def add_books(
         self,
@@ -323,6 +349,11 @@ class PlanSummary:
         """Add another part of the catalog (summaries of consecutive windows, in order)."""
         self.rejected.update(other.rejected)
         self.rejected_rows.extend(other.rejected_rows)
+        for book_id, forms in other.left_as_written_by_book.items():
+            if len(self.left_as_written_by_book) < LISTED_BOOKS:
+                self.left_as_written_by_book[book_id] = forms
+        self.left_as_written += other.left_as_written
+        self.books_left_as_written += other.books_left_as_written
         for name in ("books", "chunks", "unique_chunks", "characters", "batches"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.expected_frames += other.expected_frames
@@ -353,6 +384,9 @@ class PlanSummary:
             "estimated_audio_hours": round(self.audio_hours, 3),
             "batches": self.batches,
             "padding_efficiency": round(self.padding_efficiency, 4),
+            "forms_left_as_written": self.left_as_written,
+            "books_with_forms_left_as_written": self.books_left_as_written,
+            "forms_left_as_written_by_book": self.left_as_written_by_book,
         }
 
 
@@ -369,6 +403,7 @@ class Planner:
 
     def summary(self, rows: Iterable[Book | RowError]) -> PlanSummary:
         """One window, measured: the chunks a run would make, counted in C++ (`measure_book`)."""
+        from narrate.spoken import SpokenTooLong
         from narrate.text import measure_book
 
         summary = PlanSummary()
@@ -380,14 +415,20 @@ class Planner:
             if isinstance(item, RowError):
                 summary.add_error(item)
                 continue
-            measure = measure_book(
-                item.text,
-                config=self.chunking,
-                engine_fingerprint=engine_fingerprint,
-                speaker=item.book.speaker,
-                voice_key=item.voice_key,
-                prompt_positions=item.prompt_positions,
-            )
+            try:
+                measure = measure_book(
+                    item.text,
+                    config=self.chunking,
+                    engine_fingerprint=engine_fingerprint,
+                    speaker=item.book.speaker,
+                    voice_key=item.voice_key,
+                    prompt_positions=item.prompt_positions,
+                )
+            except SpokenTooLong as exc:
+                summary.add_error(item.too_long_error(exc))
+                continue
+            if measure.left_as_written:
+                summary.add_left_as_written(item.book.book_id, measure.left_as_written)
             if measure.chunks:
                 measured.append(measure)
             else:
@@ -463,6 +504,8 @@ def render_summary(summary: PlanSummary) -> str:
         f"est. audio         {summary.audio_hours:,.2f} h",
         f"batches            {summary.batches:,}",
         f"padding efficiency {summary.padding_efficiency:.1%}",
+        f"left as written    {summary.left_as_written:,} forms in "
+        f"{summary.books_left_as_written:,} books (see narrate spoken --explain)",
     ]
     return "\n".join(lines)
 

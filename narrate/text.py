@@ -11,6 +11,7 @@ the per-character rules (controls, dashes, paragraphs, sentence ends, packing) r
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from array import array
 from collections.abc import Callable
@@ -28,7 +29,7 @@ except ImportError as exc:  # a checkout used without `make install` / `pip inst
 from narrate.config import ChunkingConfig, Lexicon, fingerprint
 from narrate.errors import UsageError
 from narrate.records import Chunk, Pause
-from narrate.spoken import speak
+from narrate.spoken import Decision, explain, speak, speak_counted
 
 # --- normalization -------------------------------------------------------------------------
 
@@ -43,11 +44,18 @@ _TYPOGRAPHY = {
 }
 
 
+# NFKC writes "3½" as "31⁄2": a space keeps the whole number apart ("3 1⁄2", three and a half)
+_MIXED_FRACTION = re.compile(r"(?<=\d)(?=[\u00bc-\u00be\u2150-\u215e])")
+
+
 def _unicode_forms(text: str) -> str:
     """NFKC, then the typography NFKC leaves alone; ASCII text has nothing to change."""
     if text.isascii():
         return text
-    text = unicodedata.normalize("NFKC", text)
+    normalized = unicodedata.normalize("NFKC", text)
+    if "\u2044" in normalized:  # a vulgar fraction (rare): keep it apart from a number before
+        normalized = unicodedata.normalize("NFKC", _MIXED_FRACTION.sub(" ", text))
+    text = normalized
     if " \u2013 " in text:  # a spaced en dash is a dash, not a range
         text = text.replace(" \u2013 ", " \u2014 ")
     # str.translate is slow on non-ASCII strings; a few memchr-fast scans are not
@@ -57,10 +65,17 @@ def _unicode_forms(text: str) -> str:
     return text
 
 
-def _spoken_forms(text: str, lexicon: Lexicon | None) -> str:
+def _spoken_forms(text: str, config: ChunkingConfig) -> str:
     """What the rest of the pipeline works on: Unicode forms, then the text as spoken
-    (narrate.spoken: numbers, abbreviations and Roman numerals as words, the lexicon)."""
-    return speak(_unicode_forms(text), lexicon)
+    (narrate.spoken: numbers, abbreviations and Roman numerals as words, the lexicon). Raises
+    narrate.spoken.SpokenTooLong over `config.max_text_chars`: the limit holds for the text
+    as spoken, which a lexicon can lengthen."""
+    return _spoken_counted(text, config)[0]
+
+
+def _spoken_counted(text: str, config: ChunkingConfig) -> tuple[str, int]:
+    """`_spoken_forms`, and how many forms it left as written (their reading not certain)."""
+    return speak_counted(_unicode_forms(text), config.lexicon, limit=config.max_text_chars)
 
 
 def _paragraphs(text: str) -> list[str]:
@@ -83,7 +98,13 @@ def normalize(text: str) -> str:
 def spoken_text(text: str, lexicon: Lexicon | None = None) -> str:
     """The text as the model will read it: `normalize` of the spoken forms (what `chunk_book`
     packs into chunks; `narrate spoken` prints it)."""
-    return "\n\n".join(_textcore.paragraphs(_spoken_forms(text, lexicon)))
+    return "\n\n".join(_textcore.paragraphs(speak(_unicode_forms(text), lexicon)))
+
+
+def explain_spoken(text: str, lexicon: Lexicon | None = None) -> list[Decision]:
+    """What `spoken_text` rewrote in `text` and by which rule, and what it left as written and
+    why (narrate.spoken.explain on the Unicode forms)."""
+    return explain(_unicode_forms(text), lexicon)
 
 
 # --- sentence splitting --------------------------------------------------------------------
@@ -233,7 +254,7 @@ def chunk_book(
     takes, specials included); without it `config.estimate_tokens` is used.
     """
     spec = _spec(config, prompt_positions, count_tokens)
-    pieces = _textcore.chunk(_spoken_forms(text, config.lexicon), spec)
+    pieces = _textcore.chunk(_spoken_forms(text, config), spec)
     make_id = _id_function(speaker, voice_key, engine_fingerprint)
     return [
         Chunk(
@@ -262,6 +283,7 @@ class BookMeasure:
     characters: int
     positions: bytes
     text_hashes: bytes
+    left_as_written: int = 0  # forms the spoken step recognised but could not read for certain
 
 
 def measure_book(
@@ -280,7 +302,8 @@ def measure_book(
     """
     seed = int(_context(speaker, voice_key, engine_fingerprint)[:16], 16)
     spec = _estimator_spec(config, prompt_positions)
-    return BookMeasure(*_textcore.measure(_spoken_forms(text, config.lexicon), spec, seed))
+    spoken, left = _spoken_counted(text, config)
+    return BookMeasure(*_textcore.measure(spoken, spec, seed), left_as_written=left)
 
 
 @lru_cache(maxsize=64)

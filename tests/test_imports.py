@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.config", "narrate.atomic"),
     ("narrate.console",),  # what a run shows at a terminal (bars, lines), driven by its events
     ("narrate.spoken",),  # text as spoken (numbers, abbreviations, the lexicon): pure, under text
+    ("narrate.language",),  # the language check of a row's text, before planning
     ("narrate.text", "narrate.report"),  # text rules and run reporting, no I/O of their own
     ("narrate.plan", "narrate.selection"),  # pure: planning (rows, text loaders, voice lookups
     # are passed in) and the rows a preview keeps

@@ -4,6 +4,7 @@ words; what it does not recognise left alone; the pronunciation lexicon and `nar
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -16,8 +17,43 @@ from support.runs import preview_args
 from narrate.cli import cli
 from narrate.config import ChunkingConfig, Lexicon
 from narrate.errors import UsageError
-from narrate.spoken import load_lexicon, speak
+from narrate.spoken import _REGNAL_NAMES, explain, load_lexicon, speak, speak_counted
 from narrate.text import chunk_book, measure_book, split_sentences, spoken_text
+
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def corpus_rows(name: str) -> list[list[str]]:
+    """The rows of a corpus file: tab-separated fields, `#` comments skipped."""
+    lines = (CORPUS / name).read_text(encoding="utf-8").splitlines()
+    return [line.split("\t") for line in lines if line.strip() and not line.startswith("#")]
+
+
+PAIRS = corpus_rows("spoken_pairs.tsv")
+UNCHANGED_PROSE = corpus_rows("unchanged.tsv")
+GENRES = {"fiction", "history", "biography", "cookery", "science", "travel"}
+
+
+def test_the_corpus_holds_250_pairs_and_60_unchanged_sentences_of_every_genre() -> None:
+    assert len(PAIRS) >= 250 and len(UNCHANGED_PROSE) >= 60
+    assert all(len(row) == 3 for row in PAIRS) and all(len(row) == 2 for row in UNCHANGED_PROSE)
+    assert {genre for genre, *_ in PAIRS} == GENRES
+    assert {genre for genre, _ in UNCHANGED_PROSE} == GENRES
+
+
+@pytest.mark.parametrize(("genre", "written", "spoken"), PAIRS)
+def test_book_prose_is_read_as_an_editor_would_read_it(
+    genre: str, written: str, spoken: str
+) -> None:
+    assert spoken_text(written) == spoken
+
+
+@pytest.mark.parametrize(("genre", "written"), UNCHANGED_PROSE)
+def test_book_prose_with_nothing_certain_to_read_comes_out_unchanged(
+    genre: str, written: str
+) -> None:
+    assert spoken_text(written) == written
+
 
 SPOKEN = [
     # cardinals, decimals, negatives
@@ -84,7 +120,7 @@ SPOKEN = [
     # units
     ("She walked 5 km home.", "She walked five kilometers home."),
     ("It weighed 1 kg only.", "It weighed one kilogram only."),
-    ("A 2.5 kg bag.", "A two point five kilograms bag."),
+    ("A 2.5 kg bag.", "A two point five kilogram bag."),
     ("He drove at 60 mph there.", "He drove at sixty miles per hour there."),
     ("It was 20 °C outside.", "It was twenty degrees Celsius outside."),
     ("A tower 300 ft tall.", "A tower three hundred feet tall."),
@@ -119,7 +155,7 @@ SPOKEN = [
     ("Charles II's court.", "Charles the second's court."),
     ("After World War II ended.", "After World War two ended."),
     # sentence starts keep their capital (and their sentence end)
-    ("1984 was cold.", "Nineteen eighty-four was cold."),
+    ("1,200 men marched.", "One thousand two hundred men marched."),
     ("He left. 3 days later he came back.", "He left. Three days later he came back."),
     ('"12 men," he said.', '"Twelve men," he said.'),
     # text of two- and four-byte characters
@@ -141,7 +177,7 @@ UNCHANGED = [
     "The id A12-3B failed, and so did 12A and MP3.",
     "Call 555-1234 or (555) 123-4567 now.",
     "Version 1.2.3 and v2.0 and 192.168.0.1 shipped.",
-    "Agent 007 and 12/05/2020 and 3/4 and 4x4.",
+    "Agent 007 and 12/05/2020 and 9/11 and 24/7 and 4x4.",
     "Phone 5551234567 rang.",
     "Genesis is fine, as is DC and MD.",
     "the dr. said no. then he left.",
@@ -172,9 +208,11 @@ _ABBREVIATION_LIKE = {"mr", "mrs", "ms", "dr", "prof", "rev", "hon", "capt", "co
 _ABBREVIATION_LIKE |= {"sgt", "mt", "st", "jr", "sr", "no", "vs", "approx", "etc", "e", "i"}
 _CONTEXTS = {"chapter", "book", "part", "volume", "vol", "act", "scene", "canto", "section"}
 _CONTEXTS |= {"appendix", "psalm", "war", "phase", "stage", "type", "class", "level"}
+_CONTEXTS |= {"mark", "episode", "article", "plate", "figure", "fig", "bowl", "vatican"}
 plain_word = (
     st.from_regex(r"[A-Za-z][a-z]{0,9}", fullmatch=True)
     .filter(lambda w: w.lower() not in _ABBREVIATION_LIKE | _CONTEXTS)
+    .filter(lambda w: w.capitalize() not in _REGNAL_NAMES)
     .filter(lambda w: not re.fullmatch(r"[IVXLCDM]+", w))
 )
 plain_text = st.lists(
@@ -191,13 +229,73 @@ def test_text_without_anything_to_speak_is_returned_unchanged(text: str, end: st
 
 
 def test_sentence_ends_survive_the_expansions() -> None:
-    text = "It was 1984. 1985 came. Dr. Who left at 5 p.m. Then it rained, etc. The end."
+    text = "It was 1984. 12 came. Dr. Who left at 5 p.m. Then it rained, etc. The end."
     assert split_sentences(spoken_text(text)) == [
         "It was nineteen eighty-four.",
-        "Nineteen eighty-five came.",
+        "Twelve came.",
         "Doctor Who left at five PM.",
         "Then it rained, et cetera.",
         "The end.",
+    ]
+
+
+def test_a_four_digit_number_is_a_year_only_where_its_context_says_so() -> None:
+    assert speak("In 1815 the garrison of 1250 soldiers fell.") == (
+        "In eighteen fifteen the garrison of one thousand two hundred and fifty soldiers fell."
+    )
+    assert speak("The winter of 1850 was hard; July 4, 1776; from 1914 to 1918.") == (
+        "The winter of eighteen fifty was hard; July fourth, seventeen seventy-six; "
+        "from nineteen fourteen to nineteen eighteen."
+    )
+    assert speak("The 1861 book, 1250 was the price.") == "The 1861 book, 1250 was the price."
+
+
+def test_model_numbers_initials_and_the_pronoun_i_are_never_read_as_quantities() -> None:
+    assert speak("He flew the Boeing 747 and Apollo 11.") == (
+        "He flew the Boeing 747 and Apollo eleven."
+    )
+    assert speak("John V. Lindsay met Charles I and Henry V.") == (
+        "John V. Lindsay met Charles the first and Henry the fifth."
+    )
+    assert speak("War I could understand. Part I understood. World War I ended.") == (
+        "War I could understand. Part I understood. World War one ended."
+    )
+    assert speak("Part I: The Old House") == "Part one: The Old House"
+
+
+def test_abbreviations_before_numbers_neither_capitalise_nor_split_sentences() -> None:
+    text = "See Vol. 2, p. 45, and Fig. 3. He stood 6 ft. 2 in. in his socks. Op. 27 was next."
+    assert split_sentences(spoken_text(text)) == [
+        "See Volume two, page forty-five, and Figure three.",
+        "He stood six feet two inches in his socks.",
+        "Op. twenty-seven was next.",
+    ]
+
+
+def test_forms_left_as_written_are_counted_and_explained_with_their_reason() -> None:
+    text = "In 1815 the 1861 book and the Boeing 747 of John V. Lindsay; Part I understood."
+    spoken, left = speak_counted(text)
+    assert spoken == text.replace("1815", "eighteen fifteen") and left == 4
+    decisions = explain(text)
+    assert [(d.written, d.spoken, d.rule) for d in decisions] == [
+        ("1815", "eighteen fifteen", "year"),
+        ("1861", None, "four-digit number: a year or a count? (no context says)"),
+        ("747", None, "model or series number after a name"),
+        ("V", None, "initial between names"),
+        ("I", None, "the pronoun I (a verb follows)"),
+    ]
+
+
+def test_spoken_explain_lists_each_rewrite_with_its_rule_and_each_form_left_alone() -> None:
+    result = CliRunner().invoke(cli, ["spoken", "--explain", "In 1815 Dr. Lee flew a Boeing 747."])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "In eighteen fifteen Doctor Lee flew a Boeing 747.",
+        "",
+        'rewritten "1815" -> "eighteen fifteen" (year)',
+        'rewritten "Dr." -> "Doctor" (abbreviation)',
+        'left as written "747": model or series number after a name',
+        "1 form left as written",
     ]
 
 
@@ -264,6 +362,92 @@ def test_a_bad_lexicon_is_a_usage_error_naming_the_line(
     path.write_text(content)
     with pytest.raises(UsageError, match=re.escape(message)):
         load_lexicon(path)
+
+
+def test_the_longest_entry_wins_whatever_its_case_rule() -> None:
+    lexicon = Lexicon((("New York", "Noo York"), ("new york times", "noo york tymes")))
+    assert speak("He read the New York Times in New York.", lexicon) == (
+        "He read the Noo york tymes in Noo York."
+    )
+
+
+def test_an_entry_matches_across_a_line_break_or_a_run_of_spaces() -> None:
+    text = "She sailed for New\nYork, then New   York again."
+    assert speak(text, LEXICON) == "She sailed for Noo York, then Noo York again."
+    assert spoken_text("She left New\nYork.", LEXICON) == "She left Noo York."
+
+
+def test_a_byte_order_mark_does_not_hide_the_first_entry(tmp_path: Path) -> None:
+    for name, content in (("a.tsv", "Hermione\tHer-my-oh-nee\n"), ("a.json", '{"gif": "jif"}')):
+        path = tmp_path / name
+        path.write_text("\ufeff" + content, encoding="utf-8")
+        assert load_lexicon(path).entries[0][0] in {"Hermione", "gif"}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{\n "gif": "jif",\n "cat": "kat",\n "gif": "gift"\n}', "line 4: 'gif' is defined twice"),
+        ("[" * 100_000 + "]" * 100_000, "not a lexicon (nested too deeply)"),
+        ('{"a": ' + "9" * 5000 + "}", "not a lexicon (Exceeds the limit"),
+        ('{"a": {"b": "c"}}', "entry 'a': the spoken form must be a string"),
+    ],
+)
+def test_a_json_lexicon_that_is_no_lexicon_is_a_usage_error(
+    tmp_path: Path, content: str, message: str
+) -> None:
+    path = tmp_path / "names.json"
+    path.write_text(content)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        load_lexicon(path)
+
+
+def test_a_device_or_a_fifo_as_lexicon_stops_with_exit_two_and_a_hint(tmp_path: Path) -> None:
+    fifo = tmp_path / "names.tsv"
+    os.mkfifo(fifo)
+    for path in ("/dev/zero", str(fifo)):
+        result = CliRunner().invoke(cli, ["spoken", "Hi.", "--lexicon", path])
+        assert result.exit_code == 2, result.output
+        assert f"lexicon {path}: not a regular file" in result.output
+        assert "hint: give lexicon as a regular UTF-8 file" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_the_length_limit_applies_to_the_text_as_spoken() -> None:
+    lexicon = Lexicon((("cat", "meow " * 10_000),))
+    assert len(speak("a cat", lexicon, limit=60_000)) > 50_000
+    with pytest.raises(UsageError, match="more than 1,000 characters once spoken"):
+        speak("a cat and a cat", lexicon, limit=1_000)
+
+
+def test_plan_rejects_a_row_the_lexicon_makes_too_long_and_plans_the_others(
+    tmp_path: Path,
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"book_id": "a", "text": "The cat sat. " * 20}, {"book_id": "b", "text": "Hi there."}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lexicon = tmp_path / "names.tsv"
+    lexicon.write_text("cat\t" + "meow " * 100_000 + "\n")
+    args = ["plan", str(manifest), "--engine", "preview", "--lexicon", str(lexicon), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1, result.output
+    summary = json.loads(result.output)
+    assert summary["books"] == 1 and summary["rejected_by_reason"] == {"text_too_long": 1}
+    assert "more than 200,000 characters once spoken" in summary["rejected_rows"][0]["message"]
+
+
+def test_plan_counts_the_forms_left_as_written_per_book(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    rows = [
+        {"book_id": "a", "text": "The Boeing 747 and the 1861 book. In 1815 it rained."},
+        {"book_id": "b", "text": "In 1815 it rained."},
+    ]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = CliRunner().invoke(cli, ["plan", str(manifest), "--engine", "preview", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    assert summary["forms_left_as_written"] == 2
+    assert summary["forms_left_as_written_by_book"] == {"a": 2}
 
 
 def test_plan_and_run_count_the_same_spoken_chunks() -> None:
