@@ -14,7 +14,8 @@ input. This is what transformers' CSM `generate` and Sesame's generator.py do; h
 - Every per-row decision stays on the device: sampling, the end frame, the row's frame cap,
   a runaway row (its first codebook unchanged for `repeat_limit` frames: CSM's endless
   silence). The host reads the live mask every `check_every` frames, hands finished rows back
-  and prefills the next rows of the queue into their slots (continuous batching).
+  and prefills the next rows of the queue into their slots (continuous batching); a caller
+  that streams batches refills the queue from its next batch whenever a slot would sit idle.
 - Sampling: top-k, temperature, then Gumbel-max with noise read from a fixed table at an index
   hashed from (row seed, frame, codebook, code), so a row's codes depend neither on its
   batch-mates nor on its slot, and a rerun reproduces them (sampling.py).
@@ -111,7 +112,9 @@ class FrameLoop:
         self.codes = zeros(slots, self.window, self.codebooks)
         self.rows = torch.arange(slots, device=device)
         self.backbone_rope = _Rope(self.backbone, self.window, device)
-        self.frames_computed = self.frames_kept = 0
+        # frames of rows, computed and handed back; slot-frames: every slot of every step
+        # computed, idle slots included (what a GPU spends)
+        self.frames_computed = self.frames_kept = self.slot_frames = 0
         # the backbone attends to the first `span` cache positions, the smallest that holds every
         # row's prompt and cap. Captured, one graph per span, all now, while every slot is free:
         # a few spans (each costs a capture); eager, every multiple of 64
@@ -235,31 +238,50 @@ class FrameLoop:
         ):
             state[index] = value
 
-    def run(self, queue: deque[Row]) -> Iterator[list[Finished]]:
+    def run(
+        self, queue: deque[Row], more: Callable[[bool], bool] | None = None
+    ) -> Iterator[list[Finished]]:
         """Generate every row of `queue` (which may grow while this runs: retries rejoin it),
-        yielding the rows that finished since the last check."""
+        yielding the rows that finished since the last check.
+
+        `more(idle)`, if given, is called whenever a slot would sit idle at the next step: it
+        may append rows to `queue` (`idle`: no row is left at all, so it may wait for some),
+        and returns False to stop the refills (the loop then ends once its rows finish, and
+        rows left in `queue` wait for the caller)."""
         occupant: list[Row | None] = [None] * self.slots
         try:
-            yield from self._run(queue, occupant)
+            yield from self._run(queue, occupant, more)
         except BaseException:  # out of memory, say: the rows in flight rejoin the queue
             queue.extendleft(reversed([row for row in occupant if row is not None]))
             self.live.zero_()
             raise
 
-    def _run(self, queue: deque[Row], occupant: list[Row | None]) -> Iterator[list[Finished]]:
-        while queue or any(occupant):
-            free = [slot for slot, row in enumerate(occupant) if row is None][: len(queue)]
+    def _run(
+        self,
+        queue: deque[Row],
+        occupant: list[Row | None],
+        more: Callable[[bool], bool] | None,
+    ) -> Iterator[list[Finished]]:
+        refill = True
+        while True:
+            free = [slot for slot, row in enumerate(occupant) if row is None]
+            if more is not None and refill and len(queue) < len(free):
+                refill = more(not queue and not any(occupant))
+            free = free[: len(queue)] if refill else []
             for start in range(0, len(free), PREFILL_ROWS):
                 slots = free[start : start + PREFILL_ROWS]
                 rows = [queue.popleft() for _ in slots]
                 for slot, row in zip(slots, rows, strict=True):
                     occupant[slot] = row
                 self.prefill(slots, rows)
+            if not any(occupant):
+                return
             longest = max(len(row.embeds) + row.cap for row in occupant if row is not None)
             span = self._span(longest)
             for _ in range(self.check_every):
                 self.graphs[span].replay() if self.graphs else self.step(span)
             self.frames_computed += self.check_every * sum(row is not None for row in occupant)
+            self.slot_frames += self.check_every * self.slots
             live, frames = torch.stack([self.live.long(), self.frame]).cpu().numpy()
             done = [s for s, row in enumerate(occupant) if row is not None and not live[s]]
             if not done:
