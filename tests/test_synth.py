@@ -165,6 +165,25 @@ def test_streamed_batches_run_through_one_loop_and_each_chunk_comes_back_when_do
     assert sum(r.slot_frames for r in results) >= sum(a.frames for a in streamed.values())
 
 
+def test_a_row_that_falls_silent_after_its_text_stops_early_and_keeps_only_its_speech(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # a model that never emits its end frame: it holds a silence (one repeated first code)
+    # once its text is said, as CSM-1B does on most rows
+    from narrate.synth.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("silent"), end_frames=False)
+    engine = load_engine(EngineConfig(model=str(folder)), device="cpu")
+    target = chunk("Rain fell softly on the harbour all night.")
+    (result,) = engine.synthesize(Batch((target,)))
+    expected = CHUNKING.expected_frames(len(target.text))
+    assert result.ok and result.attempts == 1, result.error
+    assert expected <= result.frames <= expected + 8  # the held silence is not kept
+    # computed: the speech, a second of silence, the frames until the host looked
+    assert engine.slot_frames <= result.frames + 13 + 4 < target.max_frames
+    engine.close()
+
+
 def test_voice_prompt_codes_are_computed_once(
     tiny_model_dir: Path, voices: VoiceLibrary, monkeypatch
 ) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from narrate.errors import EngineError, ModelError, NarrateError, UsageError, fi
 from narrate.records import Batch, Chunk, ChunkAudio, unique_chunks
 from narrate.synth import BatchFeed, Engine, Synthesized, Turn, chunk_seed
 from narrate.synth.frames import Finished, FrameLoop, Row
-from narrate.synth.guards import GuardConfig, end_frame, judge
+from narrate.synth.guards import GuardConfig, end_frame, judge, silent_tail
 from narrate.synth.mimi import CODEBOOK_SIZE, Codec, load_codec
 from narrate.synth.voices import Voice, VoiceLibrary
 
@@ -250,8 +251,10 @@ class CsmEngine(Engine):
         return rows
 
     def _row(self, attempt: _Attempt) -> Row:
-        seed = chunk_seed(attempt.chunk.chunk_id, attempt.attempt)
-        return Row(attempt, attempt.embeds, self._cap(attempt.chunk), seed)
+        chunk = attempt.chunk
+        seed = chunk_seed(chunk.chunk_id, attempt.attempt)
+        expected = math.ceil(self.guard.chunking.expected_frames(len(chunk.text)))
+        return Row(attempt, attempt.embeds, self._cap(chunk), seed, quiet_after=expected)
 
     def _slots(self, rows: int) -> int:
         return min(self.max_slots, 1 << (rows - 1).bit_length())
@@ -306,6 +309,7 @@ class CsmEngine(Engine):
                 self.model,
                 slots,
                 temperature=self.config.temperature,
+                silence_limit=self.guard.silence_frames,
                 top_k=self.config.top_k,
                 codebook_size=CODEBOOK_SIZE,
                 graphs=self.graphs,
@@ -338,7 +342,8 @@ class CsmEngine(Engine):
         eos = self.model.config.codebook_eos_token_id
         ends = [end_frame(f.codes, eos) for f in finished]
         frames = [
-            len(f.codes) if end is None else end for f, end in zip(finished, ends, strict=True)
+            silent_tail(f.codes, self.guard.silence_frames) if end is None else end
+            for f, end in zip(finished, ends, strict=True)
         ]
         audio = self._decode([f.codes for f in finished], frames)
         for attempt, row_audio, end in zip(attempts, audio, ends, strict=True):

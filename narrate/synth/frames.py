@@ -13,9 +13,12 @@ input. This is what transformers' CSM `generate` and Sesame's generator.py do; h
   slots compute masked garbage.
 - Every per-row decision stays on the device: sampling, the end frame, the row's frame cap,
   a runaway row (its first codebook unchanged for `repeat_limit` frames: CSM's endless
-  silence). The host reads the live mask every `check_every` frames, hands finished rows back
-  and prefills the next rows of the queue into their slots (continuous batching); a caller
-  that streams batches refills the queue from its next batch whenever a slot would sit idle.
+  silence), and, once a row is past the frames its text calls for (`Row.quiet_after`), the
+  same silence held for `silence_limit` frames (~1 s: a row that has said its text and fell
+  silent stops there instead of at its cap). The host reads the live mask every `check_every`
+  frames, hands finished rows back and prefills the next rows of the queue into their slots
+  (continuous batching); a caller that streams batches refills the queue from its next batch
+  whenever a slot would sit idle.
 - Sampling: top-k, temperature, then Gumbel-max with noise read from a fixed table at an index
   hashed from (row seed, frame, codebook, code), so a row's codes depend neither on its
   batch-mates nor on its slot, and a rerun reproduces them (sampling.py).
@@ -52,6 +55,7 @@ class Row:
     embeds: torch.Tensor
     cap: int
     seed: int
+    quiet_after: int | None = None  # frames after which `silence_limit` ends it (None: cap)
 
 
 @dataclass
@@ -70,6 +74,7 @@ class FrameLoop:
         top_k: int,
         codebook_size: int,
         repeat_limit: int = 38,  # ~3 s of one repeated first code
+        silence_limit: int = 13,  # ~1 s of it, past a row's `quiet_after`
         check_every: int = 4,
         graphs: bool = False,
     ) -> None:
@@ -83,6 +88,7 @@ class FrameLoop:
         self.window = config.max_position_embeddings
         self.temperature, self.top_k, self.codebook_size = temperature, top_k, codebook_size
         self.repeat_limit, self.check_every = repeat_limit, check_every
+        self.silence_limit = silence_limit
         # the heads as views of the model's weights [hidden, codes], the codebook's own codes
         # only (the specials past them are never sampled)
         self.lm_head = model.lm_head.weight.t()[:, :codebook_size]
@@ -106,7 +112,7 @@ class FrameLoop:
         self.hidden = zeros(slots, config.hidden_size, dtype=dtype)  # the backbone's last state
         self.length = zeros(slots)  # the next backbone position of each row
         self.frame = zeros(slots)  # frames generated (the noise counter)
-        self.cap, self.seed = zeros(slots), zeros(slots)
+        self.cap, self.seed, self.quiet_after = zeros(slots), zeros(slots), zeros(slots)
         self.repeats, self.last_code = zeros(slots), zeros(slots)
         self.live = zeros(slots, dtype=torch.bool)
         self.codes = zeros(slots, self.window, self.codebooks)
@@ -140,7 +146,8 @@ class FrameLoop:
         self.last_code.copy_(codes[:, 0])
         self.frame.add_(live.long())
         ended = (codes[:, :-1] == self.eos).all(-1)  # transformers ignores the last codebook too
-        stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
+        silent = (self.frame >= self.quiet_after) & (self.repeats >= self.silence_limit)
+        stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit) | silent
         frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
         hidden = self.backbone_step(frame_embeds[:, 0], self.length, self.backbone_rope, span)
         self.hidden.copy_(hidden)
@@ -232,6 +239,7 @@ class FrameLoop:
             (self.frame, 0),
             (self.cap, torch.tensor([row.cap for row in rows], device=device)),
             (self.seed, torch.tensor([row.seed for row in rows], device=device)),
+            (self.quiet_after, torch.tensor([_quiet_after(row) for row in rows], device=device)),
             (self.repeats, 0),
             (self.last_code, -1),
             (self.live, True),
@@ -293,6 +301,10 @@ class FrameLoop:
                 self.frames_kept += int(frames[slot])
                 occupant[slot] = None
             yield finished
+
+
+def _quiet_after(row: Row) -> int:
+    return row.cap if row.quiet_after is None else min(row.quiet_after, row.cap)
 
 
 def _caches(
