@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,7 @@ def worker_main(
     feed = TaskFeed(tasks, parent)
     busy_since = time.monotonic()
     slot_frames = frames_kept = 0
+    stops: Counter[str] = Counter()  # how rows ended: eos (end frame), cap, failed
     for result in engine_results(engine, feed, device):
         audios = list(result.audios)
         takes: tuple[ChunkAudio, ...] = ()
@@ -206,8 +208,11 @@ def worker_main(
         results.put(ChunksDone(result.tag, outcomes, seconds, takes, result.finished))
         slot_frames += result.slot_frames
         frames_kept += sum(a.frames for a in result.audios if a.ok)
+        stops.update(a.stop_reason for a in result.audios)
     if slot_frames:  # what the frame loop computed against what was kept (bench-synth)
-        events.event("engine_frames", device=device, slot_frames=slot_frames, kept=frames_kept)
+        events.event(
+            "engine_frames", device=device, slot_frames=slot_frames, kept=frames_kept, stops=stops
+        )
     engine.close()
     if os.getppid() != parent:  # nobody reads the takes still buffered: exit without them
         results.cancel_join_thread()

@@ -165,6 +165,18 @@ def test_streamed_batches_run_through_one_loop_and_each_chunk_comes_back_when_do
     assert sum(r.slot_frames for r in results) >= sum(a.frames for a in streamed.values())
 
 
+def test_a_stream_whose_batches_grow_gets_a_loop_with_slots_for_the_larger_batch(
+    engine, monkeypatch
+) -> None:
+    small = Batch((chunk("Rain fell.", salt="g1"),))
+    large = Batch(tuple(chunk(t, salt="g2") for t in ["Yes.", "No.", "The bells rang.", "Hm."]))
+    runs = spy_loop_runs(monkeypatch)
+    results = list(engine.stream(ListFeed(small, large)))
+    assert runs == [1, 4]  # the one-slot loop drained, then four slots for the rest
+    assert sorted(r.tag for r in results if r.finished) == [1, 2]
+    assert all(a.ok for r in results for a in r.audios)
+
+
 def test_a_row_that_falls_silent_after_its_text_stops_early_and_keeps_only_its_speech(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
