@@ -3,7 +3,8 @@ run, and what does a SIGKILL cost?
 
 Per repeat (side by side, same catalog, same engine, same threads):
 1. Synthesis only: a fresh Python process loads the engine (a scaled-down random CSM,
-   narrate.synth.tiny.SYNTH_BOUND) and synthesizes every batch of the catalog's plan: timed
+   narrate.synth.tiny.SYNTH_BOUND) and streams every batch of the catalog's plan through it
+   (`Engine.stream`, as the run's worker does: one frame loop across batches): timed
    from the process's start to its exit, as the end-to-end run is, so both pay the
    interpreter's start, the imports and the model load.
 2. End to end: `narrate run` on the catalog (worker process, cache, assembly, loudness,
@@ -13,12 +14,14 @@ Per repeat (side by side, same catalog, same engine, same threads):
 3. Post-processing only: the same run again with `--force` (every chunk cached: assembly,
    loudness, encoding and publishing alone), to show the catalog makes post-processing a real
    share of the work (>= 10 % of synthesis time; `--format mp3` by default, the dearest).
+1 and 2 alternate which runs first from one repeat to the next.
 On this CPU-only machine post-processing competes with synthesis for the same two cores, so
 the end-to-end ratio here is an upper bound of what a GPU node sees.
 
 Once: kill and resume. `narrate run` is SIGKILLed once some chunks are cached, then rerun.
 Chunks re-synthesized = dispatched to the worker but not cached when it died; target: no more
-than the batches in flight (one computing + one queued per worker).
+than the chunks in flight (two batches' worth per worker: the frame loop's rows and the next
+batch's, which take the slots as the first's free).
 
 The watermark is off (--no-watermark): real AudioSeal weights cannot be downloaded here. The
 quality check is off (--quality off): random weights never say the text, so every chunk would be
@@ -40,8 +43,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from synth_batching import SENTENCES
@@ -49,7 +54,7 @@ from synth_batching import SENTENCES
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig
 from narrate.plan import PlannedBook, chunk_books, plan_batches
 from narrate.records import Book
-from narrate.synth import load_engine
+from narrate.synth import BatchTask, load_engine
 from narrate.synth.tiny import SYNTH_BOUND, build_tiny_model
 
 
@@ -88,8 +93,11 @@ def synthesize(model: Path, manifest: Path, batch_size: int) -> None:
         books, chunking=ChunkingConfig(), engine_fingerprint=engine_config.fingerprint()
     )
     chunks = [c for p in planned if isinstance(p, PlannedBook) for c in p.chunks]
-    for batch in plan_batches(chunks, PlanConfig(batch_size=batch_size)):
-        engine.synthesize(batch)
+    batches = plan_batches(chunks, PlanConfig(batch_size=batch_size))
+    tasks = deque(BatchTask(n, batch) for n, batch in enumerate(batches))
+    feed = SimpleNamespace(next=lambda wait: tasks.popleft() if tasks else None)
+    for _ in engine.stream(feed):  # as the run's worker drives it: one loop across batches
+        pass
     engine.close()
 
 
@@ -215,9 +223,15 @@ def main() -> None:
         write_catalog(root / "catalog.jsonl", args.books)
         rows = []
         for repeat in range(args.repeats):
-            synth = synthesis_only(model, root / "catalog.jsonl", args.batch_size)
             workdir = root / f"e2e-{repeat}"
-            run = timed_run(workdir, model, root / "catalog.jsonl", args.batch_size, fmt)
+            # the two alternate which runs first: a load that falls or rises during a repeat
+            # must not favour one side
+            if repeat % 2:
+                run = timed_run(workdir, model, root / "catalog.jsonl", args.batch_size, fmt)
+                synth = synthesis_only(model, root / "catalog.jsonl", args.batch_size)
+            else:
+                synth = synthesis_only(model, root / "catalog.jsonl", args.batch_size)
+                run = timed_run(workdir, model, root / "catalog.jsonl", args.batch_size, fmt)
             post = timed_run(
                 workdir, model, root / "catalog.jsonl", args.batch_size, fmt, "--force"
             )
@@ -254,7 +268,7 @@ def main() -> None:
         in_flight = 2 * args.batch_size
         print(
             f"SIGKILL + resume: {kill['resynthesized']} chunks re-synthesized "
-            f"(target <= {in_flight}: the batches in flight); {json.dumps(kill)}"
+            f"(target <= {in_flight}: the chunks in flight); {json.dumps(kill)}"
         )
 
 

@@ -50,7 +50,7 @@ from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook, plan_batches, plan_book_batches
 from narrate.publish import content_hash, open_outputs
-from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError
+from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError, unique_chunks
 from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.settings import SETTINGS_KEY, model_name, narrator, settings_metadata
@@ -113,7 +113,8 @@ class Run:
         self.stop = threading.Event()
         self.ledger = Ledger()
         self.queued: deque[Batch] = deque()
-        self.inflight: dict[int, Batch] = {}
+        self.inflight: dict[int, Batch] = {}  # batches with a chunk not back from the workers
+        self.chunks_in_flight = 0
         self.posting: set[Future[BookResult]] = set()
         # each book's stored object (or None) as the window's lookup found it: its upload
         # then needs no `stat` of its own
@@ -313,10 +314,16 @@ class Run:
             model = engine.model if engine.engine == "csm" else "eSpeak NG"
             self.log.event("loading", what=f"{model} on {', '.join(self._devices())}")
             self.pool = WorkerPool(self._devices(), settings)
-        while self.queued and len(self.inflight) < 2 * len(self.pool.processes):
+        # two batches' chunks in flight per worker: the one its frame loop runs and the next,
+        # whose rows take the slots as the first's free (a SIGKILL loses no more than that)
+        limit = 2 * self.options.catalog.plan.batch_size * len(self.pool.processes)
+        while self.queued and (
+            not self.inflight or self.chunks_in_flight + len(self.queued[0]) <= limit
+        ):
             batch = self.queued.popleft()
             self.batch_counter += 1
             self.inflight[self.batch_counter] = batch
+            self.chunks_in_flight += len(batch)
             self.report.useful_positions += batch.useful_positions
             self.report.computed_positions += batch.computed_positions
             attempts = self.gate.first_attempts(batch) if self.gate else {}
@@ -332,14 +339,13 @@ class Run:
             return
         if isinstance(result, WorkerFailed):
             raise EngineError(f"worker on {result.device} could not start: {result.message}")
-        batch = self.inflight.pop(result.batch_no)
+        batch = self.inflight[result.batch_no]
         self.report.synth_seconds += result.seconds
-        self.log.event(
-            "batch_done",
-            batch=result.batch_no,
-            chunks=len(result.outcomes) + len(result.takes),
-            seconds=round(result.seconds, 3),
-        )
+        self.chunks_in_flight -= len(result.outcomes) + len(result.takes)
+        if result.finished:
+            del self.inflight[result.batch_no]
+            self.chunks_in_flight -= len(batch) - len(unique_chunks(batch.chunks))  # duplicates
+            self.log.event("batch_done", batch=result.batch_no, chunks=len(batch))
         if result.takes:
             assert self.gate is not None  # workers hand takes back only when there is a gate
             chunks = {c.chunk_id: c for c in batch.chunks}

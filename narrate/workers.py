@@ -1,9 +1,14 @@
 """Device workers: one spawned process per device loads the engine once and synthesizes batches.
 
+A worker drives its engine through `Engine.stream`, fed from the run's task queue: the CSM
+engine keeps one frame loop running across batches and takes the next batch whenever a slot
+would otherwise sit idle, and every chunk goes back to the run as soon as it is done
+(`ChunksDone`), so books finish while their batch-mates are still being spoken.
+
 Without the quality check every finished chunk goes straight into the chunk cache (the
 checkpoint) and the parent gets back only each chunk's outcome. With it, the worker hands its
-takes back (`BatchDone.takes`): the run has them checked in other processes and caches the good
-ones, so the engine goes on with the next batch meanwhile.
+takes back (`ChunksDone.takes`): the run has them checked in other processes and caches the
+good ones, so the engine goes on meanwhile.
 """
 
 from __future__ import annotations
@@ -17,9 +22,13 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from narrate.cache import ChunkCache
 from narrate.config import EngineConfig, available_cores
@@ -27,6 +36,7 @@ from narrate.errors import EngineError, NarrateError, UsageError, first_line
 from narrate.records import Batch, ChunkAudio, ChunkOutcome
 from narrate.report import EventLog, route_logging
 from narrate.storage import open_storage
+from narrate.synth import BatchTask, Engine, Synthesized, chunk_seed
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +55,16 @@ def resolve_devices(spec: str) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class BatchDone:
+class ChunksDone:
+    """Chunks of batch `batch_no` done since the worker's last message about it; `finished`:
+    the batch has no chunk left. `seconds`: the worker's time in its engine since its last
+    message (not counting waits for a batch)."""
+
     batch_no: int
     outcomes: tuple[ChunkOutcome, ...]  # chunks settled here: failed, or cached unchecked
     seconds: float
     takes: tuple[ChunkAudio, ...] = ()  # synthesized chunks not cached yet: to be checked
+    finished: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +164,8 @@ def worker_main(
     """Load the engine once, then synthesize batches until a None arrives, or until the
     process `parent` is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides how a Ctrl-C ends
-    route_logging(EventLog())  # the worker shares the run's stderr: one stream of events
+    events = EventLog()  # the worker shares the run's stderr: one stream of events
+    route_logging(events)
     try:
         import torch
 
@@ -172,30 +188,106 @@ def worker_main(
         log.exception("the engine could not start on %s", device)
         results.put(WorkerFailed(device, unexpected(exc)))
         return
-    while (task := next_task(tasks, parent)) is not None:
-        batch_no, batch, attempts = task
-        started = time.monotonic()
+    feed = TaskFeed(tasks, parent)
+    busy_since = time.monotonic()
+    slot_frames = frames_kept = 0
+    stops: Counter[str] = Counter()  # how rows ended: eos (end frame), cap, failed
+    for result in engine_results(engine, feed, device):
+        audios = list(result.audios)
         takes: tuple[ChunkAudio, ...] = ()
-        try:
-            audios = engine.synthesize(batch, attempts=attempts)
-        except NarrateError as exc:
-            outcomes = tuple(ChunkOutcome(c.chunk_id, exc.message, 1) for c in batch.chunks)
-        except Exception as exc:  # fails this batch's chunks; the worker and the run go on
-            log.exception("batch %d failed on %s", batch_no, device)
-            error = unexpected(exc)
-            outcomes = tuple(ChunkOutcome(c.chunk_id, error, 1) for c in batch.chunks)
-        else:
-            if settings.check_takes:
-                takes = tuple(a for a in audios if a.ok)
-                audios = [a for a in audios if not a.ok]
-            for audio in audios:
-                if audio.ok:
-                    cache.put(audio)
-            outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
-        results.put(BatchDone(batch_no, outcomes, time.monotonic() - started, takes))
+        if settings.check_takes:
+            takes = tuple(a for a in audios if a.ok)
+            audios = [a for a in audios if not a.ok]
+        for audio in audios:
+            if audio.ok:
+                cache.put(audio)
+        outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
+        now = time.monotonic()
+        seconds = now - busy_since - feed.take_waited()
+        busy_since = now
+        results.put(ChunksDone(result.tag, outcomes, seconds, takes, result.finished))
+        slot_frames += result.slot_frames
+        frames_kept += sum(a.frames for a in result.audios if a.ok)
+        stops.update(a.stop_reason for a in result.audios)
+    if slot_frames:  # what the frame loop computed against what was kept (bench-synth)
+        events.event(
+            "engine_frames", device=device, slot_frames=slot_frames, kept=frames_kept, stops=stops
+        )
     engine.close()
     if os.getppid() != parent:  # nobody reads the takes still buffered: exit without them
         results.cancel_join_thread()
+
+
+@dataclass
+class TaskFeed:
+    """The run's task queue as the engine's BatchFeed. It keeps the batches the engine took
+    and the chunks it returned of each, so that an engine failure fails only what it held."""
+
+    tasks: Any
+    parent: int
+    ended: bool = False
+    taken: dict[int, tuple[BatchTask, set[str]]] = field(default_factory=dict)
+    waited: float = 0.0  # seconds blocked on the queue, since `take_waited`
+
+    def next(self, *, wait: bool) -> BatchTask | None:
+        if self.ended:
+            return None
+        if wait:
+            started = time.monotonic()
+            task = next_task(self.tasks, self.parent)
+            self.waited += time.monotonic() - started
+        else:
+            try:
+                task = self.tasks.get_nowait()
+            except queue.Empty:
+                return None
+        if task is None:  # told to stop (or the parent is gone): the rows in flight finish
+            self.ended = True
+            return None
+        batch_no, batch, attempts = task
+        self.taken[batch_no] = (BatchTask(batch_no, batch, attempts), set())
+        return self.taken[batch_no][0]
+
+    def returned(self, result: Synthesized) -> None:
+        if result.finished:
+            self.taken.pop(result.tag, None)
+        elif result.tag in self.taken:
+            self.taken[result.tag][1].update(a.chunk_id for a in result.audios)
+
+    def fail_taken(self, error: str) -> Iterator[Synthesized]:
+        """Every chunk taken and not returned yet, failed with `error`."""
+        for tag, (task, returned) in list(self.taken.items()):
+            ids = dict.fromkeys(c.chunk_id for c in task.batch.chunks)
+            audios = tuple(
+                _failed_audio(i, error, task.attempts.get(i, 0)) for i in ids if i not in returned
+            )
+            yield Synthesized(tag, audios, finished=True)
+        self.taken.clear()
+
+    def take_waited(self) -> float:
+        waited, self.waited = self.waited, 0.0
+        return waited
+
+
+def engine_results(engine: Engine, feed: TaskFeed, device: str) -> Iterator[Synthesized]:
+    """`engine.stream(feed)`; an exception fails the chunks the engine held (not the worker:
+    the stream starts again on the next batch)."""
+    while not feed.ended:
+        try:
+            for result in engine.stream(feed):
+                feed.returned(result)
+                yield result
+            return
+        except NarrateError as exc:
+            yield from feed.fail_taken(exc.message)
+        except Exception as exc:  # a bug or a library failure: the worker and the run go on
+            log.exception("synthesis failed on %s (batches %s)", device, sorted(feed.taken))
+            yield from feed.fail_taken(unexpected(exc))
+
+
+def _failed_audio(chunk_id: str, error: str, attempt: int) -> ChunkAudio:
+    seed = chunk_seed(chunk_id, attempt)
+    return ChunkAudio(chunk_id, np.zeros(0, np.float32), 0, "failed", seed, 1, error=error)
 
 
 def unexpected(exc: BaseException) -> str:
@@ -241,7 +333,7 @@ class WorkerPool:
         """`attempts`: the first attempt of chunks asked for again (the Engine protocol)."""
         self.tasks.put((batch_no, batch, attempts or {}))
 
-    def next_result(self, timeout: float) -> BatchDone | WorkerFailed | None:
+    def next_result(self, timeout: float) -> ChunksDone | WorkerFailed | None:
         try:
             return self.results.get(timeout=timeout)
         except queue.Empty:

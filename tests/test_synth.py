@@ -17,7 +17,7 @@ import torch
 from narrate.config import SAMPLES_PER_FRAME, ChunkingConfig, EngineConfig
 from narrate.errors import EngineError, ModelError
 from narrate.records import Batch, Chunk
-from narrate.synth import Turn, chunk_seed, load_engine
+from narrate.synth import BatchTask, Turn, chunk_seed, load_engine
 from narrate.synth.csm import MAX_ATTEMPTS, MAX_SLOTS
 from narrate.synth.frames import FrameLoop
 from narrate.synth.voices import VoiceLibrary
@@ -26,6 +26,7 @@ from narrate.synth.voices import VoiceLibrary
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_one_thread")]
 
 CHUNKING = ChunkingConfig()
+LONG_TEXT = "Mr. Hale wrote to his sister every evening about the weather and the harvest."
 
 
 def chunk(text: str, salt: str = "", **fields: object) -> Chunk:
@@ -128,6 +129,72 @@ def test_a_row_still_speaking_at_its_cap_is_retried_then_failed_whatever_its_bat
     assert sorted(tries) == sorted(
         [(capped.chunk_id, n) for n in range(3)] + [(longer.chunk_id, 0)]
     )
+
+
+class ListFeed:
+    """Batches as a worker's task queue hands them over: every one already waiting."""
+
+    def __init__(self, *batches: Batch) -> None:
+        self.tasks = [BatchTask(n, batch) for n, batch in enumerate(batches, 1)]
+
+    def next(self, *, wait: bool) -> BatchTask | None:
+        return self.tasks.pop(0) if self.tasks else None
+
+
+def test_streamed_batches_run_through_one_loop_and_each_chunk_comes_back_when_done(
+    engine, monkeypatch
+) -> None:
+    first = Batch(tuple(chunk(t, salt="s1") for t in ["Rain fell.", LONG_TEXT]))
+    second = Batch(tuple(chunk(t, salt="s2") for t in ["Yes.", "The bells rang at noon."]))
+    runs = spy_loop_runs(monkeypatch)
+
+    results = list(engine.stream(ListFeed(first, second)))
+
+    assert len(runs) == 1  # the second batch took the slots the first freed
+    # the short chunk came back while its batch-mate was still being spoken
+    assert (results[0].tag, results[0].finished) == (1, False)
+    assert [a.chunk_id for a in results[0].audios] == [first.chunks[0].chunk_id]
+    assert sorted(r.tag for r in results if r.finished) == [1, 2]
+    streamed = {a.chunk_id: a for r in results for a in r.audios}
+    assert len(streamed) == 4
+    # each chunk's audio is what it gets alone: neighbours and slots change nothing
+    for source in [*first.chunks, *second.chunks]:
+        (alone,) = engine.synthesize(Batch((source,)))
+        np.testing.assert_allclose(streamed[source.chunk_id].audio, alone.audio, atol=1e-5)
+    # every slot-frame computed is counted, idle slots included: 2 slots, 4 frames a check
+    assert sum(r.slot_frames for r in results) % (2 * 4) == 0
+    assert sum(r.slot_frames for r in results) >= sum(a.frames for a in streamed.values())
+
+
+def test_a_stream_whose_batches_grow_gets_a_loop_with_slots_for_the_larger_batch(
+    engine, monkeypatch
+) -> None:
+    small = Batch((chunk("Rain fell.", salt="g1"),))
+    large = Batch(tuple(chunk(t, salt="g2") for t in ["Yes.", "No.", "The bells rang.", "Hm."]))
+    runs = spy_loop_runs(monkeypatch)
+    results = list(engine.stream(ListFeed(small, large)))
+    assert runs == [1, 4]  # the one-slot loop drained, then four slots for the rest
+    assert sorted(r.tag for r in results if r.finished) == [1, 2]
+    assert all(a.ok for r in results for a in r.audios)
+
+
+def test_a_row_that_falls_silent_after_its_text_stops_early_and_keeps_only_its_speech(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # a model that never emits its end frame: it holds a silence (one repeated first code)
+    # once its text is said, as CSM-1B does on most rows
+    from narrate.synth.tiny import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("silent"), end_frames=False)
+    engine = load_engine(EngineConfig(model=str(folder)), device="cpu")
+    target = chunk("Rain fell softly on the harbour all night.")
+    (result,) = engine.synthesize(Batch((target,)))
+    expected = CHUNKING.expected_frames(len(target.text))
+    assert result.ok and result.attempts == 1, result.error
+    assert expected <= result.frames <= expected + 8  # the held silence is not kept
+    # computed: the speech, a second of silence, the frames until the host looked
+    assert engine.slot_frames <= result.frames + 13 + 4 < target.max_frames
+    engine.close()
 
 
 def test_voice_prompt_codes_are_computed_once(
@@ -340,6 +407,19 @@ def spy_prefill(monkeypatch) -> list[tuple[object, int]]:
 
     monkeypatch.setattr(FrameLoop, "prefill", prefill)
     return rows
+
+
+def spy_loop_runs(monkeypatch) -> list[int]:
+    """Record the slots of every frame loop started."""
+    slots: list[int] = []
+    real = FrameLoop.run
+
+    def run(self, *args):
+        slots.append(self.slots)
+        return real(self, *args)
+
+    monkeypatch.setattr(FrameLoop, "run", run)
+    return slots
 
 
 def spy_step(monkeypatch, fits: int) -> list[int]:

@@ -133,6 +133,26 @@ def test_a_runaway_row_stops_after_its_first_code_repeats(tiny) -> None:
     np.testing.assert_array_equal(codes["r"], expected)
 
 
+def test_a_row_past_its_expected_length_stops_after_a_second_of_silence(tiny) -> None:
+    # a model that holds a silence (codebook 0 at one code) once its text is said, as CSM-1B
+    # does instead of emitting its end frame on most rows
+    tokenizer, _ = tiny
+    model = build_csm(tokenizer, end_frames=False)
+    text = "Rain fell softly on the harbour all night."
+    silent = row((tokenizer, model), "r", text, cap=87, seed=3)
+    (codes,) = run(model, [silent], slots=1)[0].values()
+    silence = int(np.flatnonzero(codes[1:, 0] != codes[:-1, 0])[-1]) + 1  # where it fell silent
+    assert 20 < silence < 60 and len(codes) == silence + 38  # without: the runaway guard
+
+    def stop(quiet_after: int) -> int:
+        silent.quiet_after = quiet_after
+        return len(run(model, [silent], slots=1)[0]["r"])
+
+    assert stop(silence) == silence + 13  # a second of silence past the expected length
+    assert stop(silence + 20) == silence + 20  # silent since before it: stops on reaching it
+    assert stop(0) == silence + 13  # never inside the text: the silence must last a second
+
+
 def test_the_loop_gives_the_reference_codes_whatever_its_fresh_caches_held(tiny) -> None:
     # the backbone caches are allocated uninitialized and zeroed lazily: garbage such as NaN
     # past a row's positions must never reach its attention (0 x NaN is NaN)

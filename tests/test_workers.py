@@ -16,12 +16,12 @@ import narrate.synth
 from narrate.config import EngineConfig
 from narrate.records import Batch, Chunk, ChunkAudio
 from narrate.synth import Engine, Turn
-from narrate.workers import BatchDone, WorkerFailed, WorkerSettings, worker_main
+from narrate.workers import ChunksDone, WorkerFailed, WorkerSettings, worker_main
 
 PREVIEW = EngineConfig(engine="preview")
 
 
-class RaisingEngine:
+class RaisingEngine(Engine):
     """The preview engine, except that a batch holding the text "boom" raises a RuntimeError
     (a bug, or a library failing in a way narrate does not know)."""
 
@@ -77,7 +77,7 @@ def test_an_unexpected_engine_error_fails_that_batch_and_the_worker_goes_on(
         narrate.synth, "load_engine", lambda *a, **kw: RaisingEngine(real_load(*a, **kw))
     )
     first, second = run_worker(tmp_path, [batch("boom", "Hello."), batch("Good evening.")])
-    assert isinstance(first, BatchDone) and isinstance(second, BatchDone)
+    assert isinstance(first, ChunksDone) and isinstance(second, ChunksDone)
     assert [o.error for o in first.outcomes] == [
         "unexpected RuntimeError in the engine: "
         "CUDA error: an illegal memory access was encountered"
@@ -108,7 +108,7 @@ def test_with_the_quality_check_the_worker_hands_takes_back_unchecked_and_uncach
     monkeypatch.setattr(narrate.gate, "check", no_check_here)
     synthesized = batch("Hello.", "Good evening.")
     (done,) = run_worker(tmp_path, [synthesized], check_takes=True)
-    assert isinstance(done, BatchDone) and done.outcomes == ()
+    assert isinstance(done, ChunksDone) and done.outcomes == ()
     assert [t.chunk_id for t in done.takes] == [c.chunk_id for c in synthesized.chunks]
     assert all(len(t.audio) > 0 for t in done.takes)
     assert not list((tmp_path / "cache").rglob("*.flac"))  # cached only once checked

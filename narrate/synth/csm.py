@@ -13,6 +13,8 @@ Model facts and choices (ARCHITECTURE.md: "CSM-1B facts the engine depends on"):
   `<|AUDIO|>` in a book is text, not a frame. The codec encoder runs once per voice.
 - Generation: the chunks of a batch go through one `FrameLoop` with B slots, longest first;
   each row stops at its end frame, its own cap or a runaway, and frees its slot for the next.
+  A device worker streams batches (`stream`): one loop runs across them, and the next batch's
+  rows take the slots the previous one frees, so slots idle only when no batch is waiting.
   A finished row is decoded and judged (guards.py) while the others go on; a row to retry
   rejoins the queue with its next seed, up to `MAX_ATTEMPTS` in all. Sampling noise is a
   function of the chunk's seed, so a chunk's audio does not depend on its batch-mates.
@@ -27,9 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -38,9 +42,9 @@ import torch
 from narrate.config import FRAME_RATE, SAMPLES_PER_FRAME, WINDOW, EngineConfig
 from narrate.errors import EngineError, ModelError, NarrateError, UsageError, first_line
 from narrate.records import Batch, Chunk, ChunkAudio, unique_chunks
-from narrate.synth import Turn, chunk_seed
+from narrate.synth import BatchFeed, Engine, Synthesized, Turn, chunk_seed
 from narrate.synth.frames import Finished, FrameLoop, Row
-from narrate.synth.guards import GuardConfig, end_frame, judge
+from narrate.synth.guards import GuardConfig, end_frame, judge, silent_tail
 from narrate.synth.loops import SlotLoops, device_budget, loop_bytes
 from narrate.synth.mimi import CODEBOOK_SIZE, Codec, load_codec
 from narrate.synth.voices import Voice, VoiceLibrary
@@ -85,7 +89,7 @@ class _Segment:
     codes: torch.Tensor | None = None
 
 
-class CsmEngine:
+class CsmEngine(Engine):
     def __init__(
         self,
         config: EngineConfig,
@@ -116,6 +120,7 @@ class CsmEngine:
             loop_budget if loop_budget is not None else device_budget(self.device),
             self.device,
         )
+        self.slot_frames = 0  # frame steps x slots computed, idle slots included
         self._voices: dict[str, Voice] = {}  # by name, read once per worker
         self._voice_codes: dict[str, torch.Tensor] = {}  # by voice fingerprint
         self._context_codes: dict[tuple, torch.Tensor] = {}  # by (voice, turns so far)
@@ -176,6 +181,68 @@ class CsmEngine:
         """One waveform per chunk, in order. `context`: turns spoken before every chunk;
         `attempts`: each chunk's first attempt (the Engine protocol)."""
         done: dict[str, ChunkAudio] = {}
+        queue = deque(self._rows(batch, context, attempts or {}, done))
+        for _ in self._generate(queue, partial(self._settle, done)):
+            pass
+        return [done[c.chunk_id] for c in batch.chunks]
+
+    def stream(self, feed: BatchFeed) -> Iterator[Synthesized]:
+        """The feed's batches through one frame loop: whenever a slot would sit idle, the next
+        batch's rows join the queue, so a batch's rows take the slots its predecessor frees
+        (a retry goes first: its batch may wait for it alone). Each chunk comes back as soon
+        as it is done, with its batch's tag (the Engine protocol)."""
+        done: dict[str, ChunkAudio] = {}  # chunks done, not yet handed back
+        waiting: dict[int, set[str]] = {}  # by batch tag: its chunks not done yet
+        queue: deque[Row] = deque()
+        largest, ended, reported = 0, False, self.slot_frames
+
+        def take(wait: bool) -> None:
+            nonlocal largest, ended
+            task = feed.next(wait=wait)
+            if task is None:
+                ended = ended or wait
+                return
+            in_flight = set().union(*waiting.values())  # a chunk in two batches runs once
+            waiting[task.tag] = {c.chunk_id for c in task.batch.chunks}
+            largest = max(largest, len(task.batch))
+            batch = Batch(tuple(c for c in task.batch.chunks if c.chunk_id not in in_flight))
+            queue.extend(self._rows(batch, (), task.attempts, done))
+
+        def deliver() -> Iterator[Synthesized]:
+            nonlocal reported
+            for tag in list(waiting):
+                ready = waiting[tag] & done.keys()
+                if not ready:
+                    continue
+                waiting[tag] -= ready
+                audios = tuple(done[chunk_id] for chunk_id in sorted(ready))
+                finished = not waiting[tag]
+                if finished:
+                    del waiting[tag]
+                yield Synthesized(tag, audios, finished, self.slot_frames - reported)
+                reported = self.slot_frames
+            for chunk_id in [c for c in done if not any(c in w for w in waiting.values())]:
+                del done[chunk_id]
+
+        def more(idle: bool) -> None:
+            take(wait=idle and not done)  # with results to hand back first, no waiting
+
+        while not ended:
+            if not queue:
+                more(idle=True)
+            settle = partial(self._settle, done)
+            for _ in self._generate(queue, settle, more, wanted=lambda: largest):
+                yield from deliver()
+            yield from deliver()
+
+    def _rows(
+        self,
+        batch: Batch,
+        context: Sequence[Turn],
+        attempts: Mapping[str, int],
+        done: dict[str, ChunkAudio],
+    ) -> list[Row]:
+        """The batch's rows, longest first; a chunk that cannot run fails into `done`."""
         rows: list[Row] = []
         for chunk in unique_chunks(batch.chunks):
             try:
@@ -191,25 +258,51 @@ class CsmEngine:
                 )
                 done[chunk.chunk_id] = _failed(chunk, reason, 0)
                 continue
-            first = (attempts or {}).get(chunk.chunk_id, 0)
+            first = attempts.get(chunk.chunk_id, 0)
             rows.append(self._row(_Attempt(chunk, first, embeds, first)))
         rows.sort(key=lambda row: len(row.embeds) + row.cap, reverse=True)  # longest first
-        self._generate(deque(rows), lambda *args: self._settle(done, *args))
-        return [done[c.chunk_id] for c in batch.chunks]
+        return rows
 
     def _row(self, attempt: _Attempt) -> Row:
-        seed = chunk_seed(attempt.chunk.chunk_id, attempt.attempt)
-        return Row(attempt, attempt.embeds, self._cap(attempt.chunk), seed)
+        chunk = attempt.chunk
+        seed = chunk_seed(chunk.chunk_id, attempt.attempt)
+        expected = math.ceil(self.guard.chunking.expected_frames(len(chunk.text)))
+        return Row(attempt, attempt.embeds, self._cap(chunk), seed, quiet_after=expected)
 
-    def _generate(self, queue: deque[Row], settle: Settle) -> None:
-        """Run `queue` through a loop, `settle` taking each group of finished rows; on CUDA
-        out of memory, free the other loops and try again, then go on with half the slots (a
-        row that fails alone is settled as failed)."""
+    def _slots(self, rows: int) -> int:
+        return min(self.max_slots, 1 << (rows - 1).bit_length())
+
+    def _generate(
+        self,
+        queue: deque[Row],
+        settle: Settle,
+        more: Callable[[bool], None] | None = None,
+        wanted: Callable[[], int] = lambda: 0,
+    ) -> Iterator[None]:
+        """Run `queue` through a loop, `settle` taking each group of finished rows (yields
+        after each); on CUDA out of memory, free the other loops and try again, then go on
+        with half the slots (a row that fails alone
+        is settled as failed). `more(idle)` may add rows to the queue whenever a slot would sit
+        idle (FrameLoop.run); the loop has slots for `wanted()` rows when it can, and is
+        drained and rebuilt larger when that grows."""
         while queue:
+            slots = self._slots(max(len(queue), wanted()))
+
+            def refill(idle: bool, slots: int = slots) -> bool:
+                more(idle)  # type: ignore[misc]
+                return self._slots(wanted()) <= slots  # else drain, then a larger loop
+
             try:
-                loop = self.loops.get(min(self.max_slots, 1 << (len(queue) - 1).bit_length()))
-                for finished in loop.run(queue):
-                    settle(finished, queue, None)
+                loop = self.loops.get(slots)
+                counted = loop.slot_frames
+                try:
+                    for finished in loop.run(queue, refill if more else None):
+                        self.slot_frames += loop.slot_frames - counted
+                        counted = loop.slot_frames
+                        settle(finished, queue, None)
+                        yield
+                finally:
+                    self.slot_frames += loop.slot_frames - counted
             except torch.OutOfMemoryError:
                 slots = self.loops.last
                 if self.loops.recover():
@@ -217,6 +310,7 @@ class CsmEngine:
                 if slots == 1:
                     reason = "does not fit in device memory even alone"
                     settle([Finished(queue.popleft().key, None)], queue, reason)
+                    yield
                     continue
                 self.max_slots = slots // 2
                 log.warning(
@@ -228,6 +322,7 @@ class CsmEngine:
             self.model,
             slots,
             temperature=self.config.temperature,
+            silence_limit=self.guard.silence_frames,
             top_k=self.config.top_k,
             codebook_size=CODEBOOK_SIZE,
             graphs=self.graphs,
@@ -247,13 +342,17 @@ class CsmEngine:
             done[attempt.chunk.chunk_id] = _failed(attempt.chunk, failure, attempt.attempt)
 
     def _judge(
-        self, finished: list[Finished], queue: deque[Row], done: dict[str, ChunkAudio]
+        self,
+        finished: list[Finished],
+        queue: deque[Row],
+        done: dict[str, ChunkAudio],
     ) -> None:
         attempts: list[_Attempt] = [f.key for f in finished]
         eos = self.model.config.codebook_eos_token_id
         ends = [end_frame(f.codes, eos) for f in finished]
         frames = [
-            len(f.codes) if end is None else end for f, end in zip(finished, ends, strict=True)
+            silent_tail(f.codes, self.guard.silence_frames) if end is None else end
+            for f, end in zip(finished, ends, strict=True)
         ]
         audio = self.codec.decode_rows([f.codes[:n] for f, n in zip(finished, frames, strict=True)])
         for attempt, row_audio, end in zip(attempts, audio, ends, strict=True):
@@ -269,7 +368,7 @@ class CsmEngine:
             elif outcome.retry and attempt.attempt + 1 < attempt.first + MAX_ATTEMPTS:
                 log.info("retrying chunk %s with its next seed: %s", chunk.chunk_id, outcome.reason)
                 retry = _Attempt(chunk, attempt.attempt + 1, attempt.embeds, attempt.first)
-                queue.append(self._row(retry))
+                queue.appendleft(self._row(retry))  # first: its batch may wait on it alone
             else:
                 done[chunk.chunk_id] = _failed(chunk, outcome.reason, attempt.attempt)
 
@@ -349,7 +448,10 @@ class CsmEngine:
             raise UsageError("the context turns do not fit in CSM's 2048-position window")
         rendered: list[np.ndarray] = []
         row = Row(None, embeds, cap, chunk_seed(chunk.chunk_id))
-        self._generate(deque([row]), lambda finished, queue, failure: rendered.append(finished[0]))
+        for _ in self._generate(
+            deque([row]), lambda finished, queue, failure: rendered.append(finished[0])
+        ):
+            pass
         if rendered[0].codes is None:
             raise EngineError("cannot render the context turns: out of device memory")
         codes = rendered[0].codes

@@ -13,8 +13,12 @@ input. This is what transformers' CSM `generate` and Sesame's generator.py do; h
   slots compute masked garbage.
 - Every per-row decision stays on the device: sampling, the end frame, the row's frame cap,
   a runaway row (its first codebook unchanged for `repeat_limit` frames: CSM's endless
-  silence). The host reads the live mask every `check_every` frames, hands finished rows back
-  and prefills the next rows of the queue into their slots (continuous batching).
+  silence), and, once a row is past the frames its text calls for (`Row.quiet_after`), the
+  same silence held for `silence_limit` frames (~1 s: a row that has said its text and fell
+  silent stops there instead of at its cap). The host reads the live mask every `check_every`
+  frames, hands finished rows back and prefills the next rows of the queue into their slots
+  (continuous batching); a caller that streams batches refills the queue from its next batch
+  whenever a slot would sit idle.
 - Sampling: top-k, temperature, then Gumbel-max with noise read from a fixed table at an index
   hashed from (row seed, frame, codebook, code), so a row's codes depend neither on its
   batch-mates nor on its slot, and a rerun reproduces them (sampling.py).
@@ -51,6 +55,7 @@ class Row:
     embeds: torch.Tensor
     cap: int
     seed: int
+    quiet_after: int | None = None  # frames after which `silence_limit` ends it (None: cap)
 
 
 @dataclass
@@ -69,6 +74,7 @@ class FrameLoop:
         top_k: int,
         codebook_size: int,
         repeat_limit: int = 38,  # ~3 s of one repeated first code
+        silence_limit: int = 13,  # ~1 s of it, past a row's `quiet_after`
         check_every: int = 4,
         graphs: bool = False,
     ) -> None:
@@ -82,6 +88,7 @@ class FrameLoop:
         self.window = config.max_position_embeddings
         self.temperature, self.top_k, self.codebook_size = temperature, top_k, codebook_size
         self.repeat_limit, self.check_every = repeat_limit, check_every
+        self.silence_limit = silence_limit
         # the heads as views of the model's weights [hidden, codes], the codebook's own codes
         # only (the specials past them are never sampled)
         self.lm_head = model.lm_head.weight.t()[:, :codebook_size]
@@ -105,13 +112,15 @@ class FrameLoop:
         self.hidden = zeros(slots, config.hidden_size, dtype=dtype)  # the backbone's last state
         self.length = zeros(slots)  # the next backbone position of each row
         self.frame = zeros(slots)  # frames generated (the noise counter)
-        self.cap, self.seed = zeros(slots), zeros(slots)
+        self.cap, self.seed, self.quiet_after = zeros(slots), zeros(slots), zeros(slots)
         self.repeats, self.last_code = zeros(slots), zeros(slots)
         self.live = zeros(slots, dtype=torch.bool)
         self.codes = zeros(slots, self.window, self.codebooks)
         self.rows = torch.arange(slots, device=device)
         self.backbone_rope = _Rope(self.backbone, self.window, device)
-        self.frames_computed = self.frames_kept = 0
+        # frames of rows, computed and handed back; slot-frames: every slot of every step
+        # computed, idle slots included (what a GPU spends)
+        self.frames_computed = self.frames_kept = self.slot_frames = 0
         # the backbone attends to the first `span` cache positions, the smallest that holds every
         # row's prompt and cap. Captured, one graph per span, all now, while every slot is free:
         # a few spans (each costs a capture); eager, every multiple of 64
@@ -137,7 +146,8 @@ class FrameLoop:
         self.last_code.copy_(codes[:, 0])
         self.frame.add_(live.long())
         ended = (codes[:, :-1] == self.eos).all(-1)  # transformers ignores the last codebook too
-        stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit)
+        silent = (self.frame >= self.quiet_after) & (self.repeats >= self.silence_limit)
+        stop = ended | (self.frame >= self.cap) | (self.repeats >= self.repeat_limit) | silent
         frame_embeds = self.backbone.embed_tokens(codes[:, None])  # sums the 32 codebooks
         hidden = self.backbone_step(frame_embeds[:, 0], self.length, self.backbone_rope, span)
         self.hidden.copy_(hidden)
@@ -229,37 +239,57 @@ class FrameLoop:
             (self.frame, 0),
             (self.cap, torch.tensor([row.cap for row in rows], device=device)),
             (self.seed, torch.tensor([row.seed for row in rows], device=device)),
+            (self.quiet_after, torch.tensor([_quiet_after(row) for row in rows], device=device)),
             (self.repeats, 0),
             (self.last_code, -1),
             (self.live, True),
         ):
             state[index] = value
 
-    def run(self, queue: deque[Row]) -> Iterator[list[Finished]]:
+    def run(
+        self, queue: deque[Row], more: Callable[[bool], bool] | None = None
+    ) -> Iterator[list[Finished]]:
         """Generate every row of `queue` (which may grow while this runs: retries rejoin it),
-        yielding the rows that finished since the last check."""
+        yielding the rows that finished since the last check.
+
+        `more(idle)`, if given, is called whenever a slot would sit idle at the next step: it
+        may append rows to `queue` (`idle`: no row is left at all, so it may wait for some),
+        and returns False to stop the refills (the loop then ends once its rows finish, and
+        rows left in `queue` wait for the caller)."""
         occupant: list[Row | None] = [None] * self.slots
         try:
-            yield from self._run(queue, occupant)
+            yield from self._run(queue, occupant, more)
         except BaseException:  # out of memory, say: the rows in flight rejoin the queue
             queue.extendleft(reversed([row for row in occupant if row is not None]))
             self.live.zero_()
             raise
 
-    def _run(self, queue: deque[Row], occupant: list[Row | None]) -> Iterator[list[Finished]]:
-        while queue or any(occupant):
-            free = [slot for slot, row in enumerate(occupant) if row is None][: len(queue)]
+    def _run(
+        self,
+        queue: deque[Row],
+        occupant: list[Row | None],
+        more: Callable[[bool], bool] | None,
+    ) -> Iterator[list[Finished]]:
+        refill = True
+        while True:
+            free = [slot for slot, row in enumerate(occupant) if row is None]
+            if more is not None and refill and len(queue) < len(free):
+                refill = more(not queue and not any(occupant))
+            free = free[: len(queue)] if refill else []
             for start in range(0, len(free), PREFILL_ROWS):
                 slots = free[start : start + PREFILL_ROWS]
                 rows = [queue.popleft() for _ in slots]
                 for slot, row in zip(slots, rows, strict=True):
                     occupant[slot] = row
                 self.prefill(slots, rows)
+            if not any(occupant):
+                return
             longest = max(len(row.embeds) + row.cap for row in occupant if row is not None)
             span = self._span(longest)
             for _ in range(self.check_every):
                 self.graphs[span].replay() if self.graphs else self.step(span)
             self.frames_computed += self.check_every * sum(row is not None for row in occupant)
+            self.slot_frames += self.check_every * self.slots
             live, frames = torch.stack([self.live.long(), self.frame]).cpu().numpy()
             done = [s for s, row in enumerate(occupant) if row is not None and not live[s]]
             if not done:
@@ -271,6 +301,10 @@ class FrameLoop:
                 self.frames_kept += int(frames[slot])
                 occupant[slot] = None
             yield finished
+
+
+def _quiet_after(row: Row) -> int:
+    return row.cap if row.quiet_after is None else min(row.quiet_after, row.cap)
 
 
 def _caches(

@@ -8,6 +8,7 @@ text; such rows are retried with the next seed. Pure numpy, so it is tested with
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,11 @@ class GuardConfig:
     min_trailing_silence_s: float = 1.0  # a row cut by its cap must have stopped speaking before
     min_duration_ratio: float = 0.3  # shorter than this share of the expected duration: outlier
     chunking: ChunkingConfig = ChunkingConfig()  # the speaking rate that sets the expectation
+
+    @property
+    def silence_frames(self) -> int:
+        """Frames of one repeated first code that count as having stopped speaking."""
+        return math.ceil(self.min_trailing_silence_s * FRAME_RATE)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,18 @@ def end_frame(codes: np.ndarray, eos_code: int = 0) -> int | None:
     """
     ends = np.flatnonzero((codes[:, :-1] == eos_code).all(axis=1))
     return int(ends[0]) if len(ends) else None
+
+
+def silent_tail(codes: np.ndarray, min_frames: int) -> int:
+    """Frames of `codes` [frames, codebooks] before a trailing run of one repeated first code
+    at least `min_frames` long (CSM's silence, which the frame loop stops a row on), else all
+    of them."""
+    first = codes[:, 0]
+    if len(first) < min_frames:
+        return len(first)
+    changes = np.flatnonzero(first[1:] != first[:-1])
+    start = int(changes[-1]) + 1 if len(changes) else 0
+    return start if len(first) - start >= min_frames else len(first)
 
 
 def speech_frames(audio: np.ndarray, silence_db: float) -> int:

@@ -20,14 +20,14 @@ import numpy as np
 from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, EngineConfig, available_cores
 from narrate.errors import ModelError
 from narrate.records import Batch, Chunk, ChunkAudio
-from narrate.synth import Turn, chunk_seed
+from narrate.synth import Engine, Turn, chunk_seed
 
 VARIANTS = ("m3", "f3", "m1", "f1", "m7", "f4", "m2", "f2")  # speaker id -> voice variant
 INSTALL_HINT = "pip install espeakng-loader (bundles eSpeak NG), or apt-get install espeak-ng"
 TIMEOUT_S = 120.0
 
 
-class PreviewEngine:
+class PreviewEngine(Engine):
     def __init__(self, config: EngineConfig, workers: int) -> None:
         self.config = config
         self.workers = workers

@@ -171,7 +171,12 @@ def build_tokenizer():  # -> PreTrainedTokenizerFast
 
 
 @torch.no_grad()
-def build_csm(tokenizer, sizes: Sizes = Sizes(), seed: int = 0):  # -> CsmForConditionalGeneration
+def build_csm(
+    tokenizer, sizes: Sizes = Sizes(), seed: int = 0, *, end_frames: bool = True
+):  # -> CsmForConditionalGeneration
+    """`end_frames=False`: once its text is spoken the model holds a silence (codebook 0 stays
+    at code 0, the other codebooks random and never 0) instead of emitting the end frame, as
+    CSM-1B does on most rows."""
     from transformers import CsmConfig, CsmForConditionalGeneration
 
     torch.manual_seed(seed)
@@ -217,7 +222,7 @@ def build_csm(tokenizer, sizes: Sizes = Sizes(), seed: int = 0):  # -> CsmForCon
     depth.model.inputs_embeds_projector.weight.copy_(torch.eye(sizes.depth_hidden, hidden))
     head = depth.codebooks_head.weight  # [codebooks - 1, hidden, vocab]
     head[:, :, 0] = 0
-    head[:, ZERO, 0] = 10.0
+    head[:, ZERO, 0] = 10.0 if end_frames else -10.0
     head[:, CODE, 0] = -10.0
     return model
 
@@ -258,15 +263,18 @@ def build_mimi(config: dict, seed: int = 0):  # -> moshi MimiModel
     return mimi
 
 
-def build_tiny_model(folder: Path, seed: int = 0, sizes: Sizes = Sizes()) -> Path:
-    """Write the tiny model (or a random one of other `sizes`) into `folder`; returns it."""
+def build_tiny_model(
+    folder: Path, seed: int = 0, sizes: Sizes = Sizes(), *, end_frames: bool = True
+) -> Path:
+    """Write the tiny model (or a random one of other `sizes`; `end_frames` as for
+    `build_csm`) into `folder`; returns it."""
     from safetensors.torch import save_file
     from transformers import CsmProcessor, EncodecFeatureExtractor
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
-    build_csm(tokenizer, sizes, seed).save_pretrained(folder)
+    build_csm(tokenizer, sizes, seed, end_frames=end_frames).save_pretrained(folder)
     features = EncodecFeatureExtractor(feature_size=1, sampling_rate=SAMPLE_RATE)
     CsmProcessor(features, tokenizer, chat_template=CHAT_TEMPLATE).save_pretrained(folder)
     config = tiny_mimi_config()

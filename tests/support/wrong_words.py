@@ -14,7 +14,7 @@ from narrate.synth import Engine, Turn
 WRONG_TEXT = "harbour"
 
 
-class WrongWordsEngine:
+class WrongWordsEngine(Engine):
     """The preview engine, except that chunks holding WRONG_TEXT come out as other words, on
     every attempt (as a model that keeps garbling one sentence would)."""
 
