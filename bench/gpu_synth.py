@@ -13,12 +13,13 @@ on the same GPU. The last line printed is one JSON object.
     python bench/gpu_synth.py [--batches 1,16,64] [--frames 128] [--out gpu_synth.json]
     python bench/gpu_synth.py --dry-run   # the tiny model on the CPU: checks the script only
 
-On a machine that has only torch (2.9), bring these wheels and install them without their
-dependencies, then run from a checkout of narrate (no build needed: PYTHONPATH=.):
+On a machine that has only torch 2.9 (and numpy, which torch's images carry), bring these
+wheels and install them without their dependencies, then run from a checkout of narrate (no
+build needed: PYTHONPATH=.):
 
-    pip install --no-deps transformers==4.57.6 tokenizers==0.22.1 huggingface-hub==0.36.0 \\
-        safetensors==0.6.2 regex pyyaml moshi==0.2.13 einops==0.8.1 sentencepiece==0.2.1 \\
-        soundfile
+    pip install --no-deps transformers==4.57.6 tokenizers==0.22.2 huggingface-hub==0.36.2 \\
+        safetensors==0.7.0 regex pyyaml moshi==0.2.13 einops==0.8.2 sentencepiece==0.2.3 \\
+        soundfile requests urllib3 idna charset-normalizer certifi tqdm packaging
     PYTHONPATH=. python bench/gpu_synth.py --out gpu_synth.json
 """
 
@@ -46,6 +47,9 @@ NEEDED = {
     "einops": "einops",
     "sentencepiece": "sentencepiece",
     "soundfile": "soundfile",
+    "requests": "requests (urllib3, idna, charset-normalizer, certifi)",
+    "tqdm": "tqdm",
+    "packaging": "packaging",
     "narrate": "narrate (run from the repository with PYTHONPATH=.)",
 }
 
