@@ -52,6 +52,12 @@ FIDELITY_ARGS ?=
 bench-fidelity: install
 	$(PY) bench/fidelity.py $(FIDELITY_ARGS)
 
+# CsmEngine end to end at CSM-1B's shape (random weights) on a CUDA GPU, B = 1, 16, 64, eager
+# and CUDA graphs, then bench-fidelity's figures there (GPU_ARGS=--dry-run: the CPU, tiny).
+GPU_ARGS ?=
+bench-gpu: install
+	$(PY) bench/gpu_synth.py $(GPU_ARGS)
+
 # The demos skip the AudioSeal watermark: its weights cannot be downloaded on a fresh offline
 # machine, and a watermark from untrained weights would mean nothing. The opt-out is logged and
 # recorded in each file's metadata; real runs keep the watermark. To include it once the

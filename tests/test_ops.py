@@ -18,6 +18,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points, metadata
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
@@ -27,7 +28,7 @@ from kubernetes_validate import utils as kubernetes_validate
 from packaging.specifiers import SpecifierSet
 
 from narrate.cli import cli
-from narrate.errors import EXIT_INTERRUPTED, EXIT_USAGE
+from narrate.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 from narrate.plan import Shard
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -315,31 +316,147 @@ def merge(base: dict, patch: Mapping) -> dict:
     return base
 
 
+def narrate_containers() -> list[tuple[str, dict, dict]]:
+    """(manifest, workload, container) of every container that runs the image's `narrate`."""
+    return [
+        (name, resource, container)
+        for name, resource in workloads()
+        for container in pod_spec(resource)["containers"]
+        if "command" not in container
+    ]
+
+
 def test_narrate_arguments_in_every_manifest_parse() -> None:
     parsed = []
-    for name, resource in workloads():
-        for container in pod_spec(resource)["containers"]:
-            args = expanded_args(container)
-            assert not [a for a in args if "$(" in a], f"{name}: undefined variable in {args}"
-            context = parse_narrate(args)
-            parsed.append((name, context.command.name, context.params))
+    for name, _, container in narrate_containers():
+        args = expanded_args(container)
+        assert not [a for a in args if "$(" in a], f"{name}: undefined variable in {args}"
+        context = parse_narrate(args)
+        parsed.append((name, context.command.name, context.params))
     commands = {(name, command) for name, command, _ in parsed}
     assert {("catalog-job.yaml", "run"), ("nightly-cronjob.yaml", "run")} <= commands
     (nightly,) = [params for name, _, params in parsed if name == "nightly-cronjob.yaml"]
     assert nightly["requests"] and nightly["manifest"] is None
 
 
-def test_catalog_job_shards_match_its_completions() -> None:
-    (job,) = [doc for name, doc in workloads() if name == "catalog-job.yaml"]
+def replaced(resource: dict) -> dict:
+    """`resource` after the kustomization's replacements (as far as they go here: a source
+    field copied into named list items' fields, the target keeping its string type)."""
+    resource = copy.deepcopy(resource)
+    for replacement in kustomization().get("replacements", []):
+        source = replacement["source"]
+        (origin,) = [
+            doc
+            for _, doc in resources()
+            if (doc["kind"], doc["metadata"]["name"]) == (source["kind"], source["name"])
+        ]
+        value = field(origin, source["fieldPath"])
+        for target in replacement["targets"]:
+            select = target["select"]
+            if (resource["kind"], resource["metadata"]["name"]) != (select["kind"], select["name"]):
+                continue
+            for path in target["fieldPaths"]:
+                *parents, last = path.split(".")
+                parent = field(resource, ".".join(parents))
+                assert isinstance(parent[last], str), f"{path} is a string in the manifest"
+                parent[last] = str(value)
+    return resource
+
+
+def field(document: Any, path: str) -> Any:
+    """A kustomize field path: `a.b.[name=x].c`."""
+    for part in path.split("."):
+        selector = re.fullmatch(r"\[(\w+)=(.+)\]", part)
+        if selector:
+            (document,) = [item for item in document if item.get(selector[1]) == selector[2]]
+        else:
+            document = document[part]
+    return document
+
+
+def test_catalog_job_shards_are_its_completions_set_in_one_place() -> None:
+    (raw,) = [doc for name, doc in workloads() if name == "catalog-job.yaml"]
+    (raw_container,) = pod_spec(raw)["containers"]
+    assert not container_env(raw_container)["NARRATE_SHARDS"].isdigit()  # only completions
+    job = replaced(raw)
     spec = job["spec"]
     assert spec["completionMode"] == "Indexed"
     (container,) = pod_spec(job)["containers"]
     env = container_env(container)
-    assert int(env["NARRATE_SHARDS"]) == spec["completions"]
+    assert env["NARRATE_SHARDS"] == str(spec["completions"])
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
     for index in (0, spec["completions"] - 1):
         shard = Shard.parse(None, {**env, "JOB_COMPLETION_INDEX": str(index)})
         assert (shard.index, shard.count) == (index, spec["completions"])
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_a_job_applied_without_kustomize_stops_with_a_usage_error_not_a_wrong_shard() -> None:
+    (job,) = [doc for name, doc in workloads() if name == "catalog-job.yaml"]
+    (container,) = pod_spec(job)["containers"]
+    env = {**container_env(container), "JOB_COMPLETION_INDEX": "0"}
+    with pytest.raises(UsageError):
+        Shard.parse(None, env)
+
+
+def volumes(resource: Mapping) -> dict[str, dict]:
+    return {volume["name"]: volume for volume in pod_spec(resource)["volumes"]}
+
+
+def test_render_pods_read_the_models_from_the_shared_volume_offline() -> None:
+    (claim,) = [doc for _, doc in resources() if doc["kind"] == "PersistentVolumeClaim"]
+    name = claim["metadata"]["name"]
+    for manifest, resource, container in narrate_containers():
+        models = volumes(resource)["models"]
+        assert models["persistentVolumeClaim"] == {"claimName": name, "readOnly": True}, manifest
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+        assert mount["readOnly"] and mount["mountPath"] == "/models"
+        env = container_env(container)
+        assert env["HF_HUB_OFFLINE"] == "1", manifest
+        assert "HF_TOKEN" not in {e["name"] for e in container.get("env", [])}, manifest
+        assert env["NARRATE_AUDIOSEAL_DIR"].startswith("/models/")
+
+
+def test_one_job_fills_the_model_volume_and_requires_the_hugging_face_secret() -> None:
+    from narrate.post.watermark import DETECTOR_FILE, GENERATOR_FILE
+    from narrate.synth.mimi import loaders
+
+    (fill,) = [doc for name, doc in workloads() if name == "models-job.yaml"]
+    (container,) = pod_spec(fill)["containers"]
+    script = " ".join(container["args"])
+    env = container_env(container)
+    assert env["HF_HUB_OFFLINE"] == "0"
+    for needed in ("sesame/csm-1b", loaders.DEFAULT_REPO, loaders.MIMI_NAME):
+        assert needed in script
+    assert GENERATOR_FILE in script and DETECTOR_FILE in script
+    assert "$NARRATE_AUDIOSEAL_DIR" in script  # where `narrate run` reads them
+    (token,) = [e for e in container["env"] if e["name"] == "HF_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"].get("optional", False) is False
+    claim = volumes(fill)["models"]["persistentVolumeClaim"]
+    assert not claim.get("readOnly")
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "models"]
+    assert not mount.get("readOnly")
+
+
+def test_every_container_requests_and_limits_the_ephemeral_storage_of_its_scratch() -> None:
+    for name, resource in workloads():
+        scratch = [v for v in volumes(resource).values() if "emptyDir" in v]
+        for container in pod_spec(resource)["containers"]:
+            resources_ = container["resources"]
+            requested = resources_["requests"]["ephemeral-storage"]
+            assert resources_["limits"]["ephemeral-storage"] == requested, name
+            sizes = sum(gibibytes(v["emptyDir"]["sizeLimit"]) for v in scratch)
+            assert gibibytes(requested) > sizes, name
+
+
+def gibibytes(quantity: str) -> float:
+    number, unit = re.fullmatch(r"(\d+)(Gi|Mi)", quantity).groups()
+    return int(number) / (1024 if unit == "Mi" else 1)
+
+
+def test_the_site_gets_a_compressed_format() -> None:
+    assert config_maps()["narrate-config"]["NARRATE_FORMAT"] in ("mp3", "opus")
 
 
 def test_failure_policies_act_on_narrate_exit_codes() -> None:
