@@ -55,7 +55,13 @@ def batch(*texts: str) -> Batch:
     return Batch(tuple(Chunk(f"{i:08x}{t}", "b", i, t) for i, t in enumerate(texts)))
 
 
-def run_worker(tmp_path: Path, batches: list[Batch], *, check_takes: bool = False) -> list[object]:
+def run_worker(
+    tmp_path: Path,
+    batches: list[Batch],
+    *,
+    check_takes: bool = False,
+    engine: EngineConfig = PREVIEW,
+) -> list[object]:
     """worker_main in this process, fed these batches; what it reported."""
     tasks: queue.Queue = queue.Queue()
     results: queue.Queue = queue.Queue()
@@ -63,7 +69,7 @@ def run_worker(tmp_path: Path, batches: list[Batch], *, check_takes: bool = Fals
         tasks.put((number, task, {}))
     tasks.put(None)
     settings = WorkerSettings(
-        PREVIEW, str(tmp_path / "voices"), str(tmp_path / "cache"), check_takes=check_takes
+        engine, str(tmp_path / "voices"), str(tmp_path / "cache"), check_takes=check_takes
     )
     worker_main(os.getppid(), "cpu", 1, settings, tasks, results)
     return [results.get_nowait() for _ in range(results.qsize())]
@@ -83,6 +89,36 @@ def test_an_unexpected_engine_error_fails_that_batch_and_the_worker_goes_on(
         "CUDA error: an illegal memory access was encountered"
     ] * 2
     assert [o.error for o in second.outcomes] == [None]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("torch_one_thread")
+def test_a_failure_inside_the_frame_loop_fails_the_chunks_it_held_and_the_next_batches_go_on(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch, sigint_restored: None
+) -> None:
+    from narrate.synth.frames import FrameLoop
+
+    real_step, steps = FrameLoop.step, []
+
+    def step(self: FrameLoop, span: int) -> None:
+        steps.append(span)
+        if len(steps) == 6:  # once, while the first batch's rows are being spoken
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        real_step(self, span)
+
+    monkeypatch.setattr(FrameLoop, "step", step)
+    first, second, third = batch("Rain fell.", "Yes."), batch("No.", "Hm."), batch("The end.")
+    reports = run_worker(
+        tmp_path, [first, second, third], engine=EngineConfig(model=str(tiny_model_dir))
+    )
+    done = [r for r in reports if isinstance(r, ChunksDone)]
+    errors = {o.chunk_id: o.error for r in done for o in r.outcomes}
+    assert [r.batch_no for r in done if r.finished] == [1, 2, 3]  # each batch finishes once
+    assert {errors[c.chunk_id] for c in first.chunks} == {
+        "unexpected RuntimeError in the engine: "
+        "CUDA error: an illegal memory access was encountered"
+    }
+    assert all(errors[c.chunk_id] is None for c in (*second.chunks, *third.chunks))
 
 
 def test_an_engine_that_cannot_start_for_an_unexpected_reason_is_reported(
