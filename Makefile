@@ -69,14 +69,14 @@ CSM_MODEL ?= sesame/csm-1b
 # eSpeak NG (the preview engine) on the CPU: no model download, renders in seconds.
 demo: install
 	$(DEMO_RUN) --engine preview --devices cpu --out out --report out/report.json
-	@echo "listen: $(CURDIR)/out/*.wav   (records: out/status.json, report: out/report.json)"
+	@echo "listen: $(CURDIR)/out/report.html (the review page; files: out/*.wav, records: out/status.json, report: out/report.json)"
 
 # Sesame CSM-1B, on every GPU (the CPU works, slowly). The model is gated: accept its terms on
 # Hugging Face and set HF_TOKEN; this target may download it (CSM_MODEL=DIR for a local copy).
 demo-csm: export HF_HUB_OFFLINE := 0
 demo-csm: install
 	$(DEMO_RUN) --engine csm --model $(CSM_MODEL) --out out/csm --report out/csm/report.json
-	@echo "listen: $(CURDIR)/out/csm/*.wav   (records: out/csm/status.json)"
+	@echo "listen: $(CURDIR)/out/csm/report.html (the review page; files: out/csm/*.wav, records: out/csm/status.json)"
 
 clean:
 	rm -rf $(VENV) .narrate out .pytest_cache build narrate/*.so

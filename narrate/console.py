@@ -187,7 +187,7 @@ def summary(totals: Mapping[str, Any], *, out: str | None = None, report: str | 
         lines.append("interrupted: run the same command again to finish")
     if totals.get("error"):
         lines.append(f"stopped by: {totals['error']}")
-    if out:
+    if out and totals.get("ready"):
         lines.append(f"files: {out}")
     if report:
         page = os.path.splitext(report)[0] + ".html"

@@ -80,3 +80,10 @@ def test_a_run_tags_its_books_with_the_engine_and_the_watermark_opt_out(tmp_path
     assert info.tags["title"] == "Fox"
     assert info.tags["artist"] == "synthetic voice (espeak-ng)"
     assert "no watermark embedded" in info.tags["comment"]
+
+
+def test_long_room_tone_around_a_short_book_is_not_implausible_narration() -> None:
+    chunks = [Chunk("c0", "b", 0, "Who?")]
+    config = PostConfig(head_s=3.0, tail_s=3.0)
+    encoded = render_book("b", chunks, [speechlike(0.5)], config, None, content_hash="h")
+    assert encoded.duration_s > 6.0

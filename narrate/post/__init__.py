@@ -134,7 +134,9 @@ def finish_book(
         measured,
         expected_duration_s=duration_s,
         characters=sum(len(chunk.text) for chunk in chunks),
-        pauses_s=sum(config.pause_ms(chunk.pause_before) for chunk in chunks[1:]) / 1000,
+        pauses_s=sum(config.pause_ms(chunk.pause_before) for chunk in chunks[1:]) / 1000
+        + config.head_s
+        + config.tail_s,  # room tone is silence too
         config=config,
     )
     return EncodedBook(
