@@ -39,7 +39,7 @@ _PARQUET_MAGIC = b"PAR1"
 _UTF8_BOM = b"\xef\xbb\xbf"
 # A Realtime Database key cannot hold . $ # [ ] / or ASCII control characters; a storage
 # object name must not hold "/" (a book id is one object, not a folder) nor "..".
-_FORBIDDEN_ID_CHAR = re.compile(r"[.$#\[\]/\x00-\x1f\x7f]")
+_FORBIDDEN_ID_CHAR = re.compile(r"[.$#\[\]/\\\x00-\x1f\x7f]")
 _FORMAT_HINT = "name the manifest .jsonl or .parquet, or pass the format explicitly (--format)"
 
 Source = str | os.PathLike | BinaryIO
@@ -49,7 +49,9 @@ def book_id_problem(book_id: str) -> str | None:
     """Why `book_id` cannot be both a Realtime Database key and an object name, or None."""
     bad = _FORBIDDEN_ID_CHAR.search(book_id)
     if bad:
-        return f"book_id {book_id!r} contains {bad.group()!r} (not allowed: . $ # [ ] / controls)"
+        return (
+            f"book_id {book_id!r} contains {bad.group()!r} (not allowed: . $ # [ ] / \\ controls)"
+        )
     if book_id != book_id.strip():
         return f"book_id {book_id!r} starts or ends with whitespace"
     try:

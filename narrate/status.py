@@ -5,7 +5,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
-from narrate.database import STATUS
+from narrate.database import RENDER_STATUS, STATUS
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook
 from narrate.publish import LIFECYCLE_FIELDS, content_hash, open_outputs
@@ -55,7 +55,7 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
             below = bool(score) and float(score) < PASS_SCORE
             return "below_quality" if below else "done", len(ids), cached
         record = outputs.status.record(book_id, LIFECYCLE_FIELDS) or {}
-        if record.get(STATUS) == "failed":
+        if "failed" in (record.get(STATUS), record.get(RENDER_STATUS)):  # a failed re-render too
             return "failed", len(ids), cached
         state = "cached" if cached == len(ids) else "partly_cached" if cached else "pending"
         return state, len(ids), cached
