@@ -24,12 +24,16 @@ import functools
 import itertools
 import json
 import logging
+import os
 import random
 import re
+import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, quote, urlsplit
@@ -54,13 +58,25 @@ WATERMARK = "narrativeWatermarkPayload"
 ERROR = "narrativeAudioError"
 CONTENT_HASH = "narrativeContentHash"  # lets a rerun see the record already matches
 # A run working on a book holds a lease on its record: the run's id and a deadline (epoch ms,
-# the writer's clock), renewed while it works. A `processing` record whose lease has expired
+# the database's clock), renewed while it works. A `processing` record whose lease has expired
 # was left by a run that is gone, and the request queue takes it again.
 LEASE_RUN = "narrativeLeaseRun"
 LEASE_EXPIRES = "narrativeLeaseExpiresAt"
 REQUESTED = "requested"
 PROCESSING = "processing"
+READY = "ready"
+FAILED = "failed"
 NO_LEASE = {LEASE_RUN: None, LEASE_EXPIRES: None}
+# A re-render of a book whose audio is published keeps its own state in one object, so the site
+# goes on showing the published audio (status `ready`, its URL) until the new file replaces it:
+# {status: processing | failed, runId, leaseExpiresAt, error, updatedAt}.
+RENDER = "narrativeAudioRender"
+RENDER_STATUS = f"{RENDER}/status"
+RENDER_RUN = f"{RENDER}/runId"
+RENDER_EXPIRES = f"{RENDER}/leaseExpiresAt"
+RENDER_ERROR = f"{RENDER}/error"
+RENDER_UPDATED_AT = f"{RENDER}/updatedAt"
+CLOCK_KEY = " narrate-clock"  # no book has it (ids never start with a space): read for its Date
 
 MAX_ERROR_CHARS = 300
 _MAX_BACKOFF_S = 30.0
@@ -115,7 +131,49 @@ class Database(Protocol):
         """Set the lease deadline at `path` to `until_ms` unless it holds a live one (later
         than `now_ms`), atomically against every other writer: True when it was set."""
 
+    def server_time_ms(self, path: str) -> float | None:
+        """The database's clock (epoch ms) as a read of `path` reports it; None where the
+        host's clock is the database's (a local file)."""
+
     def close(self) -> None: ...
+
+
+class ServerClock:
+    """The database's time in epoch ms, on which every lease deadline is written and compared:
+    a host whose clock is an hour off neither takes a live lease nor waits on an expired one.
+    The offset from the host's clock is measured by one small read (its response's `Date`),
+    again every `refresh_s`."""
+
+    def __init__(
+        self,
+        db: Database,
+        probe_path: str,
+        *,
+        host_clock: Callable[[], float] = time.time,
+        refresh_s: float = 600.0,
+    ) -> None:
+        self.db = db
+        self.probe_path = probe_path
+        self.host_clock = host_clock
+        self.refresh_s = refresh_s
+        self._offset_ms: float | None = None
+        self._measured = 0.0  # monotonic time of the last measurement
+        self._lock = threading.Lock()
+
+    def now_ms(self) -> int:
+        with self._lock:
+            if self._offset_ms is None or time.monotonic() - self._measured > self.refresh_s:
+                self._offset_ms = self._measure()
+                self._measured = time.monotonic()
+            return int(self.host_clock() * 1000 + self._offset_ms)
+
+    def _measure(self) -> float:
+        before = self.host_clock()
+        read = functools.partial(self.db.server_time_ms, self.probe_path)
+        server = with_retries(read, retries=3, backoff=0.5, what="the database's clock")
+        if server is None:
+            return 0.0
+        return server - (before + self.host_clock()) / 2 * 1000  # the read's midpoint
 
 
 def lease_live(expires: object, now_ms: float) -> bool:
@@ -209,6 +267,19 @@ class RealtimeDatabase:
             return bool(won)
 
         return self._call(f"claim of /{path}", compare_and_set)
+
+    def server_time_ms(self, path: str) -> float | None:
+        def read_date() -> float | None:
+            ref = self._db.reference(path, app=self._app)
+            # the SDK's own session (credentials, timeout, emulator); `get` drops the headers
+            headers, _ = ref._client.headers_and_body("get", ref._add_suffix())
+            date = headers.get("Date")
+            if not date:
+                return None
+            # `Date` counts whole seconds: the middle of that second is at most 0.5 s off
+            return parsedate_to_datetime(date).timestamp() * 1000 + 500
+
+        return self._call(f"clock read of /{path}", read_date)
 
     def close(self) -> None:
         import firebase_admin
@@ -324,6 +395,9 @@ class LocalStatusFile:
             self._write()
             return True
 
+    def server_time_ms(self, path: str) -> float | None:
+        return None  # every process sharing the file reads this host's clock
+
     def close(self) -> None:
         pass
 
@@ -335,7 +409,17 @@ class LocalStatusFile:
         except OSError as exc:
             raise DatabaseUnusable(f"cannot lock the status file {self.path}: {exc}") from None
         with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # say for whom it waits: a hung process holds it forever
+                holder = Path(self.lock_path).read_text(errors="replace").strip() or "unknown"
+                log.warning("waiting for the lock on %s, held by %s", self.path, holder)
+                fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+                log.info("took the lock on %s", self.path)
+            with contextlib.suppress(OSError):  # who holds it, for the next one that waits
+                handle.truncate(0)
+                handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+                handle.flush()
             yield
 
     def _refresh(self) -> None:
@@ -488,6 +572,38 @@ def short_error(error: str | BaseException) -> str:
 # ---- the status lifecycle ----------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Prior:
+    """What a book's record held before this run took it: what a stop puts back.
+
+    `published`: the record links audio (`narrativeAudioUrl`); a re-render then leaves its
+    status and URL alone and works in `narrativeAudioRender` (`render`: that object as it was).
+    """
+
+    status: str | None = None
+    error: str | None = None
+    published: bool = False
+    render: dict | None = None
+
+
+QUEUED = Prior(REQUESTED)  # a book the request queue gave this run
+
+
+def _merge(pending: dict[str, object], fields: Mapping[str, object]) -> None:
+    """Queue `fields` over `pending` as one multi-path update allows: a path and one below it
+    may not both be sent, so a field replaces what is queued beneath it, and a field beneath
+    a queued object goes into that object."""
+    for key, value in fields.items():
+        for below in [k for k in pending if k.startswith(key + "/")]:
+            del pending[below]
+        parent, _, leaf = key.rpartition("/")
+        if parent in pending:
+            node = pending[parent]
+            pending[parent] = (dict(node) if isinstance(node, dict) else {}) | {leaf: value}
+        else:
+            pending[key] = value
+
+
 class StatusWriter:
     """Queues each book's status changes and sends them in batched multi-path updates.
 
@@ -503,7 +619,11 @@ class StatusWriter:
     next call or `check()` when the timer hit it: the run cannot publish.
 
     `processing` takes a lease on the book's record for this writer's `run_id`, renewed every
-    `lease_s / 3` while the book is held; `ready`, `failed` and `requeue` release it.
+    `lease_s / 3` while the book is held; `ready`, `failed` and `release` let it go. Deadlines
+    are on the database's clock (ServerClock). A book with published audio is re-rendered in
+    its `narrativeAudioRender` fields: its status stays as it was (`ready`), with its URL,
+    until `ready` replaces URL, status and fields in one update; a failure is recorded there
+    too. `release` puts back exactly what `prior` read before the run took the book.
     """
 
     def __init__(
@@ -519,11 +639,16 @@ class StatusWriter:
         backoff: float = 0.5,
         run_id: str | None = None,
         lease_s: float = 600.0,
+        host_clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.run_id = run_id or uuid.uuid4().hex[:16]
         self.lease_s = lease_s
-        self._held: set[str] = set()  # books whose lease this writer keeps renewing
+        probe = f"{path_template.format(book_id=CLOCK_KEY)}/{LEASE_EXPIRES}"
+        self.clock = ServerClock(db, probe, host_clock=host_clock)
+        # books whose lease this writer keeps renewing: the field holding each one's deadline
+        self._held: dict[str, str] = {}
+        self._priors: dict[str, Prior] = {}  # what each book taken held before
         self._renew_at = time.monotonic() + lease_s / 3
         self.path_template = path_template
         self.batch_books = batch_books
@@ -547,27 +672,65 @@ class StatusWriter:
         )
         self._timer.start()
 
-    def processing(self, book_id: str) -> None:
-        self._queue(book_id, {STATUS: PROCESSING, LEASE_RUN: self.run_id} | self._deadline())
+    def prior(self, book_id: str) -> Prior:
+        """The book's record as `release` would put it back: its status and error, or, once
+        it links audio, its re-render object. One read for a book without a status."""
+        path = self.path_template.format(book_id=book_id)
+        status = self._read(f"{path}/{STATUS}")
+        if status is None:
+            return Prior()
+        status = status if isinstance(status, str) else None
+        if self._read(f"{path}/{URL}") is not None:
+            render = self._read(f"{path}/{RENDER}")
+            return Prior(
+                status, published=True, render=render if isinstance(render, dict) else None
+            )
+        error = self._read(f"{path}/{ERROR}")
+        return Prior(status, error if isinstance(error, str) else None)
+
+    def processing(self, book_id: str, prior: Prior = Prior()) -> None:
+        """The run takes the book: `processing`, with this run's lease (a re-render of a
+        published book: in its render fields, leaving status and URL as the site sees them)."""
+        with self._lock:
+            self._priors[book_id] = prior
+        if prior.published:
+            fields = {RENDER_STATUS: PROCESSING, RENDER_RUN: self.run_id, RENDER_ERROR: None}
+            self._queue(book_id, fields | self._deadline(RENDER_EXPIRES), RENDER_UPDATED_AT)
+            lease = RENDER_EXPIRES
+        else:
+            fields = {STATUS: PROCESSING, LEASE_RUN: self.run_id}
+            self._queue(book_id, fields | self._deadline(LEASE_EXPIRES))
+            lease = LEASE_EXPIRES
         with self._lock:
             if not self._held:  # the first lease held: its renewal is due lease_s / 3 from now
                 self._renew_at = time.monotonic() + self.lease_s / 3
                 self._due.notify()  # the timer's wait now ends at the renewal too
-            self._held.add(book_id)
+            self._held[book_id] = lease
 
     def claim(self, book_id: str) -> bool:
         """Take the book's lease before working on it, unless a live run holds it: one
         conditional write, so two runs reading the request queue at once never both take a
         book (the one that loses skips it). `processing` then marks the record."""
         path = f"{self.path_template.format(book_id=book_id)}/{LEASE_EXPIRES}"
-        now_ms = int(time.time() * 1000)
+        now_ms = self._now_ms()
         until_ms = now_ms + int(self.lease_s * 1000)
         call = functools.partial(self.db.claim, path, until_ms, now_ms)
         return with_retries(call, retries=self.retries, backoff=self.backoff, what=f"claim {path}")
 
-    def requeue(self, book_id: str) -> None:
-        """Back to the request queue: this run stops before finishing the book."""
-        self._queue(book_id, {STATUS: REQUESTED} | NO_LEASE)
+    def release(self, book_id: str) -> str | None:
+        """This run stops before finishing the book: its record gets back exactly what it held
+        before (`requested` only for a book the request queue gave). The status put back."""
+        with self._lock:
+            prior = self._priors.pop(book_id, Prior())
+        if prior.published:
+            self._queue(book_id, {RENDER: prior.render}, None, release=True)
+        elif prior.status is None:  # no status before: nothing of this run's is left
+            fields = {STATUS: None, ERROR: prior.error, UPDATED_AT: None} | NO_LEASE
+            self._queue(book_id, fields, None, release=True)
+        else:
+            fields = {STATUS: prior.status, ERROR: prior.error} | NO_LEASE
+            self._queue(book_id, fields, release=True)
+        return prior.status
 
     def held(self) -> list[str]:
         """The books this writer holds a lease on (marked processing, not yet settled)."""
@@ -591,13 +754,25 @@ class StatusWriter:
         watermark_payload: int | None,
         content_hash: str,
     ) -> None:
-        fields = {STATUS: "ready", URL: url, DURATION: round(duration_s, 3), AUDIO_PATH: path}
+        fields = {STATUS: READY, URL: url, DURATION: round(duration_s, 3), AUDIO_PATH: path}
         fields |= {AUDIO_FORMAT: format, WATERMARK: watermark_payload, CONTENT_HASH: content_hash}
-        self._queue(book_id, fields | {ERROR: None} | NO_LEASE)
+        with self._lock:
+            self._priors.pop(book_id, None)
+        # one update: the site never sees the new URL with the old fields, or the reverse
+        self._queue(book_id, fields | {ERROR: None, RENDER: None} | NO_LEASE, release=True)
 
     def failed(self, book_id: str, error: str) -> None:
-        """Marks the book failed; the audio a previous run published (if any) stays linked."""
-        self._queue(book_id, {STATUS: "failed", ERROR: short_error(error)} | NO_LEASE)
+        """Marks the book failed. A re-render that fails leaves the published audio and its
+        status in place: the error goes in its render fields."""
+        with self._lock:
+            prior = self._priors.pop(book_id, Prior())
+        if prior.published:
+            fields = {RENDER_STATUS: FAILED, RENDER_ERROR: short_error(error)}
+            fields |= {RENDER_RUN: None, RENDER_EXPIRES: None}
+            self._queue(book_id, fields, RENDER_UPDATED_AT, release=True)
+        else:
+            fields = {STATUS: FAILED, ERROR: short_error(error)} | NO_LEASE
+            self._queue(book_id, fields, release=True)
 
     def flush(self, timeout: float | None = None) -> list[str]:
         """Send what is queued; the books whose update was refused. `timeout`: give up (those
@@ -639,36 +814,59 @@ class StatusWriter:
         read = functools.partial(self.db.get, path)
         return with_retries(read, retries=self.retries, backoff=self.backoff, what=f"read {path}")
 
-    def _queue(self, book_id: str, fields: dict[str, object]) -> None:
+    def _queue(
+        self,
+        book_id: str,
+        fields: dict[str, object],
+        touched: str | None = UPDATED_AT,
+        *,
+        release: bool = False,
+    ) -> None:
+        """Queue `fields` for the book, with the server's time in `touched`; `release`: the
+        book's lease is let go."""
+        if touched is not None:
+            fields = fields | {touched: SERVER_TIMESTAMP}
         with self._lock:
             if self._fatal is not None:
                 raise self._fatal
-            if fields.get(LEASE_RUN, self.run_id) is None:  # ready, failed, requeue: released
-                self._held.discard(book_id)
-            self._pending.setdefault(book_id, {}).update(fields, **{UPDATED_AT: SERVER_TIMESTAMP})
+            if release:
+                self._held.pop(book_id, None)
+            _merge(self._pending.setdefault(book_id, {}), fields)
             if self._first_pending is None:  # the timer starts counting this one's wait
                 self._first_pending = time.monotonic()
                 self._due.notify()
             elif len(self._pending) >= self.batch_books:
                 self._due.notify()
 
-    def _deadline(self) -> dict[str, object]:
-        return {LEASE_EXPIRES: int((time.time() + self.lease_s) * 1000)}
+    def _now_ms(self) -> int:
+        """The database's time; a database unusable for reading it is unusable for the run."""
+        try:
+            return self.clock.now_ms()
+        except DatabaseError as exc:
+            with self._lock:
+                self._fatal = self._fatal or exc
+            raise
 
-    def _renew_leases(self, now: float) -> None:
-        """Queue a new deadline for every lease held (the caller holds the lock)."""
-        self._renew_at = now + self.lease_s / 3
-        deadline = self._deadline()
-        for book_id in self._held:
-            self._pending.setdefault(book_id, {}).update(deadline)
+    def _deadline(self, field: str) -> dict[str, object]:
+        return {field: self._now_ms() + int(self.lease_s * 1000)}
+
+    def _renew_leases(self) -> None:
+        """Queue a new deadline for every lease held (the clock may read the database: not
+        under the lock)."""
+        until = self._now_ms() + int(self.lease_s * 1000)
+        with self._lock:
+            for book_id, field in self._held.items():
+                _merge(self._pending.setdefault(book_id, {}), {field: until})
 
     def _flush_on_timer(self) -> None:
         while True:
+            renew = False
             with self._lock:
                 while not self._closed.is_set():
                     now = time.monotonic()
                     if self._held and now >= self._renew_at:
-                        self._renew_leases(now)
+                        self._renew_at = now + self.lease_s / 3
+                        renew = True
                         break  # sent now, whatever the batch: a short lease must not lapse
                     if len(self._pending) >= self.batch_books:
                         break
@@ -681,6 +879,9 @@ class StatusWriter:
                     self._due.wait(min(timeouts) if timeouts else None)
                 if self._closed.is_set():
                     return  # close() sends what is left
+            if renew:
+                with contextlib.suppress(DatabaseError):  # kept as _fatal by _now_ms
+                    self._renew_leases()
             self._send_pending()
 
     def _send_pending(self, timeout: float | None = None) -> None:

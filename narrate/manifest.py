@@ -42,7 +42,7 @@ _PARQUET_MAGIC = b"PAR1"
 _UTF8_BOM = b"\xef\xbb\xbf"
 # A Realtime Database key cannot hold . $ # [ ] / or ASCII control characters; a storage
 # object name must not hold "/" (a book id is one object, not a folder) nor "..".
-_FORBIDDEN_ID_CHAR = re.compile(r"[.$#\[\]/\x00-\x1f\x7f]")
+_FORBIDDEN_ID_CHAR = re.compile(r"[.$#\[\]/\\\x00-\x1f\x7f]")
 _FORMAT_HINT = (
     "name the manifest .jsonl, .csv or .parquet (a spreadsheet or catalog export: save it as "
     "CSV with a header row, UTF-8)"
@@ -55,7 +55,9 @@ def book_id_problem(book_id: str) -> str | None:
     """Why `book_id` cannot be both a Realtime Database key and an object name, or None."""
     bad = _FORBIDDEN_ID_CHAR.search(book_id)
     if bad:
-        return f"book_id {book_id!r} contains {bad.group()!r} (not allowed: . $ # [ ] / controls)"
+        return (
+            f"book_id {book_id!r} contains {bad.group()!r} (not allowed: . $ # [ ] / \\ controls)"
+        )
     if book_id != book_id.strip():
         return f"book_id {book_id!r} starts or ends with whitespace"
     try:

@@ -3,12 +3,43 @@ shared group of options yields one object), the library takes them. Defaults mat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from string import Formatter
 from typing import Literal
 
 from narrate.config import ChunkingConfig, EngineConfig, PlanConfig, PostConfig
+from narrate.errors import UsageError
 from narrate.plan import Shard
 from narrate.selection import Selection
+
+_PATH_LITERAL_BAD = re.compile(r"[.$#\[\]\x00-\x1f\x7f]")
+
+
+def check_template(template: str, option: str, fields: tuple[str, ...], example: str) -> None:
+    """A name template must hold `{book_id}` (else every book gets one name: one record or one
+    file for all) and only the documented `fields`, plain: no attribute or index access,
+    conversion or format spec, which could read Python internals or make two ids one name."""
+    hint = f"use the fields {', '.join('{' + f + '}' for f in fields)}, e.g. {example}"
+    try:
+        parts = list(Formatter().parse(template))
+    except ValueError as exc:
+        raise UsageError(f"{option} {template!r} is not a valid template: {exc}", hint) from None
+    used = [name for _, name, _, _ in parts if name is not None]
+    for _, name, spec, conversion in parts:
+        if name is not None and (name not in fields or spec or conversion):
+            shown = (
+                "{"
+                + name
+                + (f"!{conversion}" if conversion else "")
+                + (f":{spec}" if spec else "")
+                + "}"
+            )
+            raise UsageError(f"{option} {template!r}: {shown} is not one of its fields", hint)
+    if "book_id" not in used:
+        raise UsageError(
+            f"{option} {template!r} has no {{book_id}}: every book would get the same name", hint
+        )
 
 
 @dataclass(frozen=True)
@@ -34,6 +65,21 @@ class OutputOptions:
     object_template: str | None = None  # None: "{book_id}.{ext}" locally, "narrations/..." on GCS
     shard: Shard = field(default_factory=Shard)
     post: PostConfig = field(default_factory=PostConfig)
+
+    def __post_init__(self) -> None:
+        example = "books/{book_id}"
+        check_template(self.path_template, "--path-template", ("book_id",), example)
+        literal = "".join(text for text, *_ in Formatter().parse(self.path_template))
+        segments = self.path_template.strip("/").split("/")
+        if _PATH_LITERAL_BAD.search(literal) or not all(segments):
+            raise UsageError(
+                f"--path-template {self.path_template!r} is not a database path",
+                hint="segments are keys without . $ # [ ] or control characters, "
+                "e.g. books/{book_id}",
+            )
+        if self.object_template is not None:
+            example = "narrations/{book_id}.{ext}"
+            check_template(self.object_template, "--object-name", ("book_id", "ext"), example)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,16 @@ from pathlib import Path
 
 from narrate.cache import ChunkCache
 from narrate.config import PostConfig, fingerprint
-from narrate.database import CONTENT_HASH, STATUS, Database, StatusWriter, open_database
-from narrate.errors import InfrastructureError, NarrateError, StorageError, UsageError
-from narrate.options import RunOptions
+from narrate.database import (
+    CONTENT_HASH,
+    RENDER_STATUS,
+    STATUS,
+    Database,
+    StatusWriter,
+    open_database,
+)
+from narrate.errors import InfrastructureError, NarrateError, StorageError
+from narrate.options import RunOptions, check_template
 from narrate.plan import PlannedBook
 from narrate.records import EncodedBook
 from narrate.report import EventLog
@@ -29,13 +36,14 @@ from narrate.storage import (
     TOKEN_KEY,
     Storage,
     StoredObject,
+    check_name,
     check_url_style,
     open_storage,
 )
 
 log = logging.getLogger(__name__)
 # what decides whether a book is done, failed or pending; the rest of a record is not read
-LIFECYCLE_FIELDS = (STATUS, CONTENT_HASH)
+LIFECYCLE_FIELDS = (STATUS, CONTENT_HASH, RENDER_STATUS)
 
 
 def content_hash(planned: PlannedBook, post: PostConfig) -> str:
@@ -72,13 +80,8 @@ class Uploader:
         cache_control: str = "public, max-age=3600",
     ) -> None:
         check_url_style(url_style)
-        try:
-            object_template.format(book_id="id", ext="wav")
-        except (KeyError, IndexError, ValueError) as exc:
-            raise UsageError(
-                f"invalid object template {object_template!r}: {exc}",
-                hint="use the fields {book_id} and {ext}, e.g. narrations/{book_id}.{ext}",
-            ) from None
+        check_template(object_template, "--object-name", ("book_id", "ext"), "{book_id}.{ext}")
+        check_name(object_template.format(book_id="id", ext="wav"))  # e.g. "../{book_id}"
         self.storage = storage
         self.workers = max(1, workers)
         self.object_template = object_template
@@ -183,12 +186,16 @@ class Publisher:
 
     def lookup(self, book_id: str, fmt: str, content_hash: str) -> tuple[StoredObject | None, bool]:
         """The book's stored object (None: there is none) and whether the book is published
-        with this content: the object and the database record both carry its hash."""
+        with this content: the object and the database record both carry its hash, and no
+        re-render of it failed or was left unfinished (the next run takes that again)."""
         stored = self.storage.stat(self.uploader.object_name(book_id, fmt))
         if stored is None or stored.metadata.get(CONTENT_HASH_KEY) != content_hash:
             return stored, False
         record = self.status.record(book_id, LIFECYCLE_FIELDS) or {}
-        return stored, record.get(STATUS) == "ready" and record.get(CONTENT_HASH) == content_hash
+        settled = record.get(RENDER_STATUS) is None
+        return stored, settled and record.get(STATUS) == "ready" and record.get(
+            CONTENT_HASH
+        ) == content_hash
 
     def published(self, book_id: str, fmt: str, content_hash: str) -> Mapping[str, str] | None:
         """The stored object's metadata when the book is published with this content, else

@@ -61,8 +61,10 @@ class RunReport:
     started: float = field(default_factory=time.monotonic)
     wall_s: float = 0.0
     interrupted: bool = False
-    error: str | None = None  # what stopped the run early (with its hint)
+    error: str | None = None  # what stopped the run early
+    hint: str | None = None  # what to do about it
     exit_code: int | None = None  # that error's exit code
+    books_planned: int = 0  # valid rows planned, finished or not
 
     # audio of the ready books in microseconds, kept as books are added: the progress bar shows
     # it after every book, and summing all books each time made a 100k-book run quadratic. An
@@ -97,7 +99,7 @@ class RunReport:
 
     def totals(self) -> dict[str, object]:
         return {
-            "books": len(self.books),
+            "books": max(self.books_planned, len(self.books)),
             "ready": self.count("ready"),
             "failed": self.count("failed"),
             "skipped": self.count("skipped"),
@@ -105,13 +107,19 @@ class RunReport:
             "rows_rejected": len(self.rejected_rows),
             "audio_seconds": round(self.audio_seconds, 2),
             "wall_seconds": round(self.wall_s, 2),
-            "real_time_factor": round(self.real_time_factor, 3),
-            "padding_efficiency": round(self.padding_efficiency, 4),
+            # null where nothing was measured: no synthesis, no audio, no batch
+            "real_time_factor": round(self.real_time_factor, 3)
+            if self.synth_seconds and self.audio_seconds
+            else None,
+            "padding_efficiency": round(self.padding_efficiency, 4)
+            if self.computed_positions
+            else None,
             "chunks_synthesized": self.chunks_synthesized,
             "chunks_failed": self.chunks_failed,
             "cache_hits": self.cache_hits,
             "interrupted": self.interrupted,
             "error": self.error,
+            "hint": self.hint,
         }
 
     def to_json(self) -> dict[str, object]:

@@ -14,9 +14,10 @@ post-processing.
 Resuming needs no state beyond the cache and the published outputs: chunks found in the cache
 are not synthesized again, and books whose file and record already carry their content hash are
 skipped. SIGTERM/SIGINT stop the workers at once, give books in post-processing a few
-seconds, put every book not finished back on the request queue (`requested`), flush the
-status writer last and exit with EXIT_INTERRUPTED within 15 s; SIGKILL at any moment loses at
-most the batches in flight, and the records it leaves `processing` carry a lease that expires.
+seconds, put every book not finished back as its record was (`requested` for the books the
+request queue gave; a published book never stopped showing its audio), flush the status
+writer last and exit with EXIT_INTERRUPTED within 15 s; SIGKILL at any moment loses at most
+the batches in flight, and the leases of the records it leaves carry a deadline that expires.
 An infrastructure error (InfrastructureError: credentials, permissions, a missing bucket or
 database, a service down after retries) stops the run the same way, with exit 3.
 """
@@ -36,6 +37,7 @@ from typing import Any
 from threadpoolctl import threadpool_limits
 
 from narrate.config import POST_NICE, available_cores
+from narrate.database import QUEUED, REQUESTED
 from narrate.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -66,6 +68,8 @@ from narrate.workers import (
     reuse_freed_memory,
 )
 
+# a terminal closing (SIGHUP) and Ctrl-\ (SIGQUIT) stop a run as cleanly as SIGTERM and Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 STOP_BUDGET_S = 13.0  # from the stop signal to the last status flush: Kubernetes kills at 30 s
 
 
@@ -126,6 +130,16 @@ class Run:
         self.stopped_at: float | None = None  # monotonic time of the stop signal or error
         self.failure: NarrateError | None = None  # the error that stopped the run
         self.gate: QualityGate | None = None  # started with the pool, unless --quality off
+        # first: a signal while the models load stops the run like one later (exit 75)
+        self.previous_handlers = self._install_signal_handlers()
+        try:
+            self._start(options)
+        except BaseException:
+            self.restore_signal_handlers()
+            raise
+
+    def _start(self, options: RunOptions) -> None:
+        """Open the outputs, load the watermarker, start the post-processing pools."""
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
         if options.outputs.post.watermark:
@@ -173,7 +187,6 @@ class Run:
         window_iter: Iterator[list[PlannedBook | RowError]] | None = planned_windows(
             self.options, self.outputs.db
         )
-        previous = self._install_signal_handlers()
         try:
             while not self.stop.is_set():
                 self.outputs.status.check()  # a database the timer found unusable stops the run
@@ -197,9 +210,12 @@ class Run:
             self.log.event("run_stopped", error=exc.message, hint=exc.hint, exit=exc.exit_code)
         finally:
             self._shutdown()
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
+            self.restore_signal_handlers()
         return self.report
+
+    def restore_signal_handlers(self) -> None:
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
 
     def _stopped_by(self, exc: NarrateError) -> None:
         """Keep the first error that stops the run; it is logged once, as an `error` event like
@@ -218,10 +234,11 @@ class Run:
             self.stopped_at = self.stopped_at or time.monotonic()
             self.stop.set()
 
-        return {s: signal.signal(s, request_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+        return {s: signal.signal(s, request_stop) for s in STOP_SIGNALS}
 
     def _open_window(self, window: list[PlannedBook | RowError]) -> None:
         books = [item for item in window if isinstance(item, PlannedBook)]
+        self.report.books_planned += len(books)
         for item in window:
             if isinstance(item, RowError):
                 self._reject(item)
@@ -241,10 +258,13 @@ class Run:
         with ThreadPoolExecutor(16) as lookups:  # object stats and record reads are network calls
             published = list(lookups.map(is_published, books))
             todo = [b for b, done in zip(books, published, strict=True) if not done]
+            ids = [b.book.book_id for b in todo]
             if self.options.requests:  # another run reading the queue may have taken some
-                ids = [b.book.book_id for b in todo]
                 won = dict(zip(ids, lookups.map(self.outputs.status.claim, ids), strict=True))
                 todo = [b for b in todo if won[b.book.book_id]]
+                priors = dict.fromkeys(ids, QUEUED)
+            else:  # what a stop puts back, and whether the book's audio is live on the site
+                priors = dict(zip(ids, lookups.map(self.outputs.status.prior, ids), strict=True))
             # chunks already queued or in flight for an earlier window are not looked up again
             known = self.ledger.awaited({c.chunk_id for b in todo for c in b.chunks})
             candidates = {c.chunk_id for b in todo for c in b.chunks} - known
@@ -262,7 +282,8 @@ class Run:
         for book in todo:
             job, chunks = self.ledger.add_book(book, hashes[book.book.book_id], missing | known)
             new_chunks.append(chunks)
-            self.outputs.status.processing(job.book_id)  # the lease: a stop or crash requeues it
+            # the lease: a stop puts the record back as it was, a crash lets the lease expire
+            self.outputs.status.processing(job.book_id, priors[job.book_id])
             if not job.waiting:
                 self._finish(job)
         batches = plan_book_batches(new_chunks, self.options.catalog.plan)
@@ -338,7 +359,8 @@ class Run:
         if result is None:
             return
         if isinstance(result, WorkerFailed):
-            raise EngineError(f"worker on {result.device} could not start: {result.message}")
+            message = f"worker on {result.device} could not start: {result.message}"
+            raise EngineError(message, result.hint)
         batch = self.inflight[result.batch_no]
         self.report.synth_seconds += result.seconds
         self.chunks_in_flight -= len(result.outcomes) + len(result.takes)
@@ -525,9 +547,10 @@ class Run:
         try:
             budget = None
             if stopped_at is not None:
-                for book_id in status.held():  # abandoned: the next run takes it again
-                    status.requeue(book_id)
-                    self.log.event("book_requeued", book_id=book_id)
+                for book_id in status.held():  # abandoned: its record is put back as it was
+                    restored = status.release(book_id)
+                    event = "book_requeued" if restored == REQUESTED else "book_released"
+                    self.log.event(event, book_id=book_id, status=restored)
                 budget = max(0.0, stopped_at + STOP_BUDGET_S - time.monotonic())
             unrecorded = status.close(budget)
         except DatabaseError as exc:  # unusable: the leases it holds expire instead
@@ -540,7 +563,7 @@ class Run:
                 self.report.add(replace(result, status="failed", error=error))
         self.report.interrupted = self.stop.is_set()
         if self.failure is not None:
-            self.report.error = str(self.failure)
+            self.report.error, self.report.hint = self.failure.message, self.failure.hint
             self.report.exit_code = self.failure.exit_code
         self.report.wall_s = time.monotonic() - self.report.started
         self.blas_limit.restore_original_limits()
@@ -569,4 +592,22 @@ def exit_code(report: RunReport) -> int:
 
 
 def run(options: RunOptions, log: EventLog | None = None) -> RunReport:
-    return Run(options, log).execute()
+    log = log or EventLog()
+    try:
+        runner = Run(options, log)
+    except NarrateError as exc:
+        return failed_start(exc, log)
+    return runner.execute()
+
+
+def failed_start(exc: NarrateError, log: EventLog) -> RunReport:
+    """A run that could not start (a model, credentials, an unwritable --out) leaves the same
+    trace as any other: run_started, the error, run_stopped and run_finished with its totals."""
+    report = RunReport(error=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+    log.event("run_started", devices=None)
+    log.event("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+    log.event("run_stopped", error=exc.message, hint=exc.hint, exit=exc.exit_code)
+    report.wall_s = time.monotonic() - report.started
+    log.close()
+    log.event("run_finished", **report.totals())
+    return report

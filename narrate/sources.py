@@ -13,18 +13,20 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from narrate.config import ChunkingConfig, EngineConfig
 from narrate.database import (
+    CLOCK_KEY,
     LEASE_EXPIRES,
     PROCESSING,
     REQUESTED,
     STATUS,
     Database,
+    ServerClock,
     lease_live,
     with_retries,
 )
@@ -216,6 +218,7 @@ def requested_books(
     retries: int = 5,
     backoff: float = 0.5,
     now_ms: float | None = None,
+    host_clock: Callable[[], float] = time.time,
 ) -> Iterator[Book | RowError]:
     """Books whose status is `requested` (the site's "Generate narrative" button), then books
     left `processing` by a run that is gone (their lease expired at `now_ms`, or they have
@@ -224,8 +227,13 @@ def requested_books(
     just claimed, its `processing` mark not yet sent). `row` counts them from 1. Invalid
     records come out as RowErrors for the runner to mark failed. What is read here is only a
     candidate: the runner claims each book (StatusWriter.claim) before working on it.
+    Leases are compared on the database's clock (`now_ms`, else a ServerClock's).
     """
-    now = time.time() * 1000 if now_ms is None else now_ms
+    if now_ms is None:
+        clock = ServerClock(db, f"{path}/{CLOCK_KEY}/{LEASE_EXPIRES}", host_clock=host_clock)
+        now = float(clock.now_ms())
+    else:
+        now = now_ms
     row = 0
     for status in (REQUESTED, PROCESSING):
         for book_id, record in _records_with_status(

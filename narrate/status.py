@@ -7,7 +7,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from narrate.database import ERROR, STATUS
+from narrate.database import ERROR, RENDER_ERROR, RENDER_STATUS, STATUS
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook
 from narrate.publish import LIFECYCLE_FIELDS, content_hash, open_outputs
@@ -124,9 +124,12 @@ def catalog_status(options: RunOptions) -> CatalogStatus:
                 return BookState(book_id, "below_quality", reason), []
             return None, []
         differ = differing_options(stored.metadata, options) if stored is not None else []
-        record = outputs.status.record(book_id, (*LIFECYCLE_FIELDS, ERROR)) or {}
+        record = outputs.status.record(book_id, (*LIFECYCLE_FIELDS, ERROR, RENDER_ERROR)) or {}
         if record.get(STATUS) == "failed":
             return BookState(book_id, "failed", str(record.get(ERROR) or "failed")), differ
+        if record.get(RENDER_STATUS) == "failed":  # its published audio stays live
+            reason = f"re-render failed: {record.get(RENDER_ERROR) or 'failed'}"
+            return BookState(book_id, "failed", reason), differ
         cached = len(ids - missing)
         state = "cached" if cached == len(ids) else "partly_cached" if cached else "pending"
         reason = f"{cached} of {len(ids)} chunks cached"

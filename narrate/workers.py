@@ -71,6 +71,7 @@ class ChunksDone:
 class WorkerFailed:
     device: str
     message: str
+    hint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def worker_main(
         )
         cache = ChunkCache(open_storage(settings.cache_uri))
     except NarrateError as exc:
-        results.put(WorkerFailed(device, str(exc)))
+        results.put(WorkerFailed(device, exc.message, exc.hint))
         return
     except Exception as exc:  # a bug or a library failure: report it rather than die silently
         log.exception("the engine could not start on %s", device)

@@ -23,11 +23,15 @@ from narrate.database import (
     LEASE_EXPIRES,
     LEASE_RUN,
     PERMISSION_HINT,
+    QUEUED,
+    RENDER,
     STATUS,
     UPDATED_AT,
+    URL,
     Database,
     DatabaseRejected,
     LocalStatusFile,
+    ServerClock,
     StatusWriter,
     open_database,
     short_error,
@@ -190,9 +194,8 @@ def test_permission_denied_stops_the_run_with_a_hint(rtdb: RTDBTarget, remote: D
     server = rtdb.require_server()
     server.denied.add(rtdb.namespace)
     status = writer(remote, max_wait=0.05)
-    status.processing("a")
-    # Once the timer has met the error (after google-auth's own resends), the next call raises
-    # it instead of losing it.
+    # Once the timer (or the read of the database's clock) has met the error, after
+    # google-auth's own resends, the next call raises it instead of losing it.
     deadline = time.monotonic() + 10
     with pytest.raises(DatabaseError) as caught:
         while time.monotonic() < deadline:
@@ -200,7 +203,7 @@ def test_permission_denied_stops_the_run_with_a_hint(rtdb: RTDBTarget, remote: D
             time.sleep(0.02)
     assert caught.value.hint == PERMISSION_HINT
     # Not retried by narrate (google-auth itself resends a 401 twice after refreshing the token).
-    assert len(server.requests(rtdb.namespace, "PATCH")) <= 3
+    assert len(server.requests(rtdb.namespace)) <= 3
     with pytest.raises(DatabaseError):
         status.close()
 
@@ -431,6 +434,7 @@ def test_a_database_still_unavailable_after_retries_stops_the_writer(
 ):
     server = rtdb.require_server()
     status = writer(remote, retries=2, max_books=3)
+    status.clock.now_ms()  # the database's clock is read once, before the outage
     with server.faults(throttled=1.0):  # 429 on everything; the SDK itself does not retry it
         for i in range(5):
             status.processing(f"b{i}")
@@ -459,17 +463,129 @@ def test_a_refused_update_fails_only_its_books(rtdb: RTDBTarget, remote: Databas
 def test_a_lease_is_renewed_while_held_and_released_when_settled(database: Database):
     status = writer(database, run_id="run-1", lease_s=0.6)
     status.processing("b1")
-    status.processing("b2")
+    status.processing("b2", QUEUED)
     status.flush()
     first = status.record("b1")[LEASE_EXPIRES]
     time.sleep(0.5)  # the timer renews after lease_s / 3
     assert status.record("b1")[LEASE_EXPIRES] > first
     publish(status, "b1")
-    status.requeue("b2")
+    status.release("b2")
     status.close()
     assert status.held() == []
     assert LEASE_RUN not in status.record("b1") and LEASE_EXPIRES not in status.record("b1")
     assert without_timestamps(status.record("b2")) == {STATUS: "requested"}
+
+
+def published_record(book_id: str) -> dict[str, object]:
+    return {
+        STATUS: "ready",
+        URL: f"https://example.test/{book_id}.wav?v=1",
+        "narrativeContentHash": "hash-0",
+        "narrative": "The site's own text.",
+    }
+
+
+def test_a_re_render_keeps_the_published_audio_until_the_new_file_replaces_it(
+    database: Database,
+):
+    database.update({"books/b1": published_record("b1")})
+    status = writer(database, run_id="run-1")
+    status.processing("b1", status.prior("b1"))
+    status.flush()
+    during = status.record("b1")
+    assert during[STATUS] == "ready" and during[URL] == "https://example.test/b1.wav?v=1"
+    assert during[RENDER]["status"] == "processing" and during[RENDER]["runId"] == "run-1"
+    assert LEASE_EXPIRES not in during  # the lease is the re-render's own
+    publish(status, "b1", content_hash="hash-1")
+    status.flush()
+    after = status.record("b1")
+    assert after[URL] == "https://example.test/b1.wav" and after["narrativeContentHash"] == "hash-1"
+    assert after[STATUS] == "ready" and RENDER not in after
+
+
+def test_a_failed_re_render_leaves_the_published_audio_ready_with_the_error_beside_it(
+    database: Database,
+):
+    database.update({"books/b1": published_record("b1")})
+    status = writer(database)
+    status.processing("b1", status.prior("b1"))
+    status.failed("b1", "chunk 3 failed: the engine ran out of memory")
+    status.close()
+    record = status.record("b1")
+    assert record[STATUS] == "ready" and record[URL] == "https://example.test/b1.wav?v=1"
+    assert record[RENDER]["status"] == "failed"
+    assert "out of memory" in record[RENDER]["error"] and ERROR not in record
+    assert "leaseExpiresAt" not in record[RENDER]
+
+
+def test_a_stop_puts_back_exactly_what_each_record_held(database: Database):
+    database.update(
+        {"books/published": published_record("published")}
+        | {"books/failed": {STATUS: "failed", ERROR: "old error", "narrative": "x"}}
+        | {"books/asked": {STATUS: "requested", "narrative": "y"}}
+        | {"books/fresh/narrative": "z"}
+    )
+    before = {k: without_timestamps(v) for k, v in database.get("books").items()}
+    status = writer(database, run_id="run-1")
+    for book_id in ("published", "failed", "asked", "fresh", "new"):
+        status.processing(book_id, status.prior(book_id))
+    status.flush()
+    assert status.record("failed")[STATUS] == "processing"
+    assert [status.release(b) for b in status.held()] == [
+        "requested",
+        "failed",
+        None,
+        None,
+        "ready",
+    ]
+    status.close()
+    after = {k: without_timestamps(v) for k, v in database.get("books").items()}
+    assert after == before
+
+
+def test_a_book_the_queue_gave_goes_back_to_the_queue(database: Database):
+    database.update({"books/b1": {STATUS: "requested", "narrative": "Hi."}})
+    status = writer(database)
+    assert status.claim("b1")
+    status.processing("b1", QUEUED)
+    status.flush()
+    assert status.release("b1") == "requested"
+    status.close()
+    assert without_timestamps(status.record("b1")) == {STATUS: "requested", "narrative": "Hi."}
+
+
+@pytest.mark.parametrize("skew_s", [3600, -3600])
+def test_leases_are_on_the_database_clock_whatever_the_host_clock(
+    rtdb: RTDBTarget, remote: Database, skew_s: int
+):
+    def skewed() -> float:
+        return time.time() + skew_s
+
+    now_ms = time.time() * 1000
+    rtdb.rest(
+        "PATCH",
+        "books",
+        {
+            "live": {STATUS: "processing", LEASE_EXPIRES: now_ms + 300_000, "narrative": "a"},
+            "gone": {STATUS: "processing", LEASE_EXPIRES: now_ms - 5_000, "narrative": "b"},
+        },
+    )
+    status = writer(remote, host_clock=skewed, lease_s=60)
+    assert abs(status.clock.now_ms() - time.time() * 1000) < 2_000
+    # an hour ahead it does not take the live lease; an hour behind it does not wait on the
+    # expired one
+    assert [b.book_id for b in requested_books(remote, host_clock=skewed)] == ["gone"]
+    assert not status.claim("live")
+    assert status.claim("gone")
+    status.processing("gone", QUEUED)
+    status.flush()
+    deadline = rtdb.rest("GET", f"books/gone/{LEASE_EXPIRES}")
+    assert abs(deadline - (time.time() * 1000 + 60_000)) < 3_000
+
+
+def test_the_local_status_file_keeps_time_on_the_host_clock(tmp_path: Path):
+    clock = ServerClock(LocalStatusFile(tmp_path / "s.json"), "books/x")
+    assert abs(clock.now_ms() - time.time() * 1000) < 1_000
 
 
 # ---- the request queue -------------------------------------------------------
@@ -653,3 +769,28 @@ def test_record_fields_reads_only_those_fields(rtdb) -> None:
     finally:
         writer.close()
         db.close()
+
+
+def test_a_held_status_file_lock_is_logged_with_its_holder_while_waiting(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import fcntl
+    import logging
+    import threading
+
+    db = LocalStatusFile(tmp_path / "status.json")
+    with (tmp_path / ".status.json.lock").open("w") as held:
+        held.write("pid 4242 on somehost\n")
+        held.flush()
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with caplog.at_level(logging.INFO, logger="narrate.database"):
+            writer_thread = threading.Thread(target=db.update, args=({"books/b1/x": 1},))
+            writer_thread.start()
+            deadline = time.monotonic() + 10
+            while "waiting for the lock" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert "held by pid 4242 on somehost" in caplog.text
+            assert writer_thread.is_alive()  # it waits, and says so
+            fcntl.flock(held, fcntl.LOCK_UN)
+            writer_thread.join(10)
+    assert db.get("books/b1/x") == 1

@@ -40,7 +40,16 @@ def test_a_run_whose_ready_books_all_became_failed_reports_no_audio_and_a_sane_r
         report.add(replace(report.books[f"b{i}"], status="failed", error="database down"))
 
     totals = report.totals()
-    assert (totals["audio_seconds"], totals["real_time_factor"], totals["ready"]) == (0, 0, 0)
+    assert (totals["audio_seconds"], totals["real_time_factor"], totals["ready"]) == (0, None, 0)
+
+
+def test_figures_a_run_did_not_measure_are_null_not_zero_or_one() -> None:
+    """A cache-only or failed run synthesized nothing: no rate, no padding to report."""
+    report = RunReport(books_planned=7)
+    report.add(BookResult("b0", "ready", duration_s=30.0))  # rendered from the cache
+    totals = report.totals()
+    assert totals["real_time_factor"] is None and totals["padding_efficiency"] is None
+    assert totals["books"] == 7  # planned, though only one has a result
 
 
 def test_rejected_rows_are_objects_in_the_report() -> None:
