@@ -187,6 +187,8 @@ def summary(totals: Mapping[str, Any], *, out: str | None = None, report: str | 
         lines.append("interrupted: run the same command again to finish")
     if totals.get("error"):
         lines.append(f"stopped by: {totals['error']}")
+        if totals.get("hint"):
+            lines.append(f"hint: {totals['hint']}")
     if out and totals.get("ready"):
         lines.append(f"files: {out}")
     if report:

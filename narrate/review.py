@@ -315,7 +315,8 @@ def _totals(totals: Mapping[str, Any]) -> str:
     if totals.get("interrupted"):
         notes.append('<p class="alert">The run was interrupted: run it again to finish.</p>')
     if totals.get("error"):
-        notes.append(f'<p class="alert">The run stopped: {_esc(totals["error"])}</p>')
+        hint = f"<br>hint: {_esc(totals['hint'])}" if totals.get("hint") else ""
+        notes.append(f'<p class="alert">The run stopped: {_esc(totals["error"])}{hint}</p>')
     return f'<dl class="totals">{cells}</dl>{"".join(notes)}'
 
 

@@ -63,3 +63,9 @@ def test_the_summary_reads_as_sentences_and_names_the_review_page(tmp_path) -> N
     assert text.startswith("3 books: 2 ready, 1 failed")
     assert "2:05 of audio in 1:01" in text
     assert f"review page: {tmp_path / 'r.html'}" in text
+
+
+def test_the_summary_of_a_stopped_run_says_why_and_what_to_do() -> None:
+    totals = {"books": 0, "error": "bucket b does not exist", "hint": "create it"}
+    lines = summary(totals, out="gs://b", report=None).splitlines()
+    assert lines[-2:] == ["stopped by: bucket b does not exist", "hint: create it"]
