@@ -441,10 +441,11 @@ class _Stack:
 
     def rms_norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """The model's RMSNorm (transformers' formula): x / sqrt(mean(x^2) + eps) x weight."""
-        if not self.on_cpu:
+        if not self.on_cpu or x.dtype != torch.float32:
             return F.rms_norm(x, (self.hidden,), weight, self.eps)
         # torch's rms_norm is a dozen ops on the CPU (copies among them): five here, with
-        # mean(x^2) as |x|^2 / n (equal to the last bits)
+        # mean(x^2) as |x|^2 / n (equal to the last bits in float32; bf16 takes torch's, which
+        # computes in float32)
         norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
         scale = torch.addcmul(self.eps_tensor, norm, norm, value=1 / self.hidden).rsqrt_()
         return torch.mul(x, scale).mul_(weight)
