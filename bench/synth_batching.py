@@ -212,8 +212,10 @@ def engine_path_section(args: argparse.Namespace, conditions: str, figures: dict
         key = "kept_over_computed_engine_path" + ("" if name == "ended" else "_missed_end_frame")
         figures[key] = ratios
         middle = sorted(runs[name], key=lambda r: r["kept"] / r["slot_frames"])[len(ratios) // 2]
+        low, mid, high = min(ratios), statistics.median(ratios), max(ratios)
         print(
-            f"   {label}: kept / computed {spread(ratios)} ({middle['kept']} kept of "
+            f"   {label}: kept / computed min {low:.3f} / median {mid:.3f} / max {high:.3f} "
+            f"({middle['kept']} kept of "
             f"{middle['slot_frames']} slot-frames; stop reasons {middle['stops']})"
         )
     figures["silence_stop_saving"] = saving
