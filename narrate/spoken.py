@@ -505,10 +505,10 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     tail = f"-{m['tail']}" if m["tail"] else ""
     start = m.start("whole")
     before = _words_before(text, m.start())
-    if "," not in whole and before:
+    if "," not in whole and before and not tail:
         label = _label_reading(text, m, before, number)
-        if label is not False:
-            return label  # type: ignore[return-value]
+        if label is not _NOT_A_LABEL:
+            return label
     if "," in whole or tail or not 100 <= number <= 9999:
         return _Reading(_cardinal(number) + tail, "number")
     context = _year_context(text, start, m.end(), before)
@@ -519,11 +519,13 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     return _LEFT_YEAR
 
 
-def _label_reading(
-    text: str, m: re.Match[str], before: list[str], number: int
-) -> _Reading | None | bool:
+_NOT_A_LABEL = _Reading(None, "")
+
+
+def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) -> _Reading:
     """A number after a word that says what it is: a counting word ("page 1200"), a month
-    ("July 4"), a name ("Apollo 11", "Boeing 747"); False when the word before is none."""
+    ("July 4"), a name ("Apollo 11", "Boeing 747"); _NOT_A_LABEL when the word before is
+    none of these."""
     previous = _bare(before[-1])
     lower = previous.lower().rstrip(".")
     if lower in _COUNTING_WORDS and before[-1] == previous:
@@ -535,23 +537,23 @@ def _label_reading(
             and not _counted_noun(_word_after(text, m.end()))
         ):
             return _Reading(_ordinal(number), "date")
-        return False
+        return _NOT_A_LABEL
     month = _word_after(text, m.end())
     if month in _MONTHS and 1 <= number <= 31 and len(m["whole"]) <= 2:
         the = "" if lower == "the" else "the "
         return _Reading(f"{the}{_ordinal(number)} of", "date")  # "6 June" -> "the sixth of June"
     if _is_name(before[-1], text, m.start()) and previous not in _MONTH_WORDS:
         if previous in {"AD", "A.D."} or _counted_noun(_word_after(text, m.end())):
-            return False  # "AD 1100", "London 1200 miles away"
+            return _NOT_A_LABEL  # "AD 1100", "London 1200 miles away"
         if len(m["whole"]) >= 3:
             return _LEFT_LABEL
         return _Reading(_cardinal(number), "number after a name")
-    return False
+    return _NOT_A_LABEL
 
 
 _NOT_NOUNS = frozenset(
-    "of per for in at on to from and or away long wide high tall deep thick across above below "
-    "away".split()
+    "of per for in at on to from and or away long wide high tall deep thick across above "
+    "below".split()
 )
 
 
