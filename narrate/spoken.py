@@ -330,6 +330,11 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
         return "year"
     if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() == "it":
         return "year"  # "It was 1936, and..."
+    if text[start - 1 : start] == "(" and text[end : end + 1] == ")":
+        return "year"  # "Alice in Wonderland (1865)"
+    after = _word_after(text, end)
+    if (after is None or after[0].islower()) and _starts_sentence_at(text, start):
+        return "year"  # "1815 was a hard year", "1815, the year of Waterloo"
     return None
 
 
@@ -505,7 +510,7 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     tail = f"-{m['tail']}" if m["tail"] else ""
     start = m.start("whole")
     before = _words_before(text, m.start())
-    if "," not in whole and before and not tail:
+    if "," not in whole and before and not tail and not m["open"]:  # "Alice (1865)": no label
         label = _label_reading(text, m, before, number)
         if label is not _NOT_A_LABEL:
             return label
