@@ -414,6 +414,21 @@ def _decade_before(text: str, m: re.Match[str]) -> bool:
     return bool(before) and before[-1].lower().rstrip("-") in _DECADE_WORDS
 
 
+_TIME_WORDS = frozenset("at by until till after before from past".split())
+
+
+def _british_time(text: str, m: re.Match[str]) -> bool:
+    """ "at 7.30", "7.30 p.m.": a clock time written with a point, as British books do."""
+    if int(m["whole"]) > 24 or int(m["fraction"]) >= 60 or m["minus"] or m["percent"]:
+        return False
+    if m["unit"] or m["dotted"]:
+        return False
+    if m["meridiem"]:
+        return True
+    before = _words_before(text, m.start())
+    return bool(before) and before[-1].lower() in _TIME_WORDS
+
+
 def _clock(m: re.Match[str]) -> str | None:
     hour, minute = int(m["hour"]), int(m["minute"])
     if hour > 24:
@@ -495,6 +510,11 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     whole, fraction = m["whole"], m["fraction"]
     if not _plain_int(whole):
         return None
+    if fraction and len(fraction) == 2 and _british_time(text, m):
+        clock = _clock_minutes(int(whole), int(fraction))  # "at 7.30": seven thirty
+        if m["meridiem"]:
+            clock += f" {_meridiem(m['meridiem'])}"
+        return _Reading(clock, "clock time")
     if m["meridiem"]:
         if fraction or not 1 <= int(whole) <= 12:
             return None
