@@ -244,7 +244,8 @@ _COUNTING_WORDS = frozenset(
 # a four-digit number after these is a year ("in 1815", "since 1945")
 _YEAR_WORDS = frozenset(
     "in by since until till from before after during between circa c ca year years born died "
-    "founded built published completed erected established crowned elected married".split()
+    "founded built published completed erected established crowned elected married christmas "
+    "easter michaelmas whitsun midsummer spring summer autumn winter".split()
 )
 # "the winter of 1850": a year after "of" when one of these comes before it
 _YEAR_OF = frozenset(
@@ -336,6 +337,11 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
     if (after is None or after[0].islower()) and _starts_sentence_at(text, start):
         return "year"  # "1815 was a hard year", "1815, the year of Waterloo"
     return None
+
+
+def _after_name(text: str, m: re.Match[str]) -> bool:
+    before = _words_before(text, m.start())
+    return bool(before) and not m["open"] and _is_name(before[-1], text, m.start())
 
 
 def _year_of(word: str) -> bool:
@@ -553,6 +559,8 @@ def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) 
     none of these."""
     previous = _bare(before[-1])
     lower = previous.lower().rstrip(".")
+    if lower in _YEAR_WORDS:
+        return _NOT_A_LABEL  # "Christmas 1914", "In 1815"
     if lower in _COUNTING_WORDS and before[-1] == previous:
         return _Reading(_cardinal(number), "number after a counting word")
     if previous in _MONTH_WORDS and before[-1] == previous:
@@ -1138,6 +1146,9 @@ _UNREAD = _Reading(None, "")
 def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
         return None
+    if m["hour"] and not m["time_meridiem"] and _after_name(text, m):
+        # "John 3:16", "Genesis 1:1": a chapter and a verse, not a clock time
+        return _Reading(f"{_cardinal(int(m['hour']))} {_cardinal(int(m['minute']))}", "verse")
     if m["whole"] is None and m["decade"] is None:
         reading = _READINGS.get(m.group(), _UNREAD)
         if reading is _UNREAD:
