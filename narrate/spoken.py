@@ -244,7 +244,8 @@ _COUNTING_WORDS = frozenset(
 # a four-digit number after these is a year ("in 1815", "since 1945")
 _YEAR_WORDS = frozenset(
     "in by since until till from before after during between circa c ca year years born died "
-    "founded built published completed erected established crowned elected married".split()
+    "founded built published completed erected established crowned elected married christmas "
+    "easter michaelmas whitsun midsummer spring summer autumn winter".split()
 )
 # "the winter of 1850": a year after "of" when one of these comes before it
 _YEAR_OF = frozenset(
@@ -330,7 +331,17 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
         return "year"
     if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() == "it":
         return "year"  # "It was 1936, and..."
+    if text[start - 1 : start] == "(" and text[end : end + 1] == ")":
+        return "year"  # "Alice in Wonderland (1865)"
+    after = _word_after(text, end)
+    if (after is None or after[0].islower()) and _starts_sentence_at(text, start):
+        return "year"  # "1815 was a hard year", "1815, the year of Waterloo"
     return None
+
+
+def _after_name(text: str, m: re.Match[str]) -> bool:
+    before = _words_before(text, m.start())
+    return bool(before) and not m["open"] and _is_name(before[-1], text, m.start())
 
 
 def _year_of(word: str) -> bool:
@@ -407,6 +418,21 @@ _DECADE_WORDS = frozenset("her his their my your our its the early late mid".spl
 def _decade_before(text: str, m: re.Match[str]) -> bool:
     before = _words_before(text, m.start())
     return bool(before) and before[-1].lower().rstrip("-") in _DECADE_WORDS
+
+
+_TIME_WORDS = frozenset("at by until till after before from past".split())
+
+
+def _british_time(text: str, m: re.Match[str]) -> bool:
+    """ "at 7.30", "7.30 p.m.": a clock time written with a point, as British books do."""
+    if int(m["whole"]) > 24 or int(m["fraction"]) >= 60 or m["minus"] or m["percent"]:
+        return False
+    if m["unit"] or m["dotted"]:
+        return False
+    if m["meridiem"]:
+        return True
+    before = _words_before(text, m.start())
+    return bool(before) and before[-1].lower() in _TIME_WORDS
 
 
 def _clock(m: re.Match[str]) -> str | None:
@@ -490,6 +516,11 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     whole, fraction = m["whole"], m["fraction"]
     if not _plain_int(whole):
         return None
+    if fraction and len(fraction) == 2 and _british_time(text, m):
+        clock = _clock_minutes(int(whole), int(fraction))  # "at 7.30": seven thirty
+        if m["meridiem"]:
+            clock += f" {_meridiem(m['meridiem'])}"
+        return _Reading(clock, "clock time")
     if m["meridiem"]:
         if fraction or not 1 <= int(whole) <= 12:
             return None
@@ -505,10 +536,10 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     tail = f"-{m['tail']}" if m["tail"] else ""
     start = m.start("whole")
     before = _words_before(text, m.start())
-    if "," not in whole and before:
+    if "," not in whole and before and not tail and not m["open"]:  # "Alice (1865)": no label
         label = _label_reading(text, m, before, number)
-        if label is not False:
-            return label  # type: ignore[return-value]
+        if label is not _NOT_A_LABEL:
+            return label
     if "," in whole or tail or not 100 <= number <= 9999:
         return _Reading(_cardinal(number) + tail, "number")
     context = _year_context(text, start, m.end(), before)
@@ -519,13 +550,17 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
     return _LEFT_YEAR
 
 
-def _label_reading(
-    text: str, m: re.Match[str], before: list[str], number: int
-) -> _Reading | None | bool:
+_NOT_A_LABEL = _Reading(None, "")
+
+
+def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) -> _Reading:
     """A number after a word that says what it is: a counting word ("page 1200"), a month
-    ("July 4"), a name ("Apollo 11", "Boeing 747"); False when the word before is none."""
+    ("July 4"), a name ("Apollo 11", "Boeing 747"); _NOT_A_LABEL when the word before is
+    none of these."""
     previous = _bare(before[-1])
     lower = previous.lower().rstrip(".")
+    if lower in _YEAR_WORDS:
+        return _NOT_A_LABEL  # "Christmas 1914", "In 1815"
     if lower in _COUNTING_WORDS and before[-1] == previous:
         return _Reading(_cardinal(number), "number after a counting word")
     if previous in _MONTH_WORDS and before[-1] == previous:
@@ -535,23 +570,23 @@ def _label_reading(
             and not _counted_noun(_word_after(text, m.end()))
         ):
             return _Reading(_ordinal(number), "date")
-        return False
+        return _NOT_A_LABEL
     month = _word_after(text, m.end())
     if month in _MONTHS and 1 <= number <= 31 and len(m["whole"]) <= 2:
         the = "" if lower == "the" else "the "
         return _Reading(f"{the}{_ordinal(number)} of", "date")  # "6 June" -> "the sixth of June"
     if _is_name(before[-1], text, m.start()) and previous not in _MONTH_WORDS:
         if previous in {"AD", "A.D."} or _counted_noun(_word_after(text, m.end())):
-            return False  # "AD 1100", "London 1200 miles away"
+            return _NOT_A_LABEL  # "AD 1100", "London 1200 miles away"
         if len(m["whole"]) >= 3:
             return _LEFT_LABEL
         return _Reading(_cardinal(number), "number after a name")
-    return False
+    return _NOT_A_LABEL
 
 
 _NOT_NOUNS = frozenset(
-    "of per for in at on to from and or away long wide high tall deep thick across above below "
-    "away".split()
+    "of per for in at on to from and or away long wide high tall deep thick across above "
+    "below".split()
 )
 
 
@@ -1111,6 +1146,9 @@ _UNREAD = _Reading(None, "")
 def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if m["open"].endswith("(") and _PHONE_AFTER.match(text, m.end() + 1):
         return None
+    if m["hour"] and not m["time_meridiem"] and _after_name(text, m):
+        # "John 3:16", "Genesis 1:1": a chapter and a verse, not a clock time
+        return _Reading(f"{_cardinal(int(m['hour']))} {_cardinal(int(m['minute']))}", "verse")
     if m["whole"] is None and m["decade"] is None:
         reading = _READINGS.get(m.group(), _UNREAD)
         if reading is _UNREAD:

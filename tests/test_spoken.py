@@ -161,6 +161,8 @@ SPOKEN = [
     # text of two- and four-byte characters
     ("Caf\u00e9 \u2014 at 10:30 today.", "Caf\u00e9 \u2014 at ten thirty today."),
     ("Tea \U0001f375 for 2 people, Dr. Li.", "Tea \U0001f375 for two people, Doctor Li."),
+    # a hyphenated word after a number keeps its tail, after a name too
+    ("A Route 66-style diner.", "A Route sixty-six-style diner."),
 ]
 
 UNCHANGED = [
@@ -185,6 +187,7 @@ UNCHANGED = [
     "No. I won't.",
     "Mr Smith and Dr Jones",
     "A 1th place and $12.5.5 and 25:30.",
+    "He paid 10s. for it, and the score was 3-2.",
 ]
 
 
