@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from narrate.atomic import open_regular_file
 from narrate.errors import ManifestError
 from narrate.records import Book, RowError
 
@@ -43,6 +44,9 @@ _FORBIDDEN_ID_CHAR = re.compile(r"[.$#\[\]/\\\x00-\x1f\x7f]")
 _FORMAT_HINT = "name the manifest .jsonl or .parquet, or pass the format explicitly (--format)"
 
 Source = str | os.PathLike | BinaryIO
+
+
+MAX_MANIFEST_BYTES = 64 << 30  # far beyond any catalog: a bound for /dev/zero and its kind
 
 
 def book_id_problem(book_id: str) -> str | None:
@@ -167,6 +171,9 @@ class _RowChecker:
     def _text(self, text: object, text_uri: object) -> tuple[str | None, str | None]:
         body = _string(text, "text")
         uri = _optional_string(text_uri, "text_uri")
+        if uri and re.search(r"[\x00-\x1f\x7f]", uri):  # no file or object has such a name
+            message = f"text_uri {uri!r} holds a control character"
+            raise _Rejected("invalid_value", "text_uri", message)
         if uri and "://" in uri and not uri.startswith("gs://"):
             message = f"text_uri {uri!r} must be a local path or a gs:// URI"
             raise _Rejected("invalid_value", "text_uri", message)
@@ -263,7 +270,7 @@ class ManifestReader:
             from narrate.storage import open_uri  # imported here: storage pulls in GCS clients
 
             return open_uri(location)
-        return open(location, "rb")  # noqa: SIM115 - the caller closes it
+        return open_regular_file(location, MAX_MANIFEST_BYTES)
 
     def _detect_format(self) -> str:
         suffix = os.path.splitext(self.name)[1].lower()
@@ -312,6 +319,12 @@ class ManifestReader:
         ]
         self.unknown_columns = [name for name in names if name not in KNOWN_COLUMNS]
         found = ", ".join(names) or "none"
+        twice = sorted({name for name in names if names.count(name) > 1 and name in KNOWN_COLUMNS})
+        if twice:
+            raise ManifestError(
+                f"manifest {self.name} has more than one {', '.join(twice)} column",
+                hint="keep one column of each name (pandas: df.loc[:, ~df.columns.duplicated()])",
+            )
         if not self._parquet_columns[0]:
             raise ManifestError(
                 f"manifest {self.name} has no book_id column (columns: {found})",
