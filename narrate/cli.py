@@ -566,6 +566,7 @@ def run(
     storage, database, model or devices fail.
     """
     from narrate.atomic import write_atomic
+    from narrate.doctor import preflight
     from narrate.report import EventLog, logging_to
     from narrate.run import exit_code
     from narrate.run import run as run_catalog
@@ -591,7 +592,7 @@ def run(
     log = EventLog()
     with logging_to(log):
         try:
-            report = run_catalog(options, log)
+            report = run_catalog(options, log, preflight)
         except NarrateError as exc:  # the run's stderr stays one stream of events
             if log.tty:
                 raise

@@ -45,6 +45,7 @@ from narrate.errors import (
     DatabaseError,
     EngineError,
     InfrastructureError,
+    ModelError,
     NarrateError,
 )
 from narrate.gate import QualityGate, Retry
@@ -108,9 +109,18 @@ class DaemonPool:
                     future.set_exception(exc)
 
 
+Preflight = Callable[[RunOptions], list[NarrateError]]
+
+
 class Run:
-    def __init__(self, options: RunOptions, log: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        options: RunOptions,
+        log: EventLog | None = None,
+        preflight: Preflight | None = None,
+    ) -> None:
         self.options = options
+        self.preflight = preflight
         self.log = log or EventLog()
         self.report = RunReport()
         self.stop = threading.Event()
@@ -138,6 +148,8 @@ class Run:
 
     def _start(self, options: RunOptions) -> None:
         """Open the outputs, load the watermarker, start the post-processing pools."""
+        # what the run will load, checked first: every missing piece is reported at once
+        problems = self.preflight(options) if self.preflight else []
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
         if options.outputs.post.watermark:
@@ -146,9 +158,21 @@ class Run:
             # before any synthesis: a run that cannot watermark must not spend GPU hours first.
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
-            self.watermarker = Watermarker.load(options.outputs.post.watermark_model, device=device)
+            try:
+                model = options.outputs.post.watermark_model
+                self.watermarker = Watermarker.load(model, device=device)
+            except NarrateError as exc:
+                problems.append(ModelError(f"watermark: {exc.message}", exc.hint))
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ModelError(
+                f"this run cannot start, {len(problems)} things are missing: "
+                + "; ".join(p.message for p in problems),
+                " | ".join(p.hint for p in problems if p.hint) or None,
+            )
         post_workers = options.post_workers or default_post_workers(
             self._devices(), options.workers.cpu_threads
         )
@@ -573,10 +597,14 @@ def exit_code(report: RunReport) -> int:
     return EXIT_OK
 
 
-def run(options: RunOptions, log: EventLog | None = None) -> RunReport:
+def run(
+    options: RunOptions, log: EventLog | None = None, preflight: Preflight | None = None
+) -> RunReport:
+    """Run the catalog; `preflight` (narrate.doctor.preflight from the CLI) checks what the
+    run will load before it loads anything."""
     log = log or EventLog()
     try:
-        runner = Run(options, log)
+        runner = Run(options, log, preflight)
     except NarrateError as exc:
         return failed_start(exc, log)
     return runner.execute()

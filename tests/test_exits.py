@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from support.runs import preview_args
 
+from narrate.cli import cli
 from narrate.errors import EXIT_INFRA, EXIT_INTERRUPTED
 
 TESTS = Path(__file__).parent
@@ -94,3 +96,26 @@ def test_sighup_and_sigquit_stop_a_run_as_sigterm_does(tmp_path: Path, stop: int
     lines = (tmp_path / "run.log").read_text().splitlines()
     assert json.loads(lines[-1])["interrupted"] is True  # the totals, on stdout
     assert json.loads((tmp_path / "report.json").read_text())["totals"]["interrupted"]
+
+
+def test_a_new_user_learns_every_missing_piece_from_one_run(tmp_path: Path) -> None:
+    """No model and no AudioSeal checkpoints: one run says both, before loading anything."""
+    command = catalog(tmp_path)[4:]
+    (tmp_path / "audioseal").mkdir()
+    args = [
+        *command,
+        "--engine=csm",
+        f"--model={tmp_path / 'no-model'}",
+        f"--watermark-model={tmp_path / 'audioseal'}",
+        f"--out={tmp_path / 'out'}",
+        f"--cache={tmp_path / 'cache'}",
+    ]
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["run", *args])
+    assert result.exit_code == EXIT_INFRA, result.output
+    assert time.monotonic() - started < 30
+    totals = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "things are missing" in totals["error"]
+    assert "model: " in totals["error"] and "watermark: " in totals["error"]
+    assert "no-model" in totals["error"] and "AudioSeal" in totals["error"]
+    assert totals["hint"] and " | " in totals["hint"]
