@@ -371,7 +371,7 @@ class Run:
         if result is None:
             return
         if isinstance(result, WorkerFailed):
-            message = f"worker on {result.device} could not start: {result.message}"
+            message = f"worker on {result.device}: {result.message}"
             raise EngineError(message, result.hint)
         batch = self.inflight.pop(result.batch_no)
         self.report.synth_seconds += result.seconds

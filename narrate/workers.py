@@ -23,7 +23,7 @@ from typing import Any
 
 from narrate.cache import ChunkCache
 from narrate.config import EngineConfig, available_cores
-from narrate.errors import EngineError, NarrateError, UsageError, first_line
+from narrate.errors import EngineError, NarrateError, StorageError, UsageError, first_line
 from narrate.records import Batch, ChunkAudio, ChunkOutcome
 from narrate.report import EventLog, route_logging
 from narrate.storage import open_storage
@@ -167,11 +167,11 @@ def worker_main(
         )
         cache = ChunkCache(open_storage(settings.cache_uri))
     except NarrateError as exc:
-        results.put(WorkerFailed(device, exc.message, exc.hint))
+        results.put(WorkerFailed(device, f"could not start: {exc.message}", exc.hint))
         return
     except Exception as exc:  # a bug or a library failure: report it rather than die silently
         log.exception("the engine could not start on %s", device)
-        results.put(WorkerFailed(device, unexpected(exc)))
+        results.put(WorkerFailed(device, f"could not start: {unexpected(exc)}"))
         return
     while (task := next_task(tasks, parent)) is not None:
         batch_no, batch, attempts = task
@@ -189,14 +189,23 @@ def worker_main(
             if settings.check_takes:
                 takes = tuple(a for a in audios if a.ok)
                 audios = [a for a in audios if not a.ok]
-            for audio in audios:
-                if audio.ok:
-                    cache.put(audio)
+            try:
+                for audio in audios:
+                    if audio.ok:
+                        cache.put(audio)
+            except (NarrateError, OSError) as exc:  # a full disk, a read-only or lost cache
+                failure = exc if isinstance(exc, NarrateError) else StorageError(str(exc))
+                message = f"cannot write the chunk cache: {failure.message}"
+                results.put(WorkerFailed(device, message, failure.hint or CACHE_HINT))
+                break  # every later chunk would be lost the same way: the run stops
             outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
         results.put(BatchDone(batch_no, outcomes, time.monotonic() - started, takes))
     engine.close()
     if os.getppid() != parent:  # nobody reads the takes still buffered: exit without them
         results.cancel_join_thread()
+
+
+CACHE_HINT = "free space or fix the permissions of --cache, then run again: cached chunks are kept"
 
 
 def unexpected(exc: BaseException) -> str:

@@ -119,3 +119,23 @@ def test_a_new_user_learns_every_missing_piece_from_one_run(tmp_path: Path) -> N
     assert "model: " in totals["error"] and "watermark: " in totals["error"]
     assert "no-model" in totals["error"] and "AudioSeal" in totals["error"]
     assert totals["hint"] and " | " in totals["hint"]
+
+
+def small_files_only() -> None:
+    """In the run's processes: files may not grow past 4 KB (writes beyond fail with EFBIG,
+    as on a full disk), so the first chunk written to the cache fails."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+@pytest.mark.slow
+def test_a_cache_that_cannot_be_written_stops_the_run_saying_so(tmp_path: Path) -> None:
+    args = [*catalog(tmp_path), *preview_args(tmp_path, "--quality=off")]
+    done = subprocess.run(args, capture_output=True, timeout=300, preexec_fn=small_files_only)
+    assert done.returncode == EXIT_INFRA, done.stderr.decode()[-2000:]
+    totals, error = assert_trace(done, tmp_path)
+    assert "cannot write the chunk cache" in error["message"]
+    assert "File too large" in error["message"] and "memory" not in (error["hint"] or "")
+    assert b"Traceback" not in done.stderr
