@@ -565,6 +565,8 @@ def run(
     every book is ready, 1 when some failed, 75 when interrupted, 2 on usage errors, 3 when
     storage, database, model or devices fail.
     """
+    early = _stop_before_start(report_path)  # the imports below take seconds
+    click.get_current_context().call_on_close(lambda: _restore_handlers(early))
     from narrate.atomic import write_atomic
     from narrate.doctor import preflight
     from narrate.report import EventLog, logging_to
@@ -592,16 +594,47 @@ def run(
     log = EventLog()
     with logging_to(log):
         try:
-            report = run_catalog(options, log, preflight)
+            report = run_catalog(options, log, preflight)  # with its own stop handlers
         except NarrateError as exc:  # the run's stderr stays one stream of events
             if log.tty:
                 raise
             log.event("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
             sys.exit(exc.exit_code)
+    _restore_handlers(early)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
     click.echo(json.dumps(report.totals()))  # the error that stopped a run was an event
     sys.exit(exit_code(report))
+
+
+def _stop_before_start(report_path: str | None) -> dict[int, Any]:
+    """Until the run installs its own handlers: a stop signal while narrate is still starting
+    ends it as an interrupted run (exit 75, the totals, the report), not by the default action
+    (SIGTERM: -15; SIGHUP, SIGQUIT: a core dump)."""
+    import signal
+
+    from narrate.errors import EXIT_INTERRUPTED
+    from narrate.report import EventLog, RunReport
+
+    def stop(signum: int, _frame: object) -> None:
+        EventLog().event("run_interrupted", signal=signal.Signals(signum).name)
+        report = RunReport(interrupted=True)
+        if report_path:
+            from narrate.atomic import write_atomic
+
+            write_atomic(report_path, json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(report.totals()))
+        sys.exit(EXIT_INTERRUPTED)
+
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    return {s: signal.signal(s, stop) for s in stops}
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @cli.command()

@@ -139,3 +139,18 @@ def test_a_cache_that_cannot_be_written_stops_the_run_saying_so(tmp_path: Path) 
     assert "cannot write the chunk cache" in error["message"]
     assert "File too large" in error["message"] and "memory" not in (error["hint"] or "")
     assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_run_is_still_starting_exits_75_with_its_totals(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*catalog(tmp_path), *preview_args(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)  # narrate is importing, opening its outputs or loading: not yet running
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, err.decode()[-2000:]
+    assert json.loads(out.decode().strip().splitlines()[-1])["interrupted"] is True
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["interrupted"]
