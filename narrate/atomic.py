@@ -1,4 +1,5 @@
-"""The one way narrate writes a local file: readers see the old file or the new one, never a part.
+"""The one way narrate writes a local file: readers see the old file or the new one, never a part
+(and the one way it opens an input file: regular files only, of a bounded size).
 
 The data goes to a temporary file in the same folder (same file system, so the rename is
 atomic), is flushed to disk, and is renamed over the target. The temporary file is created with
@@ -9,9 +10,12 @@ mode 0666 less the umask, like any new file, so the result is readable as the um
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import uuid
 from pathlib import Path
+from typing import BinaryIO
 
 
 def write_atomic(path: str | Path, data: bytes | str, *, overwrite: bool = True) -> bool:
@@ -41,3 +45,23 @@ def write_atomic(path: str | Path, data: bytes | str, *, overwrite: bool = True)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
+
+
+def open_regular_file(path: str | Path, max_bytes: int) -> BinaryIO:
+    """`path` opened for reading if it is a regular file of at most `max_bytes`: a FIFO would
+    block forever and a device (/dev/zero) never ends, so both are refused as they are opened
+    (O_NONBLOCK: opening a FIFO with no writer does not wait)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a FIFO or a device)")
+        if info.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"{info.st_size:,} bytes, over the limit of {max_bytes:,}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise

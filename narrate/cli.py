@@ -681,7 +681,10 @@ def run(
     every book is ready, 1 when some failed, 75 when interrupted, 2 on usage errors, 3 when
     storage, database, model or devices fail.
     """
+    early = _stop_before_start(report_path)  # the imports below take seconds
+    click.get_current_context().call_on_close(lambda: _restore_handlers(early))
     from narrate.atomic import write_atomic
+    from narrate.doctor import preflight
     from narrate.report import EventLog, logging_to
     from narrate.run import exit_code
     from narrate.run import run as run_catalog
@@ -708,12 +711,13 @@ def run(
     log = EventLog()
     with logging_to(log):
         try:
-            report = run_catalog(options, log)
+            report = run_catalog(options, log, preflight)  # with its own stop handlers
         except NarrateError as exc:  # the run's stderr stays one stream of events
             if log.tty:
                 raise
             log.event("error", message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
             sys.exit(exc.exit_code)
+    _restore_handlers(early)
     if report_path:
         write_atomic(report_path, json.dumps(report.to_json(), indent=2))
         _write_review_page(report_path, log)
@@ -737,6 +741,36 @@ def _write_review_page(report_path: str, log: Any) -> None:
         log.event("warning", message=f"review page not written: {exc}")
         return
     log.event("review_written", page=str(page))
+
+
+def _stop_before_start(report_path: str | None) -> dict[int, Any]:
+    """Until the run installs its own handlers: a stop signal while narrate is still starting
+    ends it as an interrupted run (exit 75, the totals, the report), not by the default action
+    (SIGTERM: -15; SIGHUP, SIGQUIT: a core dump)."""
+    import signal
+
+    from narrate.errors import EXIT_INTERRUPTED
+    from narrate.report import EventLog, RunReport
+
+    def stop(signum: int, _frame: object) -> None:
+        EventLog().event("run_interrupted", signal=signal.Signals(signum).name)
+        report = RunReport(interrupted=True)
+        if report_path:
+            from narrate.atomic import write_atomic
+
+            write_atomic(report_path, json.dumps(report.to_json(), indent=2))
+        click.echo(json.dumps(report.totals()))
+        sys.exit(EXIT_INTERRUPTED)
+
+    stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+    return {s: signal.signal(s, stop) for s in stops}
+
+
+def _restore_handlers(previous: dict[int, Any]) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 @cli.command()

@@ -36,7 +36,7 @@ from narrate.errors import (
     StorageError,
     first_line,
 )
-from narrate.options import CatalogOptions, DeviceOptions, OutputOptions
+from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOptions
 from narrate.synth.registry import DEFAULT_ENGINE, ENGINES, engine_spec
 
 Status = Literal["ok", "fail", "skip"]
@@ -559,3 +559,24 @@ def render(checks: list[Check]) -> str:
 def to_json(checks: list[Check]) -> str:
     report = {"status": "ok" if healthy(checks) else "fail", "checks": [asdict(c) for c in checks]}
     return json.dumps(report, indent=2)
+
+
+PREFLIGHT_TIMEOUT_S = 15.0  # an unreachable Hub fails the run's start within this
+
+
+def preflight(options: RunOptions) -> list[NarrateError]:
+    """What `narrate run` checks before it loads anything heavy: the doctor's checks of the
+    model and its codec for these options (the outputs are not probed: the run's first
+    requests find them; the watermark is checked by loading it), every failure at once, each
+    within PREFLIGHT_TIMEOUT_S. Nothing to check for the preview engine: it costs no time."""
+    targets = Targets.of(options.catalog, options.outputs, options.workers)
+    if targets.engine != "csm":
+        return []
+    wanted = {"model", "codec"}
+    with contextlib.redirect_stdout(sys.stderr):
+        checks = [
+            _bounded(name, check, targets, PREFLIGHT_TIMEOUT_S)
+            for name, check in CHECKS
+            if name in wanted
+        ]
+    return [ModelError(f"{c.name}: {c.detail}", c.hint) for c in checks if c.status == "fail"]

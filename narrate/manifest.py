@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator
 from itertools import repeat
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from narrate.atomic import open_regular_file
 from narrate.errors import ManifestError
 from narrate.records import Book, RowError
 
@@ -49,6 +50,9 @@ _FORMAT_HINT = (
 )
 
 Source = str | os.PathLike | BinaryIO
+
+
+MAX_MANIFEST_BYTES = 64 << 30  # far beyond any catalog: a bound for /dev/zero and its kind
 
 
 def book_id_problem(book_id: str) -> str | None:
@@ -173,6 +177,9 @@ class _RowChecker:
     def _text(self, text: object, text_uri: object) -> tuple[str | None, str | None]:
         body = _string(text, "text")
         uri = _optional_string(text_uri, "text_uri")
+        if uri and re.search(r"[\x00-\x1f\x7f]", uri):  # no file or object has such a name
+            message = f"text_uri {uri!r} holds a control character"
+            raise _Rejected("invalid_value", "text_uri", message)
         if uri and "://" in uri and not uri.startswith("gs://"):
             message = f"text_uri {uri!r} must be a local path or a gs:// URI"
             raise _Rejected("invalid_value", "text_uri", message)
@@ -274,7 +281,7 @@ class ManifestReader:
             from narrate.storage import open_uri  # imported here: storage pulls in GCS clients
 
             return open_uri(location)
-        return open(location, "rb")  # noqa: SIM115 - the caller closes it
+        return open_regular_file(location, MAX_MANIFEST_BYTES)
 
     def _detect_format(self) -> str:
         suffix = os.path.splitext(self.name)[1].lower()
@@ -328,6 +335,12 @@ class ManifestReader:
         ]
         self.unknown_columns = [name for name in names if name not in KNOWN_COLUMNS]
         found = ", ".join(names) or "none"
+        twice = sorted({name for name in names if names.count(name) > 1 and name in KNOWN_COLUMNS})
+        if twice:
+            raise ManifestError(
+                f"manifest {self.name} has more than one {', '.join(twice)} column",
+                hint="keep one column of each name (pandas: df.loc[:, ~df.columns.duplicated()])",
+            )
         if not self._parquet_columns[0]:
             raise ManifestError(
                 f"manifest {self.name} has no book_id column (columns: {found})",

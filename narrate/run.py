@@ -45,6 +45,7 @@ from narrate.errors import (
     DatabaseError,
     EngineError,
     InfrastructureError,
+    ModelError,
     NarrateError,
 )
 from narrate.gate import QualityGate, Retry
@@ -109,9 +110,18 @@ class DaemonPool:
                     future.set_exception(exc)
 
 
+Preflight = Callable[[RunOptions], list[NarrateError]]
+
+
 class Run:
-    def __init__(self, options: RunOptions, log: EventLog | None = None) -> None:
+    def __init__(
+        self,
+        options: RunOptions,
+        log: EventLog | None = None,
+        preflight: Preflight | None = None,
+    ) -> None:
         self.options = options
+        self.preflight = preflight
         self.log = log or EventLog()
         self.report = RunReport()
         self.stop = threading.Event()
@@ -140,6 +150,8 @@ class Run:
 
     def _start(self, options: RunOptions) -> None:
         """Open the outputs, load the watermarker, start the post-processing pools."""
+        # what the run will load, checked first: every missing piece is reported at once
+        problems = self.preflight(options) if self.preflight else []
         self.outputs = open_outputs(options, self.log)
         self.watermarker = None
         if options.outputs.post.watermark:
@@ -149,9 +161,21 @@ class Run:
             # On a GPU node it runs there too: on the CPU it would hold back the workers.
             device = next((d for d in self._devices() if d.startswith("cuda")), "cpu")
             self.log.event("loading", what=f"the AudioSeal watermark model on {device}")
-            self.watermarker = Watermarker.load(options.outputs.post.watermark_model, device=device)
+            try:
+                model = options.outputs.post.watermark_model
+                self.watermarker = Watermarker.load(model, device=device)
+            except NarrateError as exc:
+                problems.append(ModelError(f"watermark: {exc.message}", exc.hint))
         else:
             self.log.event("warning", message="watermarking disabled (--no-watermark)")
+        if len(problems) == 1:
+            raise problems[0]
+        if problems:
+            raise ModelError(
+                f"this run cannot start, {len(problems)} things are missing: "
+                + "; ".join(p.message for p in problems),
+                " | ".join(p.hint for p in problems if p.hint) or None,
+            )
         post_workers = options.post_workers or default_post_workers(
             self._devices(), options.workers.cpu_threads
         )
@@ -359,7 +383,7 @@ class Run:
         if result is None:
             return
         if isinstance(result, WorkerFailed):
-            message = f"worker on {result.device} could not start: {result.message}"
+            message = f"worker on {result.device}: {result.message}"
             raise EngineError(message, result.hint)
         batch = self.inflight[result.batch_no]
         self.report.synth_seconds += result.seconds
@@ -591,10 +615,14 @@ def exit_code(report: RunReport) -> int:
     return EXIT_OK
 
 
-def run(options: RunOptions, log: EventLog | None = None) -> RunReport:
+def run(
+    options: RunOptions, log: EventLog | None = None, preflight: Preflight | None = None
+) -> RunReport:
+    """Run the catalog; `preflight` (narrate.doctor.preflight from the CLI) checks what the
+    run will load before it loads anything."""
     log = log or EventLog()
     try:
-        runner = Run(options, log)
+        runner = Run(options, log, preflight)
     except NarrateError as exc:
         return failed_start(exc, log)
     return runner.execute()

@@ -32,7 +32,7 @@ import numpy as np
 
 from narrate.cache import ChunkCache
 from narrate.config import EngineConfig, available_cores
-from narrate.errors import EngineError, NarrateError, UsageError, first_line
+from narrate.errors import EngineError, NarrateError, StorageError, UsageError, first_line
 from narrate.records import Batch, ChunkAudio, ChunkOutcome
 from narrate.report import EventLog, route_logging
 from narrate.storage import open_storage
@@ -183,11 +183,11 @@ def worker_main(
         )
         cache = ChunkCache(open_storage(settings.cache_uri))
     except NarrateError as exc:
-        results.put(WorkerFailed(device, exc.message, exc.hint))
+        results.put(WorkerFailed(device, f"could not start: {exc.message}", exc.hint))
         return
     except Exception as exc:  # a bug or a library failure: report it rather than die silently
         log.exception("the engine could not start on %s", device)
-        results.put(WorkerFailed(device, unexpected(exc)))
+        results.put(WorkerFailed(device, f"could not start: {unexpected(exc)}"))
         return
     feed = TaskFeed(tasks, parent)
     busy_since = time.monotonic()
@@ -199,9 +199,15 @@ def worker_main(
         if settings.check_takes:
             takes = tuple(a for a in audios if a.ok)
             audios = [a for a in audios if not a.ok]
-        for audio in audios:
-            if audio.ok:
-                cache.put(audio)
+        try:
+            for audio in audios:
+                if audio.ok:
+                    cache.put(audio)
+        except (NarrateError, OSError) as exc:  # a full disk, a read-only or lost cache
+            failure = exc if isinstance(exc, NarrateError) else StorageError(str(exc))
+            message = f"cannot write the chunk cache: {failure.message}"
+            results.put(WorkerFailed(device, message, failure.hint or CACHE_HINT))
+            break  # every later chunk would be lost the same way: the run stops
         outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
         now = time.monotonic()
         seconds = now - busy_since - feed.take_waited()
@@ -289,6 +295,9 @@ def engine_results(engine: Engine, feed: TaskFeed, device: str) -> Iterator[Synt
 def _failed_audio(chunk_id: str, error: str, attempt: int) -> ChunkAudio:
     seed = chunk_seed(chunk_id, attempt)
     return ChunkAudio(chunk_id, np.zeros(0, np.float32), 0, "failed", seed, 1, error=error)
+
+
+CACHE_HINT = "free space or fix the permissions of --cache, then run again: cached chunks are kept"
 
 
 def unexpected(exc: BaseException) -> str:

@@ -501,6 +501,7 @@ def test_a_re_render_keeps_the_published_audio_until_the_new_file_replaces_it(
     after = status.record("b1")
     assert after[URL] == "https://example.test/b1.wav" and after["narrativeContentHash"] == "hash-1"
     assert after[STATUS] == "ready" and RENDER not in after
+    status.close()
 
 
 def test_a_failed_re_render_leaves_the_published_audio_ready_with_the_error_beside_it(
@@ -581,6 +582,7 @@ def test_leases_are_on_the_database_clock_whatever_the_host_clock(
     status.flush()
     deadline = rtdb.rest("GET", f"books/gone/{LEASE_EXPIRES}")
     assert abs(deadline - (time.time() * 1000 + 60_000)) < 3_000
+    status.close()
 
 
 def test_the_local_status_file_keeps_time_on_the_host_clock(tmp_path: Path):

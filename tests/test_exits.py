@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from support.runs import preview_args
 
+from narrate.cli import cli
 from narrate.errors import EXIT_INFRA, EXIT_INTERRUPTED
 
 TESTS = Path(__file__).parent
@@ -93,4 +95,62 @@ def test_sighup_and_sigquit_stop_a_run_as_sigterm_does(tmp_path: Path, stop: int
     assert process.wait(timeout=30) == EXIT_INTERRUPTED
     lines = (tmp_path / "run.log").read_text().splitlines()
     assert json.loads(lines[-1])["interrupted"] is True  # the totals, on stdout
+    assert json.loads((tmp_path / "report.json").read_text())["totals"]["interrupted"]
+
+
+def test_a_new_user_learns_every_missing_piece_from_one_run(tmp_path: Path) -> None:
+    """No model and no AudioSeal checkpoints: one run says both, before loading anything."""
+    command = catalog(tmp_path)[4:]
+    (tmp_path / "audioseal").mkdir()
+    args = [
+        *command,
+        "--engine=csm",
+        f"--model={tmp_path / 'no-model'}",
+        f"--watermark-model={tmp_path / 'audioseal'}",
+        f"--out={tmp_path / 'out'}",
+        f"--cache={tmp_path / 'cache'}",
+    ]
+    started = time.monotonic()
+    result = CliRunner().invoke(cli, ["run", *args])
+    assert result.exit_code == EXIT_INFRA, result.output
+    assert time.monotonic() - started < 30
+    totals = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "things are missing" in totals["error"]
+    assert "model: " in totals["error"] and "watermark: " in totals["error"]
+    assert "no-model" in totals["error"] and "AudioSeal" in totals["error"]
+    assert totals["hint"] and " | " in totals["hint"]
+
+
+def small_files_only() -> None:
+    """In the run's processes: files may not grow past 4 KB (writes beyond fail with EFBIG,
+    as on a full disk), so the first chunk written to the cache fails."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+
+@pytest.mark.slow
+def test_a_cache_that_cannot_be_written_stops_the_run_saying_so(tmp_path: Path) -> None:
+    args = [*catalog(tmp_path), *preview_args(tmp_path, "--quality=off")]
+    done = subprocess.run(args, capture_output=True, timeout=300, preexec_fn=small_files_only)
+    assert done.returncode == EXIT_INFRA, done.stderr.decode()[-2000:]
+    totals, error = assert_trace(done, tmp_path)
+    assert "cannot write the chunk cache" in error["message"]
+    assert "File too large" in error["message"] and "memory" not in (error["hint"] or "")
+    assert b"Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_run_is_still_starting_exits_75_with_its_totals(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*catalog(tmp_path), *preview_args(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)  # narrate is importing, opening its outputs or loading: not yet running
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == EXIT_INTERRUPTED, err.decode()[-2000:]
+    assert json.loads(out.decode().strip().splitlines()[-1])["interrupted"] is True
     assert json.loads((tmp_path / "report.json").read_text())["totals"]["interrupted"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from narrate.atomic import write_atomic
+from narrate.atomic import open_regular_file, write_atomic
 from narrate.config import SAMPLE_RATE, SAMPLES_PER_FRAME, ChunkingConfig
 from narrate.errors import UsageError
 
@@ -84,17 +84,32 @@ class VoiceLibrary:
             )
         import soundfile as sf
 
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         audio_path = folder / AUDIO_FILE
-        samples = sf.info(str(audio_path)).frames
+        hint = (
+            f"register it again: narrate voice add {name} --audio FILE.wav --text '...' --replace"
+        )
+        try:
+            meta = json.loads(_read_regular(meta_path, MAX_META_BYTES).decode("utf-8"))
+            transcript, speaker = meta["transcript"], int(meta["speaker"])
+            if not isinstance(transcript, str):
+                raise TypeError("transcript is not a string")
+            audio = _read_regular(audio_path, MAX_AUDIO_BYTES)
+            samples = sf.info(io.BytesIO(audio)).frames
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+            # a damaged voice.json, a FIFO or device in place of a file, audio that does not
+            # decode: one clear error, never a traceback or a read that blocks forever
+            detail = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise UsageError(
+                f"voice {name!r} in {self.root}/ is unreadable: {detail}", hint
+            ) from None
         return Voice(
             name=name,
-            transcript=meta["transcript"],
-            speaker=int(meta["speaker"]),
+            transcript=transcript,
+            speaker=speaker,
             audio_path=audio_path,
-            text_tokens=ChunkingConfig().estimate_tokens(meta["transcript"]),
+            text_tokens=ChunkingConfig().estimate_tokens(transcript),
             frames=math.ceil(samples / SAMPLES_PER_FRAME),
-            fingerprint=_fingerprint(audio_path.read_bytes(), meta["transcript"], meta["speaker"]),
+            fingerprint=_fingerprint(audio, transcript, speaker),
         )
 
     def add(
@@ -139,6 +154,18 @@ class VoiceLibrary:
         meta = {"name": name, "transcript": transcript, "speaker": int(speaker)}
         write_atomic(folder / META_FILE, json.dumps(meta, indent=2) + "\n")
         return self.get(name)
+
+
+MAX_META_BYTES = 1 << 20
+MAX_AUDIO_BYTES = 256 << 20  # minutes of 24 kHz audio; a voice prompt is seconds
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    try:
+        with open_regular_file(path, max_bytes) as stream:
+            return stream.read()
+    except OSError as exc:
+        raise OSError(exc.errno, f"{path}: {exc.strerror or exc}") from None
 
 
 def _fingerprint(audio: bytes, transcript: str, speaker: int) -> str:
