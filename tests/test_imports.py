@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.quality",),  # listens to audio: eSpeak NG pronunciations, decoded files
     ("narrate.manifest",),  # reads manifest files through narrate.storage (gs://)
     ("narrate.sources", "narrate.publish", "narrate.post.detect"),  # sources and sinks of books
-    ("narrate.ledger", "narrate.workers", "narrate.gate"),
+    ("narrate.ledger", "narrate.workers", "narrate.gate", "narrate.checking"),
     ("narrate.rendering",),  # post-processing processes, started like the workers
     ("narrate.run",),
     ("narrate.status", "narrate.doctor"),

@@ -112,6 +112,11 @@ class Phonemizer:
         ]
         self._library = library
 
+    def use_voice(self, voice: str) -> None:
+        """Phonemize in another voice's rules from now on (an accent: en-gb, en-029...)."""
+        if self._library.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise OSError(f"eSpeak NG has no voice {voice!r}")
+
     def phonemes(self, word: str) -> list[str]:
         """IPA phonemes of `word`, stress marks included (e.g. ["n", "ˈɛ", "ð", "ɚ"])."""
         remaining = ctypes.c_char_p(word.encode("utf-8"))
