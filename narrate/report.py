@@ -33,6 +33,7 @@ class BookResult:
     quality_score: float | None = None  # the worst chunk's (1.0: every chunk passed the check)
     chunks_retried: int = 0  # chunks the quality check sent back for another take
     chunk_scores: list[float | None] | None = None  # by chunk index; None: unchecked chunk
+    quality_faults: list[str] | None = None  # "chunk N: what the check heard wrong (times)"
 
     @property
     def below_threshold(self) -> bool:
