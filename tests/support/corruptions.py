@@ -79,16 +79,7 @@ class Speaker:
             raise OSError("eSpeak NG failed to initialize")
         library.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         library.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-        library.espeak_Synth.argtypes = [
-            ctypes.c_char_p,
-            ctypes.c_size_t,
-            ctypes.c_uint,
-            ctypes.c_int,
-            ctypes.c_uint,
-            ctypes.c_uint,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        ]
+        library.espeak_Synth.argtypes = espeak.SYNTH_ARGUMENTS
         self._library = library
         self._pieces: list[bytes] = []
         self._callback = espeak.SynthCallback(self._collect)
@@ -366,8 +357,8 @@ def trials(
     `voices_per_sentence` voices taken in turn from VOICES."""
     everything = {**CLEAN, **CORRUPTIONS}
     chosen = kinds or list(everything)
-    _, held = split(prose())
-    held_out = set(held)
+    corpus = prose()  # other speech (babble, insertions) comes from any sentence of it
+    held_out = set(split(corpus)[1])
     found: list[Trial] = []
     rng = random.Random(seed)
     turn = 0
@@ -375,7 +366,7 @@ def trials(
         for _ in range(voices_per_sentence):
             voice = VOICES[turn % len(VOICES)]
             turn += 1
-            others = [s for s in sentences if s != text and len(_words(s)) >= 6]
+            others = [s for s in corpus if s != text and len(_words(s)) >= 6]
             ctx = Context(speaker(), rng, rng.choice(others), seed=index * 101 + turn)
             for kind in chosen:
                 audio = everything[kind](text, voice, ctx).astype(np.float32)
