@@ -75,6 +75,8 @@ WORD_MIN_PHONES = 4  # and so are words of fewer phones (accents blur them)
 WORD_RELATIVE_LIMIT = -3.5  # and scoring this far below the take's median word (its voice)
 WORD_STRETCH = 2.2  # a word lasting this many times its phones at the take's pace
 WORD_STRETCH_EVIDENCE = -4.0  # and scoring below this was not said either
+WORD_SQUEEZE = 0.6  # a word lasting under this many times its phones at the take's pace
+WORD_SQUEEZE_EVIDENCE = -6.0  # and scoring below this was not said whole
 SPEECH_EVIDENCE_LIMIT = -4.5  # a pause scoring below this holds speech (or babble)
 SPEECH_MIN_S = 0.2  # shortest unexplained speech between words that fails a take
 PASS_SCORE = 1.0  # every passing chunk scores 1.0; a book below it holds a failed chunk
@@ -526,7 +528,12 @@ def _faults(segments: list[_Segment], sound: np.ndarray, duration: float) -> lis
             segment.frames > WORD_STRETCH * phones[index] * pace
             and segment.evidence < WORD_STRETCH_EVIDENCE
         )
-        if segment.frames >= WORD_MIN_FRAMES and (unlike or stretched):
+        squeezed = (  # a word cut short, or said over too little speech
+            phones[index] > 1
+            and segment.frames < WORD_SQUEEZE * phones[index] * pace
+            and segment.evidence < WORD_SQUEEZE_EVIDENCE
+        )
+        if squeezed or (segment.frames >= WORD_MIN_FRAMES and (unlike or stretched)):
             found.append(
                 Fault(
                     "word",
