@@ -878,25 +878,37 @@ def detect(
 
 
 @cli.command()
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--text", default=None, help="the text the audio should say")
-@click.option("--manifest", default=None, help="with --book: the text of a book in this manifest")
-@click.option("--book", "book_id", default=None, help="the book id whose text FILE should say")
-@click.option("--json", "as_json", is_flag=True, help="print the figures as one JSON object")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--text", default=None, help="the text every file should say")
+@click.option("--manifest", default=None, help="the books' text: a file named BOOK_ID.EXT says it")
+@click.option(
+    "--book", "book_ids", multiple=True, help="only this book (repeatable) [default: every book]"
+)
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object per file")
 def check(
-    file: str, text: str | None, manifest: str | None, book_id: str | None, as_json: bool
+    paths: tuple[str, ...],
+    text: str | None,
+    manifest: str | None,
+    book_ids: tuple[str, ...],
+    as_json: bool,
 ) -> None:
-    """Listen to FILE (any format narrate writes): does it say the text? Words aligned,
-    missing words at the end, unexplained sound, a score. Exit 0 when it passes, 1 when not."""
-    from narrate.errors import UsageError
-    from narrate.quality import check_file
-    from narrate.sources import book_text
+    """Listen to audio files (PATHS: files, or folders of them; any format narrate writes):
+    does each say its text? Words aligned, words not said and unexplained speech with their
+    times, unexplained sound, a score. With --manifest, a file named after a book (as narrate
+    names them) says that book; one file and one --book go together whatever the name. Long
+    files are checked chunk by chunk. Exit 0 when every file passes, 1 when not."""
+    from narrate.checking import check_paths
 
-    if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
-        raise UsageError("give either --text, or --manifest with --book")
-    verdict = check_file(file, text if text is not None else book_text(manifest, book_id))
-    click.echo(json.dumps({"file": file, **verdict.to_json()}) if as_json else f"{file}: {verdict}")
-    sys.exit(EXIT_OK if verdict.passed else EXIT_SOME_FAILED)
+    verdicts = check_paths(paths, text=text, manifest=manifest, book_ids=list(book_ids))
+    passed = True
+    for path, verdict in verdicts:
+        passed &= verdict.passed
+        click.echo(
+            json.dumps({"file": path, **verdict.to_json()}) if as_json else f"{path}: {verdict}"
+        )
+        for fault in () if as_json else verdict.faults:
+            click.echo(f"  {fault}")
+    sys.exit(EXIT_OK if passed else EXIT_SOME_FAILED)
 
 
 main = cli

@@ -132,7 +132,8 @@ class QualityGate:
             else:  # the best of the failing takes is kept, and the book is marked
                 _cache(self.cache_uri).put(take, quality_score=verdict.score, takes=count)
         spent = max(t.attempts for t, _ in state.takes)  # attempts, whichever take is kept
-        outcome = ChunkOutcome(take.chunk_id, error, spent, verdict.score, count)
+        faults = "" if verdict.passed else verdict.reason  # names words and spans, with times
+        outcome = ChunkOutcome(take.chunk_id, error, spent, verdict.score, count, faults)
         return Checked(outcome, verdict)
 
     def __len__(self) -> int:

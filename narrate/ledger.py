@@ -26,6 +26,7 @@ class BookJob:
     error: str | None = None
     scores: dict[str, float] = field(default_factory=dict)  # chunk id -> score
     chunks_retried: int = 0  # chunks that needed more than one take to pass (or never did)
+    faults: dict[str, str] = field(default_factory=dict)  # chunk id -> its kept take's faults
 
     @property
     def book_id(self) -> str:
@@ -71,6 +72,8 @@ class Ledger:
             job.retries += outcome.attempts - 1
             if outcome.score is not None:
                 job.scores[outcome.chunk_id] = outcome.score
+            if outcome.faults:
+                job.faults[outcome.chunk_id] = outcome.faults
             job.chunks_retried += outcome.takes > 1
             if outcome.error and job.error is None:
                 index = next(c.index for c in job.planned.chunks if c.chunk_id == outcome.chunk_id)

@@ -145,6 +145,7 @@ class ChunkOutcome:
     attempts: int
     score: float | None = None  # the quality check's score of the kept take; None: unchecked
     takes: int = 1  # takes the quality check heard (more than 1: the chunk needed retries)
+    faults: str = ""  # the kept take failed the check: what it heard wrong, times in the chunk
 
 
 @dataclass(slots=True)

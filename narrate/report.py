@@ -35,6 +35,7 @@ class BookResult:
     chunks_retried: int = 0  # chunks the quality check sent back for another take
     chunk_scores: list[float | None] | None = None  # by chunk index; None: unchecked chunk
     hint: str | None = None  # what to do about a failure, where the error says
+    quality_faults: list[str] | None = None  # "chunk N: what the check heard wrong (times)"
 
     @property
     def below_threshold(self) -> bool:

@@ -72,6 +72,7 @@ from narrate.workers import (
 # a terminal closing (SIGHUP) and Ctrl-\ (SIGQUIT) stop a run as cleanly as SIGTERM and Ctrl-C
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 STOP_BUDGET_S = 13.0  # from the stop signal to the last status flush: Kubernetes kills at 30 s
+QUALITY_FAULTS_CHARS = 1024  # the published object's qualityFaults metadata, at most
 
 
 class DaemonPool:
@@ -484,6 +485,13 @@ class Run:
         if score is not None:
             metadata["qualityScore"] = f"{score:.4f}"
             metadata["qualityRetries"] = str(retried)
+        faults = [
+            f"chunk {chunk.index}: {job.faults[chunk.chunk_id]}"
+            for chunk in job.planned.chunks
+            if chunk.chunk_id in job.faults
+        ]
+        if faults:  # object metadata values are small: the first faults, cut at a bound
+            metadata["qualityFaults"] = "; ".join(faults)[:QUALITY_FAULTS_CHARS]
         seen = {book.book_id: self.seen.pop(book.book_id)} if book.book_id in self.seen else None
         try:
             url = self.outputs.publisher.publish(encoded, metadata, seen)
@@ -503,6 +511,7 @@ class Run:
             quality_score=None if score is None else round(score, 4),
             chunks_retried=retried,
             chunk_scores=None if score is None else [_rounded(s) for s in scores],
+            quality_faults=faults or None,
         )
 
     def _chunk_quality(self, job: BookJob) -> tuple[list[float | None], int]:

@@ -77,13 +77,25 @@ def default_text_root(manifest: str | None, text_root: str | None) -> str | None
 def book_text(manifest: str, book_id: str) -> str:
     """What a book's published audio says: its chunks' normalized text, in order, read from
     the manifest (inline or behind text_uri, with a run's default text root)."""
+    for _, chunks in book_chunks(manifest, [book_id]):
+        return " ".join(chunks)
+    raise AssertionError("unreachable: book_chunks raises for a missing book")
+
+
+def book_chunks(manifest: str, book_ids: list[str] | None) -> Iterator[tuple[str, list[str]]]:
+    """(book id, its chunks' text) of the named books (all: None), in manifest order;
+    UsageError naming a book that is not a valid row."""
     chunking = ChunkingConfig()
     fetch = TextFetcher(default_text_root(manifest, None), chunking.max_text_chars)
+    missing = list(dict.fromkeys(book_ids)) if book_ids is not None else []
     for row in manifest_rows(manifest, max_text_chars=chunking.max_text_chars):
-        if isinstance(row, Book) and row.book_id == book_id:
-            chunks = chunk_book(book_id, fetch(row), config=chunking, engine_fingerprint="")
-            return " ".join(chunk.text for chunk in chunks)
-    raise UsageError(f"book {book_id!r} is not a valid row of {manifest}")
+        if isinstance(row, Book) and (book_ids is None or row.book_id in missing):
+            if book_ids is not None:
+                missing.remove(row.book_id)
+            chunks = chunk_book(row.book_id, fetch(row), config=chunking, engine_fingerprint="")
+            yield row.book_id, [chunk.text for chunk in chunks]
+    if missing:
+        raise UsageError(f"book {missing[0]!r} is not a valid row of {manifest}")
 
 
 class TextUriError(UsageError):

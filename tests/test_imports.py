@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("narrate.manifest",),  # reads manifest files through narrate.storage (gs://)
     ("narrate.sources", "narrate.publish", "narrate.post.detect"),  # sources and sinks of books
     ("narrate.review",),  # the review page: a run report and its files as HTML
-    ("narrate.ledger", "narrate.workers", "narrate.gate"),
+    ("narrate.ledger", "narrate.workers", "narrate.gate", "narrate.checking"),
     ("narrate.rendering",),  # post-processing processes, started like the workers
     ("narrate.run",),
     ("narrate.status", "narrate.doctor"),

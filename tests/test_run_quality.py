@@ -76,6 +76,11 @@ def test_a_chunk_that_fails_the_check_is_retried_then_kept_and_its_book_marked(
     assert clean["chunks_retried"] == 0
     metadata = object_metadata(tmp_path, "marked")
     assert float(metadata["qualityScore"]) < 1.0 and metadata["qualityRetries"] == "1"
+    # what the check heard wrong in the kept take, by chunk, in the report and the metadata
+    (faults,) = marked["quality_faults"]
+    assert faults.startswith("chunk 0: ") and metadata["qualityFaults"] == faults
+    assert clean["quality_faults"] is None
+    assert "qualityFaults" not in object_metadata(tmp_path, "clean")
     assert object_metadata(tmp_path, "clean")["qualityScore"] == "1.0000"
     ready = {e["book_id"]: e for e in events if e["event"] == "book_ready"}
     assert ready["marked"]["quality_score"] < 1.0 and ready["marked"]["chunks_retried"] == 1

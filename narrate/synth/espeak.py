@@ -24,6 +24,17 @@ ESPEAK_RATE = 1  # espeak_PARAMETER: words per minute
 WORDS_PER_MINUTE = 165  # about the 14 characters a second the planner expects
 EXIT_UNAVAILABLE = 3
 
+# espeak_Synth(text, size, position, position_type, end_position, flags, unique_id, user_data)
+SYNTH_ARGUMENTS = [
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+    ctypes.c_uint,
+    ctypes.c_int,
+    ctypes.c_uint,
+    ctypes.c_uint,
+    ctypes.c_void_p,
+    ctypes.c_void_p,
+]
 SynthCallback = ctypes.CFUNCTYPE(
     ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p
 )
@@ -63,16 +74,7 @@ def speak(text: str, voice: str, out) -> None:  # out: binary stream
     library.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
     library.espeak_SetParameter(ESPEAK_RATE, WORDS_PER_MINUTE, 0)
     encoded = text.encode("utf-8") + b"\0"
-    library.espeak_Synth.argtypes = [
-        ctypes.c_char_p,
-        ctypes.c_size_t,
-        ctypes.c_uint,
-        ctypes.c_int,
-        ctypes.c_uint,
-        ctypes.c_uint,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-    ]
+    library.espeak_Synth.argtypes = SYNTH_ARGUMENTS
     status = library.espeak_Synth(
         encoded, len(encoded), 0, POS_CHARACTER, 0, ESPEAK_CHARS_UTF8, None, None
     )
@@ -111,6 +113,11 @@ class Phonemizer:
             ctypes.c_int,
         ]
         self._library = library
+
+    def use_voice(self, voice: str) -> None:
+        """Phonemize in another voice's rules from now on (an accent: en-gb, en-029...)."""
+        if self._library.espeak_SetVoiceByName(voice.encode()) != 0:
+            raise OSError(f"eSpeak NG has no voice {voice!r}")
 
     def phonemes(self, word: str) -> list[str]:
         """IPA phonemes of `word`, stress marks included (e.g. ["n", "ˈɛ", "ð", "ɚ"])."""
