@@ -130,7 +130,9 @@ def test_an_engine_that_cannot_start_for_an_unexpected_reason_is_reported(
     monkeypatch.setattr(narrate.synth, "load_engine", broken_load)
     (failed,) = run_worker(tmp_path, [batch("Hello.")])
     assert failed == WorkerFailed(
-        "cpu", "unexpected ImportError in the engine: libcudnn.so.9: cannot open shared object file"
+        "cpu",
+        "could not start: unexpected ImportError in the engine: "
+        "libcudnn.so.9: cannot open shared object file",
     )
 
 
