@@ -329,8 +329,8 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
         return "year"
     if lower in {"to", "and", "through"} and len(before) >= 2 and _is_year_number(before[-2]):
         return "year"
-    if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() == "it":
-        return "year"  # "It was 1936, and..."
+    if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() in {"it", "year"}:
+        return "year"  # "It was 1936, and...", "The year was 1666"
     if text[start - 1 : start] == "(" and text[end : end + 1] == ")":
         return "year"  # "Alice in Wonderland (1865)"
     after = _word_after(text, end)
@@ -551,6 +551,9 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
 
 
 _NOT_A_LABEL = _Reading(None, "")
+_LEFT_PHONE = _Reading(None, "telephone number after dial or call")
+_DIAL_WORDS = frozenset("dial dialled dialed dialling dialing".split())
+_CALL_WORDS = frozenset("call called calling ring rang phone phoned telephone".split())
 
 
 def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) -> _Reading:
@@ -559,6 +562,18 @@ def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) 
     none of these."""
     previous = _bare(before[-1])
     lower = previous.lower().rstrip(".")
+    if lower in _DIAL_WORDS or (lower in _CALL_WORDS and len(m["whole"]) >= 3):
+        return _LEFT_PHONE  # "dial 999", "call 911": digits, not nine hundred and ninety-nine
+    if (
+        lower in _TIME_WORDS
+        and len(m["whole"]) == 4
+        and number // 100 <= 24
+        and number % 100 < 60
+        and _word_after(text, m.end()) == "hours"
+    ):
+        hour, minute = divmod(number, 100)  # "by 1800 hours": eighteen hundred hours
+        spoken = f"{_cardinal(hour)} hundred" if minute == 0 else _clock_minutes(hour, minute)
+        return _Reading(spoken, "24-hour clock")
     if lower in _YEAR_WORDS:
         return _NOT_A_LABEL  # "Christmas 1914", "In 1815"
     if lower in _COUNTING_WORDS and before[-1] == previous:
@@ -798,8 +813,56 @@ _STRONG_CONTEXTS = frozenset(
 _AFTER_NUMERAL = frozenset(
     "of and is in the to ends begins opens closes covers describes deals contains".split()
 )
+# After a monarch's name "I" may be the pronoun after a fronted object ("Anne I never liked",
+# "John I met later"): it is the numeral before punctuation, a capitalized word or one of
+# _AFTER_REGNAL_I, or before a verb with an object; before a verb with none, only when the verb
+# takes none ("Elizabeth I never married."). Otherwise the letter as written is better than a
+# wrong "the first".
+_AFTER_REGNAL_I = frozenset(
+    "of and or in to at on by for with from who whose whom which that was is became the as".split()
+)
+# adverbs, and "had" before a participle: "Paul I had never trusted."
+_REGNAL_ADVERBS = (
+    "never|always|often|once|also|then|later|soon|finally|still|rarely|seldom|only|had"
+)
+_AFTER_I = re.compile(
+    rf"[ \t]+(?P<adverbs>(?:(?:{_REGNAL_ADVERBS})[ \t]+)*)(?P<verb>[a-z][a-z']*)"
+    r"(?:[ \t]+(?P<next>[a-z]+))?"
+)
+_INTRANSITIVE = frozenset(
+    "married remarried died abdicated reigned ruled fled returned succeeded converted "
+    "recovered surrendered escaped prevailed triumphed".split()
+)
+# after "NAME I verb", these say no object follows the verb: the object came first
+_NO_OBJECT = frozenset(
+    "later again first once well best most least there here then too since before twice only "
+    "myself now yet very so in at on to from with by for about after into of".split()
+)
+
+
+def _regnal_i(text: str, end: int) -> bool:
+    """ "I" right after a monarch's name (ending at `end`) is the numeral."""
+    m = _AFTER_I.match(text, end)
+    if not m:
+        return True  # "Charles I.", "Charles I, king of", "Henry I Beauclerc"
+    verb = m["verb"]
+    if not m["adverbs"] and verb in _AFTER_REGNAL_I:
+        return True
+    if verb in _PRONOUN_VERBS or _CONTRACTION.match(text, end):
+        return False
+    follower = m["next"]
+    if follower is None:  # punctuation or a capital after the verb
+        nxt = text[m.end() : m.end() + 2].lstrip(" \t")
+        return verb in _INTRANSITIVE or nxt[:1].isupper()
+    if follower in _NO_OBJECT or follower.endswith("ly"):
+        return verb in _INTRANSITIVE
+    return True  # "Edward I built castles", "Mary I restored the old religion"
+
+
 _NOT_REGNAL = frozenset("Malcolm Generation Planet Brand Project Model".split())
 _ROMAN = re.compile(r"(?P<numeral>[IVXLCDM]+)(?![\w])")
+_LETTER_LABELS = frozenset("LCDM")
+_PHRASE_END = re.compile(r"[.,;:!?)\]]")
 _ROMAN_FORM = re.compile(r"M{0,3}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})")
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _WORD_BEFORE = re.compile(r"(?P<word>[A-Za-z]+)(?P<period>\.?)[ \t]*\n?[ \t]*\Z")
@@ -828,7 +891,11 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
         return None  # "I'm", "I'll"
     word = before["word"]
     after = _word_after(text, m.end())
-    if word.lower() in _CARDINAL_CONTEXTS and (word[0].isupper() or numeral != "I"):
+    if word.lower() in _CARDINAL_CONTEXTS and numeral in _LETTER_LABELS:
+        return None  # "Part D", "Appendix C", "Section L": a letter, not 500, 100, 50
+    if word.lower() in _CARDINAL_CONTEXTS and (
+        word[0].isupper() or numeral != "I" or _ends_phrase(text, m.end())
+    ):
         if numeral == "I" and not _numeral_i(text, at, after, word):
             return _LEFT_PRONOUN  # "Part I understood", "War I could understand"
         return _Reading(_cardinal(_roman_value(numeral)), "Roman numeral after a context word")
@@ -839,14 +906,21 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
         return None
     if word in _SENTENCE_STARTERS or word in _NOT_REGNAL:
         return None
+    if word.endswith("s") and word.lower()[:-1] in _CARDINAL_CONTEXTS:
+        return None  # "Chapters III and IV": a list, not a monarch ("Chapters the third")
     if len(numeral) == 1 and word not in _REGNAL_NAMES:
         return None  # "Malcolm X", "Brand X"
-    if numeral == "I" and after and after.lower() in _PRONOUN_VERBS:
-        return _LEFT_PRONOUN
+    if numeral == "I" and not _regnal_i(text, m.end()):
+        return _LEFT_PRONOUN  # "Anne I never liked", "John I met later": the pronoun
     value = _roman_value(numeral)
     if not set(numeral) <= {"I", "V", "X"} or value > 39:
         return None
     return _Reading(f"the {_ordinal(value)}", "regnal number")
+
+
+def _ends_phrase(text: str, end: int) -> bool:
+    """Punctuation right after a numeral: "than type I." (no pronoun ends a phrase there)."""
+    return bool(_PHRASE_END.match(text, end))
 
 
 def _numeral_i(text: str, at: int, after: str | None, context: str) -> bool:
@@ -1161,6 +1235,8 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
         return reading
     words = reading.spoken
     opening = m["open"][:-1] if m["decade"] and m["open"].endswith("'") else m["open"]
+    if _short_year(text, m):
+        opening = m["open"][:-1]  # "divorced in '61": sixty-one, the apostrophe unspoken
     dot = (
         m["meridiem"]
         or m["time_meridiem"]
@@ -1172,6 +1248,16 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if dot.endswith(".") and _capital_follows(text, m.end()):
         words += "."
     return _Reading(opening + words, reading.rule)
+
+
+def _short_year(text: str, m: re.Match[str]) -> bool:
+    """ "in '61", "since '05": a year with its century cut off, after a year word."""
+    if not m["open"].endswith("'") or not m["whole"] or len(m["whole"]) != 2:
+        return False
+    if m["fraction"] or m["minus"] or m["percent"] or m["unit"] or m["dotted"] or m["tail"]:
+        return False
+    before = _words_before(text, m.start())
+    return bool(before) and before[-1].lower() in _YEAR_WORDS
 
 
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"

@@ -31,6 +31,11 @@ def corpus_rows(name: str) -> list[list[str]]:
 
 PAIRS = corpus_rows("spoken_pairs.tsv")
 UNCHANGED_PROSE = corpus_rows("unchanged.tsv")
+# written before the rules were read, as an outside evaluation would: a few of its readings
+# are still left as written or half read (printed by bench/spoken.py), so it is held to the
+# pairs target as a whole, and to every unchanged sentence
+HOLDOUT_PAIRS = corpus_rows("holdout_pairs.tsv")
+HOLDOUT_UNCHANGED = corpus_rows("holdout_unchanged.tsv")
 GENRES = {"fiction", "history", "biography", "cookery", "science", "travel"}
 
 
@@ -50,6 +55,19 @@ def test_book_prose_is_read_as_an_editor_would_read_it(
 
 @pytest.mark.parametrize(("genre", "written"), UNCHANGED_PROSE)
 def test_book_prose_with_nothing_certain_to_read_comes_out_unchanged(
+    genre: str, written: str
+) -> None:
+    assert spoken_text(written) == written
+
+
+def test_held_out_book_prose_reads_at_least_95_percent_of_its_pairs_as_the_editor_would() -> None:
+    assert len(HOLDOUT_PAIRS) >= 120 and {genre for genre, *_ in HOLDOUT_PAIRS} == GENRES
+    right = sum(spoken_text(written) == spoken for _, written, spoken in HOLDOUT_PAIRS)
+    assert right >= 0.95 * len(HOLDOUT_PAIRS)
+
+
+@pytest.mark.parametrize(("genre", "written"), HOLDOUT_UNCHANGED)
+def test_held_out_prose_with_nothing_certain_to_read_comes_out_unchanged(
     genre: str, written: str
 ) -> None:
     assert spoken_text(written) == written
@@ -264,6 +282,48 @@ def test_model_numbers_initials_and_the_pronoun_i_are_never_read_as_quantities()
         "War I could understand. Part I understood. World War one ended."
     )
     assert speak("Part I: The Old House") == "Part one: The Old House"
+
+
+def test_i_after_a_monarchs_name_stays_the_pronoun_when_its_verb_has_no_object_after_it() -> None:
+    # the object came first: "the first" would be a wrong word the listener hears
+    for text in (
+        "Anne I never liked, but her sister was kind.",
+        "Charles I always admired, his son less so.",
+        "John I met later in Paris.",
+        "Paul I had never trusted.",
+        "Louis I once saw at Versailles.",
+    ):
+        assert speak(text) == text
+    assert speak(
+        "Elizabeth I never married. Edward I built castles. Charles I had three sons."
+    ) == (
+        "Elizabeth the first never married. Edward the first built castles. "
+        "Charles the first had three sons."
+    )
+    assert speak("Henry I married Matilda; Charles I fled to Oxford.") == (
+        "Henry the first married Matilda; Charles the first fled to Oxford."
+    )
+
+
+def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
+    text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
+    assert speak(text) == text
+    assert speak("It is far rarer than type I.") == "It is far rarer than type one."
+    assert speak("Chapter XL opens at sea.") == "Chapter forty opens at sea."
+
+
+def test_phone_numbers_24_hour_times_and_cut_years_read_as_what_they_are() -> None:
+    assert speak("Call 999 or dial 0 for the operator.") == "Call 999 or dial 0 for the operator."
+    assert speak("He called 3 witnesses.") == "He called three witnesses."
+    assert speak("By 1800 hours the guns stopped; at 1930 hours they began.") == (
+        "By eighteen hundred hours the guns stopped; at nineteen thirty hours they began."
+    )
+    assert speak("He logged 1500 hours of flight.") == (
+        "He logged one thousand five hundred hours of flight."
+    )
+    assert speak("The year was 1666. She divorced in '61.") == (
+        "The year was sixteen sixty-six. She divorced in sixty-one."
+    )
 
 
 def test_abbreviations_before_numbers_neither_capitalise_nor_split_sentences() -> None:
