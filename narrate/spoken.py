@@ -696,8 +696,12 @@ _BEFORE_NUMBERS = {
     "pp": "pages",
     "Vol": "Volume",
     "vol": "volume",
+    "Vols": "Volumes",
+    "vols": "volumes",
     "Fig": "Figure",
     "fig": "figure",
+    "Figs": "Figures",
+    "figs": "figures",
     "Ch": "Chapter",
     "ch": "chapter",
     "c": "circa",
@@ -733,7 +737,12 @@ def _abbreviation_words(text: str, m: re.Match[str]) -> _Reading | None:
         spoken = "Street"
     elif written == "Dr" and not name_follows:
         before = _word_before(text, m.start())
-        if before and before["word"][0].isupper() and not before["period"]:
+        if (
+            before
+            and before["word"][0].isupper()
+            and not before["period"]
+            and before["word"] not in _SENTENCE_STARTERS  # "The Dr. was late": a doctor
+        ):
             spoken = "Drive"
     if (spoken in _MAY_END_SENTENCE or written in _MAY_END_SENTENCE) and _capital_follows(
         text, m.end()
@@ -1262,7 +1271,7 @@ def _short_year(text: str, m: re.Match[str]) -> bool:
 
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"
 _ABBREVIATED_BEFORE = re.compile(
-    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|ch|vol|fig|art|sec|op|para|ed|eq|ref|cf|c|ca|"
+    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|ch|vol|vols|fig|figs|art|sec|op|para|ed|eq|ref|cf|c|ca|"
     r"approx|ft|in|oz|lb|lbs|tbsp|tsp|min|hr)\.\s+\Z",
     re.IGNORECASE,
 )

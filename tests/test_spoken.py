@@ -335,6 +335,17 @@ def test_abbreviations_before_numbers_neither_capitalise_nor_split_sentences() -
     ]
 
 
+def test_plural_abbreviations_before_numbers_read_in_their_sentence_and_the_dr_is_a_doctor() -> (
+    None
+):
+    assert speak("Vols. 1-3 are out of print; see Figs. 2 and 3.") == (
+        "Volumes one to three are out of print; see Figures two and three."
+    )
+    assert speak("The Dr. was late. He lives on Mulholland Dr. now.") == (
+        "The Doctor was late. He lives on Mulholland Drive now."
+    )
+
+
 def test_forms_left_as_written_are_counted_and_explained_with_their_reason() -> None:
     text = "In 1815 the 1861 book and the Boeing 747 of John V. Lindsay; Part I understood."
     spoken, left = speak_counted(text)
