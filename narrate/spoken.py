@@ -119,6 +119,7 @@ _UNITS: dict[str, tuple[str, str]] = {
     "lb": ("pound", "pounds"),
     "lbs": ("pound", "pounds"),
     "oz": ("ounce", "ounces"),
+    "st": ("stone", "stone"),  # "3 st. 4 lb."
     "ml": ("milliliter", "milliliters"),
     "tbsp": ("tablespoon", "tablespoons"),
     "tsp": ("teaspoon", "teaspoons"),
@@ -694,6 +695,7 @@ _BEFORE_NUMBERS = {
     "nos": "numbers",
     "p": "page",
     "pp": "pages",
+    "pg": "page",
     "Vol": "Volume",
     "vol": "volume",
     "Vols": "Volumes",
@@ -1271,8 +1273,8 @@ def _short_year(text: str, m: re.Match[str]) -> bool:
 
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"
 _ABBREVIATED_BEFORE = re.compile(
-    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|ch|vol|vols|fig|figs|art|sec|op|para|ed|eq|ref|cf|c|ca|"
-    r"approx|ft|in|oz|lb|lbs|tbsp|tsp|min|hr)\.\s+\Z",
+    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|pg|ch|vol|vols|fig|figs|ex|pt|bk|col|fn|art|sec|op|para|ed|eq|ref|cf|c|ca|"
+    r"approx|ft|in|oz|lb|lbs|st|tbsp|tsp|min|hr)\.\s+\Z",
     re.IGNORECASE,
 )
 

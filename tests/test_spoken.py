@@ -344,6 +344,11 @@ def test_plural_abbreviations_before_numbers_read_in_their_sentence_and_the_dr_i
     assert speak("The Dr. was late. He lives on Mulholland Dr. now.") == (
         "The Doctor was late. He lives on Mulholland Drive now."
     )
+    text = "On pg. 45, Ex. 3 and col. 2 show it; she weighed 9 st. 4 lb. Then she ran."
+    assert split_sentences(spoken_text(text)) == [
+        "On page forty-five, Ex. three and col. two show it; she weighed nine stone four pounds.",
+        "Then she ran.",
+    ]
 
 
 def test_forms_left_as_written_are_counted_and_explained_with_their_reason() -> None:
