@@ -1163,6 +1163,8 @@ def _speak(
     marks = _textcore.spoken_marks(
         text, _ABBREVIATION_WORDS, _CONTEXT_WORDS, compiled.words if compiled else None
     )
+    if " & " in text:  # the text core does not mark it; a search of the text finds it
+        marks = sorted({*marks, *(m.start() + 1 for m in _AMPERSAND.finditer(text))})
     if not marks:
         return text, 0
     parts: list[str] = []
@@ -1208,6 +1210,8 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
     """(end, reading) of what starts at `at`, or None when no rule recognises it."""
     if lexicon and (entry := _lexicon_at(text, at, lexicon)):
         return entry[0], _Reading(entry[1], "lexicon")
+    if text[at] == "&":
+        return at + 1, _AMPERSAND_READING
     if text[at] in _ROMAN_LETTERS and (m := _ROMAN.match(text, at)):
         reading = _roman_words(text, at, m)
     elif m := _ABBREVIATION.match(text, at):
@@ -1220,6 +1224,9 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
 
 
 _ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
+# "Dawson & Sons", "salt & pepper": between spaces "&" is always "and" ("AT&T", "R&D" stay)
+_AMPERSAND = re.compile(r"\s&(?=\s)")
+_AMPERSAND_READING = _Reading("and", "ampersand")
 
 
 # matched text -> reading, for the forms whose reading does not depend on their context (all

@@ -351,6 +351,12 @@ def test_plural_abbreviations_before_numbers_read_in_their_sentence_and_the_dr_i
     ]
 
 
+def test_an_ampersand_between_words_reads_and_but_one_inside_a_name_stays() -> None:
+    assert speak("Dawson & Sons sold salt & pepper to AT&T and R&D.") == (
+        "Dawson and Sons sold salt and pepper to AT&T and R&D."
+    )
+
+
 def test_forms_left_as_written_are_counted_and_explained_with_their_reason() -> None:
     text = "In 1815 the 1861 book and the Boeing 747 of John V. Lindsay; Part I understood."
     spoken, left = speak_counted(text)
