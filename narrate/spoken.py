@@ -1163,7 +1163,7 @@ def _speak(
     marks = _textcore.spoken_marks(
         text, _ABBREVIATION_WORDS, _CONTEXT_WORDS, compiled.words if compiled else None
     )
-    if " & " in text:  # the text core does not mark it; a search of the text finds it
+    if "&" in text:  # the text core does not mark it (a one-character search is a memchr)
         marks = sorted({*marks, *(m.start() + 1 for m in _AMPERSAND.finditer(text))})
     if not marks:
         return text, 0
