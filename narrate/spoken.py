@@ -909,6 +909,14 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
     ):
         if numeral == "I" and not _numeral_i(text, at, after, word):
             return _LEFT_PRONOUN  # "Part I understood", "War I could understand"
+        if (
+            numeral == "I"
+            and after
+            and after[0].islower()
+            and after not in _AFTER_NUMERAL
+            and _determiner_before(text, before.start())
+        ):
+            return _LEFT_PRONOUN  # "The Section I worked in": a relative clause
         return _Reading(_cardinal(_roman_value(numeral)), "Roman numeral after a context word")
     initial = _INITIAL_AFTER.match(text, m.end())
     if len(numeral) == 1 and initial and initial["word"] not in _SENTENCE_STARTERS:
@@ -921,12 +929,23 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
         return None  # "Chapters III and IV": a list, not a monarch ("Chapters the third")
     if len(numeral) == 1 and word not in _REGNAL_NAMES:
         return None  # "Malcolm X", "Brand X"
+    if word not in _REGNAL_NAMES and _determiner_before(text, before.start()):
+        return None  # "The Apple II", "the Godfather II": a product or a title, not a man
     if numeral == "I" and not _regnal_i(text, m.end()):
         return _LEFT_PRONOUN  # "Anne I never liked", "John I met later": the pronoun
     value = _roman_value(numeral)
     if not set(numeral) <= {"I", "V", "X"} or value > 39:
         return None
     return _Reading(f"the {_ordinal(value)}", "regnal number")
+
+
+_DETERMINERS = frozenset("the a an this that these those his her their my our your its".split())
+
+
+def _determiner_before(text: str, at: int) -> bool:
+    """The word before `at` is a determiner ("the", "his"...)."""
+    before = _word_before(text, at)
+    return bool(before) and not before["period"] and before["word"].lower() in _DETERMINERS
 
 
 def _ends_phrase(text: str, end: int) -> bool:

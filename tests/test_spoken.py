@@ -305,6 +305,14 @@ def test_i_after_a_monarchs_name_stays_the_pronoun_when_its_verb_has_no_object_a
     )
 
 
+def test_after_a_determiner_a_numeral_names_a_thing_and_i_starts_a_relative_clause() -> None:
+    for text in ("The Section I worked in was closed.", "The Apple II sold well."):
+        assert speak(text) == text
+    assert speak("The Emperor Charles V abdicated; Thurston Howell III paid.") == (
+        "The Emperor Charles the fifth abdicated; Thurston Howell the third paid."
+    )
+
+
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
     text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
     assert speak(text) == text
