@@ -433,7 +433,8 @@ def _british_time(text: str, m: re.Match[str]) -> bool:
     if m["meridiem"]:
         return True
     before = _words_before(text, m.start())
-    return bool(before) and before[-1].lower() in _TIME_WORDS
+    # "the 6.30 train", "the 10.30 from Euston": a departure, not six point three zero
+    return bool(before) and before[-1].lower() in {*_TIME_WORDS, "the"}
 
 
 def _clock(m: re.Match[str]) -> str | None:

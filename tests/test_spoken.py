@@ -313,6 +313,13 @@ def test_after_a_determiner_a_numeral_names_a_thing_and_i_starts_a_relative_clau
     )
 
 
+def test_a_departure_after_the_is_a_clock_time_not_a_decimal() -> None:
+    assert speak("The 6.30 train and the 10.30 from Euston.") == (
+        "The six thirty train and the ten thirty from Euston."
+    )
+    assert speak("The 2.75 figure.") == "The two point seven five figure."
+
+
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
     text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
     assert speak(text) == text
