@@ -186,6 +186,8 @@ _NUMBER = re.compile(
             (?:\s(?P<scale>{"|".join(_SCALES)})\b)?
       | (?P<hour>\d{{1,2}}):(?P<minute>[0-5]\d)(?:\s?(?P<time_meridiem>{_MERIDIEM}))?
       | (?P<feet>\d)'(?P<inches>\d{{1,2}})"
+      | (?P<range_low>\d{{1,2}})-(?P<range_whole>\d{{1,2}})\s
+            (?P<range_numerator>\d)[/\u2044](?P<range_denominator>\d{{1,2}})
       | (?P<low>\d{{1,4}})-(?P<high>\d{{1,4}}){_unit("_range")}?
       | (?:(?P<mixed>\d{{1,2}})\s)?(?P<numerator>\d{{1,2}})[/\u2044](?P<denominator>\d{{1,2}})
             {_unit("_fraction")}?
@@ -398,6 +400,8 @@ def _number_reading(text: str, m: re.Match[str]) -> _Reading | None:
             return None
         feet = f"{_cardinal(int(m['feet']))} feet"
         return _Reading(f"{feet} {_cardinal(inches)} inch{'' if inches == 1 else 'es'}", "feet")
+    if m["range_low"]:
+        return _range_to_fraction(m)
     if m["low"]:
         return _range(text, m)
     if m["denominator"]:
@@ -482,6 +486,24 @@ def _range(text: str, m: re.Match[str]) -> _Reading | None:
     return _Reading(f"{_cardinal(first)} to {_cardinal(last)}{_unit_words(m, last)}", "range")
 
 
+def _range_to_fraction(m: re.Match[str]) -> _Reading | None:
+    """ "1-1½ hours" (NFKC: "1-1 1⁄2"): one to one and a half."""
+    low, whole = int(m["range_low"]), int(m["range_whole"])
+    numerator, denominator = int(m["range_numerator"]), int(m["range_denominator"])
+    if denominator not in _DENOMINATORS or not 0 < numerator < denominator or low > whole:
+        return None
+    return _Reading(
+        f"{_cardinal(low)} to {_cardinal(whole)} and {_mixed_part(numerator, denominator)}",
+        "range",
+    )
+
+
+def _mixed_part(numerator: int, denominator: int) -> str:
+    """The fraction after "and": "a half", "three quarters"."""
+    part = _fraction_words(numerator, denominator)
+    return "a " + part.split(" ", 1)[1] if numerator == 1 else part
+
+
 def _fraction_words(numerator: int, denominator: int) -> str:
     one, many = _FRACTIONS.get(denominator, (None, None))
     if one is None:
@@ -496,9 +518,7 @@ def _fraction(m: re.Match[str]) -> _Reading | None:
         return None
     if m["mixed"]:
         whole = int(m["mixed"])
-        part = _fraction_words(numerator, denominator)
-        if numerator == 1:
-            part = "a " + part.split(" ", 1)[1]
+        part = _mixed_part(numerator, denominator)
         return _Reading(f"{_cardinal(whole)} and {part}{_unit_words(m, 2)}", "fraction")
     words = _fraction_words(numerator, denominator)
     return _Reading(words + _unit_words(m, 1), "fraction")

@@ -320,6 +320,12 @@ def test_a_departure_after_the_is_a_clock_time_not_a_decimal() -> None:
     assert speak("The 2.75 figure.") == "The two point seven five figure."
 
 
+def test_a_range_that_ends_in_a_mixed_fraction_reads_as_one_range() -> None:
+    assert spoken_text("Prove for 1-1½ hours; use 2-2 1/2 cups.") == (
+        "Prove for one to one and a half hours; use two to two and a half cups."
+    )
+
+
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
     text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
     assert speak(text) == text
