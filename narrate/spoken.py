@@ -858,7 +858,7 @@ _REGNAL_ADVERBS = (
     "never|always|often|once|also|then|later|soon|finally|still|rarely|seldom|only|had"
 )
 _AFTER_I = re.compile(
-    rf"[ \t]+(?P<adverbs>(?:(?:{_REGNAL_ADVERBS})[ \t]+)*)(?P<verb>[a-z][a-z']*)"
+    rf"[ \t]+(?P<adverbs>(?:(?:{_REGNAL_ADVERBS}|[a-z]+ly)[ \t]+)*)(?P<verb>[a-z][a-z']*)"
     r"(?:[ \t]+(?P<next>[a-z]+))?"
 )
 _INTRANSITIVE = frozenset(
@@ -868,20 +868,34 @@ _INTRANSITIVE = frozenset(
 # after "NAME I verb", these say no object follows the verb: the object came first
 _NO_OBJECT = frozenset(
     "later again first once well best most least there here then too since before twice only "
-    "myself now yet very so in at on to from with by for about after into of".split()
+    "myself now yet very so away home back out off up down in at on to from with by for about "
+    "after into of".split()
 )
 
 
-def _regnal_i(text: str, end: int) -> bool:
+# "To Peter I owe everything", "Like Edward I was tired": after a preposition the name ends a
+# phrase, and "I" starts the clause unless a preposition or punctuation follows it
+_PREPOSITIONS = frozenset("to with for like unlike than from about without".split())
+_AFTER_PREPOSITION_AND_I = _AFTER_REGNAL_I - {"was", "is", "became"}
+
+
+def _preposition_before(text: str, at: int) -> bool:
+    before = _word_before(text, at)
+    return bool(before) and not before["period"] and before["word"].lower() in _PREPOSITIONS
+
+
+def _regnal_i(text: str, end: int, after_preposition: bool) -> bool:
     """ "I" right after a monarch's name (ending at `end`) is the numeral."""
     m = _AFTER_I.match(text, end)
     if not m:
         return True  # "Charles I.", "Charles I, king of", "Henry I Beauclerc"
     verb = m["verb"]
+    if after_preposition:
+        return not m["adverbs"] and verb in _AFTER_PREPOSITION_AND_I
     if not m["adverbs"] and verb in _AFTER_REGNAL_I:
         return True
-    if verb in _PRONOUN_VERBS or _CONTRACTION.match(text, end):
-        return False
+    if verb in _PRONOUN_VERBS or "'" in verb or _CONTRACTION.match(text, end):
+        return False  # "David I haven't seen in years"
     follower = m["next"]
     if follower is None:  # punctuation or a capital after the verb
         nxt = text[m.end() : m.end() + 2].lstrip(" \t")
@@ -952,7 +966,7 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
         return None  # "Malcolm X", "Brand X"
     if word not in _REGNAL_NAMES and _determiner_before(text, before.start()):
         return None  # "The Apple II", "the Godfather II": a product or a title, not a man
-    if numeral == "I" and not _regnal_i(text, m.end()):
+    if numeral == "I" and not _regnal_i(text, m.end(), _preposition_before(text, before.start())):
         return _LEFT_PRONOUN  # "Anne I never liked", "John I met later": the pronoun
     value = _roman_value(numeral)
     if not set(numeral) <= {"I", "V", "X"} or value > 39:
