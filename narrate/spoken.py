@@ -192,6 +192,7 @@ _NUMBER = re.compile(
       | (?:(?P<mixed>\d{{1,2}})\s)?(?P<numerator>\d{{1,2}})[/\u2044](?P<denominator>\d{{1,2}})
             {_unit("_fraction")}?
       | (?P<ordinal>{_INT})(?P<suffix>st|nd|rd|th){_hyphenated("_ordinal")}
+      | (?P<pennies>[1-9]\d{{0,2}})p
       | (?P<decade>'?(?:1\d|20)?\d0)'?s
       | (?P<minus>-)?(?P<whole>{_INT})(?:\.(?P<fraction>\d+))?
             (?:(?P<percent>%)|\s?(?P<meridiem>{_MERIDIEM})|{_unit("")}|{_hyphenated("")})?
@@ -388,6 +389,8 @@ def _number_reading(text: str, m: re.Match[str]) -> _Reading | None:
     counted)."""
     if m["shillings"] or m["old_shillings"]:
         return _Reading(_old_money(m), "pre-decimal money")
+    if m["pennies"]:
+        return _pennies(text, m)
     if m["currency"]:
         money = _money(m["currency"], m["amount"], m["cents"], m["scale"])
         return _Reading(money, "money") if money else None
@@ -661,6 +664,20 @@ def _money(symbol: str, amount: str, cents: str | None, scale: str | None) -> st
     if cents and int(cents):
         parts.append(f"{_cardinal(int(cents))} {hundredth if int(cents) == 1 else hundredths}")
     return " and ".join(parts)
+
+
+# "the 2p orbital": an electron's subshell, not two pence
+_SUBSHELL_WORDS = frozenset(
+    "orbital orbitals electron electrons shell subshell state states".split()
+)
+
+
+def _pennies(text: str, m: re.Match[str]) -> _Reading | None:
+    """ "99p", "a 10p coin": pence (British decimal money)."""
+    if _word_after(text, m.end()) in _SUBSHELL_WORDS:
+        return None
+    count = int(m["pennies"])
+    return _Reading(f"{_cardinal(count)} {'penny' if count == 1 else 'pence'}", "pence")
 
 
 def _old_money(m: re.Match[str]) -> str:
@@ -1284,7 +1301,7 @@ _AMPERSAND_READING = _Reading("and", "ampersand")
 
 
 # matched text -> reading, for the forms whose reading does not depend on their context (all
-# but plain numbers and decades): books repeat their sums, times and dates
+# but plain numbers, decades and pence): books repeat their sums, times and dates
 _READINGS: dict[str, _Reading | None] = {}
 _UNREAD = _Reading(None, "")
 
@@ -1295,7 +1312,7 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if m["hour"] and not m["time_meridiem"] and _after_name(text, m):
         # "John 3:16", "Genesis 1:1": a chapter and a verse, not a clock time
         return _Reading(f"{_cardinal(int(m['hour']))} {_cardinal(int(m['minute']))}", "verse")
-    if m["whole"] is None and m["decade"] is None:
+    if m["whole"] is None and m["decade"] is None and m["pennies"] is None:
         reading = _READINGS.get(m.group(), _UNREAD)
         if reading is _UNREAD:
             reading = _number_reading(text, m)

@@ -335,6 +335,12 @@ def test_a_range_that_ends_in_a_mixed_fraction_reads_as_one_range() -> None:
     )
 
 
+def test_pence_written_with_a_p_read_as_pence_but_an_orbital_stays() -> None:
+    assert speak("The 2p orbital fills; petrol was 99p, a 2p coin and 1p.") == (
+        "The 2p orbital fills; petrol was ninety-nine pence, a two pence coin and one penny."
+    )
+
+
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
     text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
     assert speak(text) == text
