@@ -1289,12 +1289,24 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
         reading = _abbreviation_words(text, m)
     elif m := _NUMBER.match(text, at):
         reading = _number_spoken(text, m)
+    elif m := _ISOTOPE.match(text, at):
+        mass = int(m["mass"])
+        reading = _Reading(
+            f"{m['element']}-{_year(mass) if mass >= 100 else _cardinal(mass)}", "isotope"
+        )
     else:
         return None
     return None if reading is None else (m.end(), reading)
 
 
 _ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
+# "carbon-14", "uranium-235": an element and its mass number (carbon-fourteen, uranium-two
+# thirty-five, as physicists say them)
+_ISOTOPE = re.compile(
+    r"(?P<element>carbon|uranium|plutonium|iodine|cobalt|strontium|caesium|cesium|potassium|"
+    rf"radium|thorium|tritium|argon|nitrogen|oxygen|hydrogen|helium|lead)-(?P<mass>[1-9]\d{{0,2}}){_TOKEN_END}",
+    re.IGNORECASE,
+)
 # "Dawson & Sons", "salt & pepper": between spaces "&" is always "and" ("AT&T", "R&D" stay)
 _AMPERSAND = re.compile(r"\s&(?=\s)")
 _AMPERSAND_READING = _Reading("and", "ampersand")

@@ -341,6 +341,12 @@ def test_pence_written_with_a_p_read_as_pence_but_an_orbital_stays() -> None:
     )
 
 
+def test_an_isotope_reads_its_mass_number_as_physicists_say_it() -> None:
+    assert speak("Carbon-14 dating; uranium-235 and Catch-22.") == (
+        "Carbon-fourteen dating; uranium-two thirty-five and Catch-22."
+    )
+
+
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
     text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
     assert speak(text) == text
