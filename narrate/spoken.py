@@ -260,6 +260,13 @@ _YEAR_OF = frozenset(
     "session peace reform strike coup mutiny raid winter".split()
     + [m.lower() for m in _MONTHS]
 )
+# events named by their year: "the 1944 landings", "the 1848 revolutions" (not counts)
+_EVENT_NOUNS = frozenset(
+    "landing landings revolution revolutions election elections riots uprising uprisings "
+    "rebellion crash flood floods famine earthquake olympics games war campaign census reforms "
+    "massacre plague fire mutiny coup invasion treaty exhibition depression crisis panic season "
+    "championship championships cup final finals tour truce armistice".split()
+)
 _ERA_AFTER = re.compile(r"\s*(?:BCE?|AD|CE|B\.C\.(?:E\.)?|A\.D\.|C\.E\.)(?!\w)")
 # plurals that do not end in "s", and words ending in "s" that are not plurals
 _PLURALS = frozenset("men women people children feet teeth mice geese sheep cattle".split())
@@ -324,7 +331,10 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
         and before[-1].rstrip(",").rstrip("stndrh").isdigit()
     ):
         return "year"
-    if _counted_noun(_word_after(text, end)):
+    following = _word_after(text, end)
+    if following in _EVENT_NOUNS and previous.lower() in _DETERMINERS:
+        return "year"  # "the 1944 landings", "the 1960 election": an event of that year
+    if _counted_noun(following):
         return "count"
     lower = previous.lower().rstrip(".")
     if lower in _YEAR_WORDS:
@@ -1363,7 +1373,7 @@ def _short_year(text: str, m: re.Match[str]) -> bool:
 
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"
 _ABBREVIATED_BEFORE = re.compile(
-    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|pg|ch|vol|vols|fig|figs|ex|pt|bk|col|fn|art|sec|op|para|ed|eq|ref|cf|c|ca|"
+    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|pg|ch|vol|vols|fig|figs|ex|pt|bk|col|fn|mon|tues|wed|thur|thurs|fri|art|sec|op|para|ed|eq|ref|cf|c|ca|"
     r"approx|ft|in|oz|lb|lbs|st|tbsp|tsp|min|hr)\.\s+\Z",
     re.IGNORECASE,
 )

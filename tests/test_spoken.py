@@ -347,6 +347,14 @@ def test_an_isotope_reads_its_mass_number_as_physicists_say_it() -> None:
     )
 
 
+def test_an_event_named_by_its_year_reads_the_year_and_a_count_stays_a_count() -> None:
+    assert speak("The 1944 landings and the 1960 election; the 1250 soldiers.") == (
+        "The nineteen forty-four landings and the nineteen sixty election; "
+        "the one thousand two hundred and fifty soldiers."
+    )
+    assert speak("They met on Wed. 4 May.") == "They met on Wed. the fourth of May."
+
+
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
     text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
     assert speak(text) == text
