@@ -1373,7 +1373,7 @@ def _short_year(text: str, m: re.Match[str]) -> bool:
 
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"
 _ABBREVIATED_BEFORE = re.compile(
-    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|pg|ch|vol|vols|fig|figs|ex|pt|bk|col|fn|mon|tues|wed|thur|thurs|fri|art|sec|op|para|ed|eq|ref|cf|c|ca|"
+    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|pg|ch|vol|vols|fig|figs|ex|pt|bk|col|fn|mon|tues|wed|thur|thurs|fri|al|est|cit|cf|viz|art|sec|op|para|ed|eq|ref|cf|c|ca|"
     r"approx|ft|in|oz|lb|lbs|st|tbsp|tsp|min|hr)\.\s+\Z",
     re.IGNORECASE,
 )

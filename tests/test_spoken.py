@@ -353,6 +353,9 @@ def test_an_event_named_by_its_year_reads_the_year_and_a_count_stays_a_count() -
         "the one thousand two hundred and fifty soldiers."
     )
     assert speak("They met on Wed. 4 May.") == "They met on Wed. the fourth of May."
+    assert speak("Smith et al. (2005) agree. Est. 1887.") == (
+        "Smith et al. (two thousand and five) agree. Est. eighteen eighty-seven."
+    )
 
 
 def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
