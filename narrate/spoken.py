@@ -119,6 +119,7 @@ _UNITS: dict[str, tuple[str, str]] = {
     "lb": ("pound", "pounds"),
     "lbs": ("pound", "pounds"),
     "oz": ("ounce", "ounces"),
+    "st": ("stone", "stone"),  # "3 st. 4 lb."
     "ml": ("milliliter", "milliliters"),
     "tbsp": ("tablespoon", "tablespoons"),
     "tsp": ("teaspoon", "teaspoons"),
@@ -185,10 +186,13 @@ _NUMBER = re.compile(
             (?:\s(?P<scale>{"|".join(_SCALES)})\b)?
       | (?P<hour>\d{{1,2}}):(?P<minute>[0-5]\d)(?:\s?(?P<time_meridiem>{_MERIDIEM}))?
       | (?P<feet>\d)'(?P<inches>\d{{1,2}})"
+      | (?P<range_low>\d{{1,2}})-(?P<range_whole>\d{{1,2}})\s
+            (?P<range_numerator>\d)[/\u2044](?P<range_denominator>\d{{1,2}})
       | (?P<low>\d{{1,4}})-(?P<high>\d{{1,4}}){_unit("_range")}?
       | (?:(?P<mixed>\d{{1,2}})\s)?(?P<numerator>\d{{1,2}})[/\u2044](?P<denominator>\d{{1,2}})
             {_unit("_fraction")}?
       | (?P<ordinal>{_INT})(?P<suffix>st|nd|rd|th){_hyphenated("_ordinal")}
+      | (?P<pennies>[1-9]\d{{0,2}})p
       | (?P<decade>'?(?:1\d|20)?\d0)'?s
       | (?P<minus>-)?(?P<whole>{_INT})(?:\.(?P<fraction>\d+))?
             (?:(?P<percent>%)|\s?(?P<meridiem>{_MERIDIEM})|{_unit("")}|{_hyphenated("")})?
@@ -256,6 +260,13 @@ _YEAR_OF = frozenset(
     "session peace reform strike coup mutiny raid winter".split()
     + [m.lower() for m in _MONTHS]
 )
+# events named by their year: "the 1944 landings", "the 1848 revolutions" (not counts)
+_EVENT_NOUNS = frozenset(
+    "landing landings revolution revolutions election elections riots uprising uprisings "
+    "rebellion crash flood floods famine earthquake olympics games war campaign census reforms "
+    "massacre plague fire mutiny coup invasion treaty exhibition depression crisis panic season "
+    "championship championships cup final finals tour truce armistice".split()
+)
 _ERA_AFTER = re.compile(r"\s*(?:BCE?|AD|CE|B\.C\.(?:E\.)?|A\.D\.|C\.E\.)(?!\w)")
 # plurals that do not end in "s", and words ending in "s" that are not plurals
 _PLURALS = frozenset("men women people children feet teeth mice geese sheep cattle".split())
@@ -320,7 +331,10 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
         and before[-1].rstrip(",").rstrip("stndrh").isdigit()
     ):
         return "year"
-    if _counted_noun(_word_after(text, end)):
+    following = _word_after(text, end)
+    if following in _EVENT_NOUNS and previous.lower() in _DETERMINERS:
+        return "year"  # "the 1944 landings", "the 1960 election": an event of that year
+    if _counted_noun(following):
         return "count"
     lower = previous.lower().rstrip(".")
     if lower in _YEAR_WORDS:
@@ -329,8 +343,8 @@ def _year_context(text: str, start: int, end: int, before: list[str]) -> str | N
         return "year"
     if lower in {"to", "and", "through"} and len(before) >= 2 and _is_year_number(before[-2]):
         return "year"
-    if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() == "it":
-        return "year"  # "It was 1936, and..."
+    if lower in {"was", "is"} and len(words) >= 2 and words[-2].lower() in {"it", "year"}:
+        return "year"  # "It was 1936, and...", "The year was 1666"
     if text[start - 1 : start] == "(" and text[end : end + 1] == ")":
         return "year"  # "Alice in Wonderland (1865)"
     after = _word_after(text, end)
@@ -385,6 +399,8 @@ def _number_reading(text: str, m: re.Match[str]) -> _Reading | None:
     counted)."""
     if m["shillings"] or m["old_shillings"]:
         return _Reading(_old_money(m), "pre-decimal money")
+    if m["pennies"]:
+        return _pennies(text, m)
     if m["currency"]:
         money = _money(m["currency"], m["amount"], m["cents"], m["scale"])
         return _Reading(money, "money") if money else None
@@ -397,6 +413,8 @@ def _number_reading(text: str, m: re.Match[str]) -> _Reading | None:
             return None
         feet = f"{_cardinal(int(m['feet']))} feet"
         return _Reading(f"{feet} {_cardinal(inches)} inch{'' if inches == 1 else 'es'}", "feet")
+    if m["range_low"]:
+        return _range_to_fraction(m)
     if m["low"]:
         return _range(text, m)
     if m["denominator"]:
@@ -432,7 +450,8 @@ def _british_time(text: str, m: re.Match[str]) -> bool:
     if m["meridiem"]:
         return True
     before = _words_before(text, m.start())
-    return bool(before) and before[-1].lower() in _TIME_WORDS
+    # "the 6.30 train", "the 10.30 from Euston": a departure, not six point three zero
+    return bool(before) and before[-1].lower() in {*_TIME_WORDS, "the"}
 
 
 def _clock(m: re.Match[str]) -> str | None:
@@ -480,6 +499,24 @@ def _range(text: str, m: re.Match[str]) -> _Reading | None:
     return _Reading(f"{_cardinal(first)} to {_cardinal(last)}{_unit_words(m, last)}", "range")
 
 
+def _range_to_fraction(m: re.Match[str]) -> _Reading | None:
+    """ "1-1½ hours" (NFKC: "1-1 1⁄2"): one to one and a half."""
+    low, whole = int(m["range_low"]), int(m["range_whole"])
+    numerator, denominator = int(m["range_numerator"]), int(m["range_denominator"])
+    if denominator not in _DENOMINATORS or not 0 < numerator < denominator or low > whole:
+        return None
+    return _Reading(
+        f"{_cardinal(low)} to {_cardinal(whole)} and {_mixed_part(numerator, denominator)}",
+        "range",
+    )
+
+
+def _mixed_part(numerator: int, denominator: int) -> str:
+    """The fraction after "and": "a half", "three quarters"."""
+    part = _fraction_words(numerator, denominator)
+    return "a " + part.split(" ", 1)[1] if numerator == 1 else part
+
+
 def _fraction_words(numerator: int, denominator: int) -> str:
     one, many = _FRACTIONS.get(denominator, (None, None))
     if one is None:
@@ -494,9 +531,7 @@ def _fraction(m: re.Match[str]) -> _Reading | None:
         return None
     if m["mixed"]:
         whole = int(m["mixed"])
-        part = _fraction_words(numerator, denominator)
-        if numerator == 1:
-            part = "a " + part.split(" ", 1)[1]
+        part = _mixed_part(numerator, denominator)
         return _Reading(f"{_cardinal(whole)} and {part}{_unit_words(m, 2)}", "fraction")
     words = _fraction_words(numerator, denominator)
     return _Reading(words + _unit_words(m, 1), "fraction")
@@ -551,6 +586,9 @@ def _plain_number(text: str, m: re.Match[str]) -> _Reading | None:
 
 
 _NOT_A_LABEL = _Reading(None, "")
+_LEFT_PHONE = _Reading(None, "telephone number after dial or call")
+_DIAL_WORDS = frozenset("dial dialled dialed dialling dialing".split())
+_CALL_WORDS = frozenset("call called calling ring rang phone phoned telephone".split())
 
 
 def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) -> _Reading:
@@ -559,6 +597,18 @@ def _label_reading(text: str, m: re.Match[str], before: list[str], number: int) 
     none of these."""
     previous = _bare(before[-1])
     lower = previous.lower().rstrip(".")
+    if lower in _DIAL_WORDS or (lower in _CALL_WORDS and len(m["whole"]) >= 3):
+        return _LEFT_PHONE  # "dial 999", "call 911": digits, not nine hundred and ninety-nine
+    if (
+        lower in _TIME_WORDS
+        and len(m["whole"]) == 4
+        and number // 100 <= 24
+        and number % 100 < 60
+        and _word_after(text, m.end()) == "hours"
+    ):
+        hour, minute = divmod(number, 100)  # "by 1800 hours": eighteen hundred hours
+        spoken = f"{_cardinal(hour)} hundred" if minute == 0 else _clock_minutes(hour, minute)
+        return _Reading(spoken, "24-hour clock")
     if lower in _YEAR_WORDS:
         return _NOT_A_LABEL  # "Christmas 1914", "In 1815"
     if lower in _COUNTING_WORDS and before[-1] == previous:
@@ -626,6 +676,20 @@ def _money(symbol: str, amount: str, cents: str | None, scale: str | None) -> st
     return " and ".join(parts)
 
 
+# "the 2p orbital": an electron's subshell, not two pence
+_SUBSHELL_WORDS = frozenset(
+    "orbital orbitals electron electrons shell subshell state states".split()
+)
+
+
+def _pennies(text: str, m: re.Match[str]) -> _Reading | None:
+    """ "99p", "a 10p coin": pence (British decimal money)."""
+    if _word_after(text, m.end()) in _SUBSHELL_WORDS:
+        return None
+    count = int(m["pennies"])
+    return _Reading(f"{_cardinal(count)} {'penny' if count == 1 else 'pence'}", "pence")
+
+
 def _old_money(m: re.Match[str]) -> str:
     """ "£5 10s 6d" -> "five pounds ten shillings and six pence"."""
     shillings = int(m["shillings"] or m["old_shillings"])
@@ -679,10 +743,15 @@ _BEFORE_NUMBERS = {
     "nos": "numbers",
     "p": "page",
     "pp": "pages",
+    "pg": "page",
     "Vol": "Volume",
     "vol": "volume",
+    "Vols": "Volumes",
+    "vols": "volumes",
     "Fig": "Figure",
     "fig": "figure",
+    "Figs": "Figures",
+    "figs": "figures",
     "Ch": "Chapter",
     "ch": "chapter",
     "c": "circa",
@@ -718,7 +787,12 @@ def _abbreviation_words(text: str, m: re.Match[str]) -> _Reading | None:
         spoken = "Street"
     elif written == "Dr" and not name_follows:
         before = _word_before(text, m.start())
-        if before and before["word"][0].isupper() and not before["period"]:
+        if (
+            before
+            and before["word"][0].isupper()
+            and not before["period"]
+            and before["word"] not in _SENTENCE_STARTERS  # "The Dr. was late": a doctor
+        ):
             spoken = "Drive"
     if (spoken in _MAY_END_SENTENCE or written in _MAY_END_SENTENCE) and _capital_follows(
         text, m.end()
@@ -798,8 +872,70 @@ _STRONG_CONTEXTS = frozenset(
 _AFTER_NUMERAL = frozenset(
     "of and is in the to ends begins opens closes covers describes deals contains".split()
 )
+# After a monarch's name "I" may be the pronoun after a fronted object ("Anne I never liked",
+# "John I met later"): it is the numeral before punctuation, a capitalized word or one of
+# _AFTER_REGNAL_I, or before a verb with an object; before a verb with none, only when the verb
+# takes none ("Elizabeth I never married."). Otherwise the letter as written is better than a
+# wrong "the first".
+_AFTER_REGNAL_I = frozenset(
+    "of and or in to at on by for with from who whose whom which that was is became the as".split()
+)
+# adverbs, and "had" before a participle: "Paul I had never trusted."
+_REGNAL_ADVERBS = (
+    "never|always|often|once|also|then|later|soon|finally|still|rarely|seldom|only|had"
+)
+_AFTER_I = re.compile(
+    rf"[ \t]+(?P<adverbs>(?:(?:{_REGNAL_ADVERBS}|[a-z]+ly)[ \t]+)*)(?P<verb>[a-z][a-z']*)"
+    r"(?:[ \t]+(?P<next>[a-z]+))?"
+)
+_INTRANSITIVE = frozenset(
+    "married remarried died abdicated reigned ruled fled returned succeeded converted "
+    "recovered surrendered escaped prevailed triumphed".split()
+)
+# after "NAME I verb", these say no object follows the verb: the object came first
+_NO_OBJECT = frozenset(
+    "later again first once well best most least there here then too since before twice only "
+    "myself now yet very so away home back out off up down in at on to from with by for about "
+    "after into of".split()
+)
+
+
+# "To Peter I owe everything", "Like Edward I was tired": after a preposition the name ends a
+# phrase, and "I" starts the clause unless a preposition or punctuation follows it
+_PREPOSITIONS = frozenset("to with for like unlike than from about without".split())
+_AFTER_PREPOSITION_AND_I = _AFTER_REGNAL_I - {"was", "is", "became"}
+
+
+def _preposition_before(text: str, at: int) -> bool:
+    before = _word_before(text, at)
+    return bool(before) and not before["period"] and before["word"].lower() in _PREPOSITIONS
+
+
+def _regnal_i(text: str, end: int, after_preposition: bool) -> bool:
+    """ "I" right after a monarch's name (ending at `end`) is the numeral."""
+    m = _AFTER_I.match(text, end)
+    if not m:
+        return True  # "Charles I.", "Charles I, king of", "Henry I Beauclerc"
+    verb = m["verb"]
+    if after_preposition:
+        return not m["adverbs"] and verb in _AFTER_PREPOSITION_AND_I
+    if not m["adverbs"] and verb in _AFTER_REGNAL_I:
+        return True
+    if verb in _PRONOUN_VERBS or "'" in verb or _CONTRACTION.match(text, end):
+        return False  # "David I haven't seen in years"
+    follower = m["next"]
+    if follower is None:  # punctuation or a capital after the verb
+        nxt = text[m.end() : m.end() + 2].lstrip(" \t")
+        return verb in _INTRANSITIVE or nxt[:1].isupper()
+    if follower in _NO_OBJECT or follower.endswith("ly"):
+        return verb in _INTRANSITIVE
+    return True  # "Edward I built castles", "Mary I restored the old religion"
+
+
 _NOT_REGNAL = frozenset("Malcolm Generation Planet Brand Project Model".split())
 _ROMAN = re.compile(r"(?P<numeral>[IVXLCDM]+)(?![\w])")
+_LETTER_LABELS = frozenset("LCDM")
+_PHRASE_END = re.compile(r"[.,;:!?)\]]")
 _ROMAN_FORM = re.compile(r"M{0,3}(?:CM|CD|D?C{0,3})(?:XC|XL|L?X{0,3})(?:IX|IV|V?I{0,3})")
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100, "D": 500, "M": 1000}
 _WORD_BEFORE = re.compile(r"(?P<word>[A-Za-z]+)(?P<period>\.?)[ \t]*\n?[ \t]*\Z")
@@ -828,9 +964,21 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
         return None  # "I'm", "I'll"
     word = before["word"]
     after = _word_after(text, m.end())
-    if word.lower() in _CARDINAL_CONTEXTS and (word[0].isupper() or numeral != "I"):
+    if word.lower() in _CARDINAL_CONTEXTS and numeral in _LETTER_LABELS:
+        return None  # "Part D", "Appendix C", "Section L": a letter, not 500, 100, 50
+    if word.lower() in _CARDINAL_CONTEXTS and (
+        word[0].isupper() or numeral != "I" or _ends_phrase(text, m.end())
+    ):
         if numeral == "I" and not _numeral_i(text, at, after, word):
             return _LEFT_PRONOUN  # "Part I understood", "War I could understand"
+        if (
+            numeral == "I"
+            and after
+            and after[0].islower()
+            and after not in _AFTER_NUMERAL
+            and _determiner_before(text, before.start())
+        ):
+            return _LEFT_PRONOUN  # "The Section I worked in": a relative clause
         return _Reading(_cardinal(_roman_value(numeral)), "Roman numeral after a context word")
     initial = _INITIAL_AFTER.match(text, m.end())
     if len(numeral) == 1 and initial and initial["word"] not in _SENTENCE_STARTERS:
@@ -839,14 +987,32 @@ def _roman_words(text: str, at: int, m: re.Match[str]) -> _Reading | None:
         return None
     if word in _SENTENCE_STARTERS or word in _NOT_REGNAL:
         return None
+    if word.endswith("s") and word.lower()[:-1] in _CARDINAL_CONTEXTS:
+        return None  # "Chapters III and IV": a list, not a monarch ("Chapters the third")
     if len(numeral) == 1 and word not in _REGNAL_NAMES:
         return None  # "Malcolm X", "Brand X"
-    if numeral == "I" and after and after.lower() in _PRONOUN_VERBS:
-        return _LEFT_PRONOUN
+    if word not in _REGNAL_NAMES and _determiner_before(text, before.start()):
+        return None  # "The Apple II", "the Godfather II": a product or a title, not a man
+    if numeral == "I" and not _regnal_i(text, m.end(), _preposition_before(text, before.start())):
+        return _LEFT_PRONOUN  # "Anne I never liked", "John I met later": the pronoun
     value = _roman_value(numeral)
     if not set(numeral) <= {"I", "V", "X"} or value > 39:
         return None
     return _Reading(f"the {_ordinal(value)}", "regnal number")
+
+
+_DETERMINERS = frozenset("the a an this that these those his her their my our your its".split())
+
+
+def _determiner_before(text: str, at: int) -> bool:
+    """The word before `at` is a determiner ("the", "his"...)."""
+    before = _word_before(text, at)
+    return bool(before) and not before["period"] and before["word"].lower() in _DETERMINERS
+
+
+def _ends_phrase(text: str, end: int) -> bool:
+    """Punctuation right after a numeral: "than type I." (no pronoun ends a phrase there)."""
+    return bool(_PHRASE_END.match(text, end))
 
 
 def _numeral_i(text: str, at: int, after: str | None, context: str) -> bool:
@@ -1078,6 +1244,8 @@ def _speak(
     marks = _textcore.spoken_marks(
         text, _ABBREVIATION_WORDS, _CONTEXT_WORDS, compiled.words if compiled else None
     )
+    if "&" in text:  # the text core does not mark it (a one-character search is a memchr)
+        marks = sorted({*marks, *(m.start() + 1 for m in _AMPERSAND.finditer(text))})
     if not marks:
         return text, 0
     parts: list[str] = []
@@ -1123,22 +1291,39 @@ def _spoken_at(text: str, at: int, lexicon: _CompiledLexicon | None) -> tuple[in
     """(end, reading) of what starts at `at`, or None when no rule recognises it."""
     if lexicon and (entry := _lexicon_at(text, at, lexicon)):
         return entry[0], _Reading(entry[1], "lexicon")
+    if text[at] == "&":
+        return at + 1, _AMPERSAND_READING
     if text[at] in _ROMAN_LETTERS and (m := _ROMAN.match(text, at)):
         reading = _roman_words(text, at, m)
     elif m := _ABBREVIATION.match(text, at):
         reading = _abbreviation_words(text, m)
     elif m := _NUMBER.match(text, at):
         reading = _number_spoken(text, m)
+    elif m := _ISOTOPE.match(text, at):
+        mass = int(m["mass"])
+        reading = _Reading(
+            f"{m['element']}-{_year(mass) if mass >= 100 else _cardinal(mass)}", "isotope"
+        )
     else:
         return None
     return None if reading is None else (m.end(), reading)
 
 
 _ROMAN_LETTERS = frozenset(_ROMAN_VALUES)
+# "carbon-14", "uranium-235": an element and its mass number (carbon-fourteen, uranium-two
+# thirty-five, as physicists say them)
+_ISOTOPE = re.compile(
+    r"(?P<element>carbon|uranium|plutonium|iodine|cobalt|strontium|caesium|cesium|potassium|"
+    rf"radium|thorium|tritium|argon|nitrogen|oxygen|hydrogen|helium|lead)-(?P<mass>[1-9]\d{{0,2}}){_TOKEN_END}",
+    re.IGNORECASE,
+)
+# "Dawson & Sons", "salt & pepper": between spaces "&" is always "and" ("AT&T", "R&D" stay)
+_AMPERSAND = re.compile(r"\s&(?=\s)")
+_AMPERSAND_READING = _Reading("and", "ampersand")
 
 
 # matched text -> reading, for the forms whose reading does not depend on their context (all
-# but plain numbers and decades): books repeat their sums, times and dates
+# but plain numbers, decades and pence): books repeat their sums, times and dates
 _READINGS: dict[str, _Reading | None] = {}
 _UNREAD = _Reading(None, "")
 
@@ -1149,7 +1334,7 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     if m["hour"] and not m["time_meridiem"] and _after_name(text, m):
         # "John 3:16", "Genesis 1:1": a chapter and a verse, not a clock time
         return _Reading(f"{_cardinal(int(m['hour']))} {_cardinal(int(m['minute']))}", "verse")
-    if m["whole"] is None and m["decade"] is None:
+    if m["whole"] is None and m["decade"] is None and m["pennies"] is None:
         reading = _READINGS.get(m.group(), _UNREAD)
         if reading is _UNREAD:
             reading = _number_reading(text, m)
@@ -1161,6 +1346,8 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
         return reading
     words = reading.spoken
     opening = m["open"][:-1] if m["decade"] and m["open"].endswith("'") else m["open"]
+    if _short_year(text, m):
+        opening = m["open"][:-1]  # "divorced in '61": sixty-one, the apostrophe unspoken
     dot = (
         m["meridiem"]
         or m["time_meridiem"]
@@ -1174,10 +1361,20 @@ def _number_spoken(text: str, m: re.Match[str]) -> _Reading | None:
     return _Reading(opening + words, reading.rule)
 
 
+def _short_year(text: str, m: re.Match[str]) -> bool:
+    """ "in '61", "since '05": a year with its century cut off, after a year word."""
+    if not m["open"].endswith("'") or not m["whole"] or len(m["whole"]) != 2:
+        return False
+    if m["fraction"] or m["minus"] or m["percent"] or m["unit"] or m["dotted"] or m["tail"]:
+        return False
+    before = _words_before(text, m.start())
+    return bool(before) and before[-1].lower() in _YEAR_WORDS
+
+
 # a period that ends an abbreviation or an initial, not a sentence: "Op. 27", "Art. 5"
 _ABBREVIATED_BEFORE = re.compile(
-    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|ch|vol|fig|art|sec|op|para|ed|eq|ref|cf|c|ca|"
-    r"approx|ft|in|oz|lb|lbs|tbsp|tsp|min|hr)\.\s+\Z",
+    r"(?:\A|[\s(])(?:(?:[A-Za-z]\.)*[A-Za-z]|no|nos|nr|p|pp|pg|ch|vol|vols|fig|figs|ex|pt|bk|col|fn|mon|tues|wed|thur|thurs|fri|al|est|cit|cf|viz|art|sec|op|para|ed|eq|ref|cf|c|ca|"
+    r"approx|ft|in|oz|lb|lbs|st|tbsp|tsp|min|hr)\.\s+\Z",
     re.IGNORECASE,
 )
 

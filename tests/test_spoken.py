@@ -31,6 +31,11 @@ def corpus_rows(name: str) -> list[list[str]]:
 
 PAIRS = corpus_rows("spoken_pairs.tsv")
 UNCHANGED_PROSE = corpus_rows("unchanged.tsv")
+# written before the rules were read, as an outside evaluation would: a few of its readings
+# are still left as written or half read (printed by bench/spoken.py), so it is held to the
+# pairs target as a whole, and to every unchanged sentence
+HOLDOUT_PAIRS = corpus_rows("holdout_pairs.tsv")
+HOLDOUT_UNCHANGED = corpus_rows("holdout_unchanged.tsv")
 GENRES = {"fiction", "history", "biography", "cookery", "science", "travel"}
 
 
@@ -50,6 +55,19 @@ def test_book_prose_is_read_as_an_editor_would_read_it(
 
 @pytest.mark.parametrize(("genre", "written"), UNCHANGED_PROSE)
 def test_book_prose_with_nothing_certain_to_read_comes_out_unchanged(
+    genre: str, written: str
+) -> None:
+    assert spoken_text(written) == written
+
+
+def test_held_out_book_prose_reads_at_least_95_percent_of_its_pairs_as_the_editor_would() -> None:
+    assert len(HOLDOUT_PAIRS) >= 120 and {genre for genre, *_ in HOLDOUT_PAIRS} == GENRES
+    right = sum(spoken_text(written) == spoken for _, written, spoken in HOLDOUT_PAIRS)
+    assert right >= 0.95 * len(HOLDOUT_PAIRS)
+
+
+@pytest.mark.parametrize(("genre", "written"), HOLDOUT_UNCHANGED)
+def test_held_out_prose_with_nothing_certain_to_read_comes_out_unchanged(
     genre: str, written: str
 ) -> None:
     assert spoken_text(written) == written
@@ -266,6 +284,101 @@ def test_model_numbers_initials_and_the_pronoun_i_are_never_read_as_quantities()
     assert speak("Part I: The Old House") == "Part one: The Old House"
 
 
+def test_i_after_a_monarchs_name_stays_the_pronoun_when_its_verb_has_no_object_after_it() -> None:
+    # the object came first: "the first" would be a wrong word the listener hears
+    for text in (
+        "Anne I never liked, but her sister was kind.",
+        "Charles I always admired, his son less so.",
+        "John I met later in Paris.",
+        "Paul I had never trusted.",
+        "Louis I once saw at Versailles.",
+        "David I haven't seen in years.",
+        "Stephen I barely knew.",
+        "Peter I sent away.",
+        "To Peter I owe everything.",
+        "Like Edward I was tired.",
+    ):
+        assert speak(text) == text
+    assert speak(
+        "Elizabeth I never married. Edward I built castles. Charles I had three sons."
+    ) == (
+        "Elizabeth the first never married. Edward the first built castles. "
+        "Charles the first had three sons."
+    )
+    assert speak("Henry I married Matilda; Charles I fled to Oxford.") == (
+        "Henry the first married Matilda; Charles the first fled to Oxford."
+    )
+    assert speak("It passed to Henry I in 1100, loyal to Charles I and from Edward I to Anne.") == (
+        "It passed to Henry the first in eleven hundred, loyal to Charles the first and from "
+        "Edward the first to Anne."
+    )
+
+
+def test_after_a_determiner_a_numeral_names_a_thing_and_i_starts_a_relative_clause() -> None:
+    for text in ("The Section I worked in was closed.", "The Apple II sold well."):
+        assert speak(text) == text
+    assert speak("The Emperor Charles V abdicated; Thurston Howell III paid.") == (
+        "The Emperor Charles the fifth abdicated; Thurston Howell the third paid."
+    )
+
+
+def test_a_departure_after_the_is_a_clock_time_not_a_decimal() -> None:
+    assert speak("The 6.30 train and the 10.30 from Euston.") == (
+        "The six thirty train and the ten thirty from Euston."
+    )
+    assert speak("The 2.75 figure.") == "The two point seven five figure."
+
+
+def test_a_range_that_ends_in_a_mixed_fraction_reads_as_one_range() -> None:
+    assert spoken_text("Prove for 1-1½ hours; use 2-2 1/2 cups.") == (
+        "Prove for one to one and a half hours; use two to two and a half cups."
+    )
+
+
+def test_pence_written_with_a_p_read_as_pence_but_an_orbital_stays() -> None:
+    assert speak("The 2p orbital fills; petrol was 99p, a 2p coin and 1p.") == (
+        "The 2p orbital fills; petrol was ninety-nine pence, a two pence coin and one penny."
+    )
+
+
+def test_an_isotope_reads_its_mass_number_as_physicists_say_it() -> None:
+    assert speak("Carbon-14 dating; uranium-235 and Catch-22.") == (
+        "Carbon-fourteen dating; uranium-two thirty-five and Catch-22."
+    )
+
+
+def test_an_event_named_by_its_year_reads_the_year_and_a_count_stays_a_count() -> None:
+    assert speak("The 1944 landings and the 1960 election; the 1250 soldiers.") == (
+        "The nineteen forty-four landings and the nineteen sixty election; "
+        "the one thousand two hundred and fifty soldiers."
+    )
+    assert speak("They met on Wed. 4 May.") == "They met on Wed. the fourth of May."
+    assert speak("Smith et al. (2005) agree. Est. 1887.") == (
+        "Smith et al. (two thousand and five) agree. Est. eighteen eighty-seven."
+    )
+
+
+def test_a_single_letter_label_or_a_list_of_numerals_is_not_read_as_a_number() -> None:
+    text = "Medicare Part D, Appendix C, Section L and Part M; Chapters III and IV."
+    assert speak(text) == text
+    assert speak("It is far rarer than type I.") == "It is far rarer than type one."
+    assert speak("Chapter XL opens at sea.") == "Chapter forty opens at sea."
+
+
+def test_phone_numbers_24_hour_times_and_cut_years_read_as_what_they_are() -> None:
+    assert speak("Call 999 or dial 0 for the operator.") == "Call 999 or dial 0 for the operator."
+    assert speak("He called 3 witnesses.") == "He called three witnesses."
+    assert speak("By 1800 hours the guns stopped; at 1930 hours they began.") == (
+        "By eighteen hundred hours the guns stopped; at nineteen thirty hours they began."
+    )
+    assert speak("He logged 1500 hours of flight.") == (
+        "He logged one thousand five hundred hours of flight."
+    )
+    assert speak("The year was 1666. She divorced in '61.") == (
+        "The year was sixteen sixty-six. She divorced in sixty-one."
+    )
+
+
 def test_abbreviations_before_numbers_neither_capitalise_nor_split_sentences() -> None:
     text = "See Vol. 2, p. 45, and Fig. 3. He stood 6 ft. 2 in. in his socks. Op. 27 was next."
     assert split_sentences(spoken_text(text)) == [
@@ -273,6 +386,28 @@ def test_abbreviations_before_numbers_neither_capitalise_nor_split_sentences() -
         "He stood six feet two inches in his socks.",
         "Op. twenty-seven was next.",
     ]
+
+
+def test_plural_abbreviations_before_numbers_read_in_their_sentence_and_the_dr_is_a_doctor() -> (
+    None
+):
+    assert speak("Vols. 1-3 are out of print; see Figs. 2 and 3.") == (
+        "Volumes one to three are out of print; see Figures two and three."
+    )
+    assert speak("The Dr. was late. He lives on Mulholland Dr. now.") == (
+        "The Doctor was late. He lives on Mulholland Drive now."
+    )
+    text = "On pg. 45, Ex. 3 and col. 2 show it; she weighed 9 st. 4 lb. Then she ran."
+    assert split_sentences(spoken_text(text)) == [
+        "On page forty-five, Ex. three and col. two show it; she weighed nine stone four pounds.",
+        "Then she ran.",
+    ]
+
+
+def test_an_ampersand_between_words_reads_and_but_one_inside_a_name_stays() -> None:
+    assert speak("Dawson & Sons sold salt & pepper to AT&T and R&D.") == (
+        "Dawson and Sons sold salt and pepper to AT&T and R&D."
+    )
 
 
 def test_forms_left_as_written_are_counted_and_explained_with_their_reason() -> None:
