@@ -193,29 +193,33 @@ def worker_main(
     busy_since = time.monotonic()
     slot_frames = frames_kept = 0
     stops: Counter[str] = Counter()  # how rows ended: eos (end frame), cap, failed
-    for result in engine_results(engine, feed, device):
-        audios = list(result.audios)
-        takes: tuple[ChunkAudio, ...] = ()
-        if settings.check_takes:
-            takes = tuple(a for a in audios if a.ok)
-            audios = [a for a in audios if not a.ok]
-        try:
-            for audio in audios:
-                if audio.ok:
-                    cache.put(audio)
-        except (NarrateError, OSError) as exc:  # a full disk, a read-only or lost cache
-            failure = exc if isinstance(exc, NarrateError) else StorageError(str(exc))
-            message = f"cannot write the chunk cache: {failure.message}"
-            results.put(WorkerFailed(device, message, failure.hint or CACHE_HINT))
-            break  # every later chunk would be lost the same way: the run stops
-        outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
-        now = time.monotonic()
-        seconds = now - busy_since - feed.take_waited()
-        busy_since = now
-        results.put(ChunksDone(result.tag, outcomes, seconds, takes, result.finished))
-        slot_frames += result.slot_frames
-        frames_kept += sum(a.frames for a in result.audios if a.ok)
-        stops.update(a.stop_reason for a in result.audios)
+    try:
+        for result in engine_results(engine, feed, device):
+            audios = list(result.audios)
+            takes: tuple[ChunkAudio, ...] = ()
+            if settings.check_takes:
+                takes = tuple(a for a in audios if a.ok)
+                audios = [a for a in audios if not a.ok]
+            try:
+                for audio in audios:
+                    if audio.ok:
+                        cache.put(audio)
+            except (NarrateError, OSError) as exc:  # a full disk, a read-only or lost cache
+                failure = exc if isinstance(exc, NarrateError) else StorageError(str(exc))
+                message = f"cannot write the chunk cache: {failure.message}"
+                results.put(WorkerFailed(device, message, failure.hint or CACHE_HINT))
+                break  # every later chunk would be lost the same way: the run stops
+            outcomes = tuple(ChunkOutcome(a.chunk_id, a.error, a.attempts) for a in audios)
+            now = time.monotonic()
+            seconds = now - busy_since - feed.take_waited()
+            busy_since = now
+            results.put(ChunksDone(result.tag, outcomes, seconds, takes, result.finished))
+            slot_frames += result.slot_frames
+            frames_kept += sum(a.frames for a in result.audios if a.ok)
+            stops.update(a.stop_reason for a in result.audios)
+    except EngineStopped as stopped:
+        log.error("the engine on %s stopped: %s", device, stopped, exc_info=stopped.cause)
+        results.put(stopped.failure(device))
     if slot_frames:  # what the frame loop computed against what was kept (bench-synth)
         events.event(
             "engine_frames", device=device, slot_frames=slot_frames, kept=frames_kept, stops=stops
@@ -278,18 +282,36 @@ class TaskFeed:
 
 def engine_results(engine: Engine, feed: TaskFeed, device: str) -> Iterator[Synthesized]:
     """`engine.stream(feed)`; an exception fails the chunks the engine held (not the worker:
-    the stream starts again on the next batch)."""
+    the stream starts again on the next batch). An engine that fails holding no chunk would
+    fail the same way at once again: that exception ends the worker (`EngineStopped`)."""
     while not feed.ended:
         try:
             for result in engine.stream(feed):
                 feed.returned(result)
                 yield result
             return
-        except NarrateError as exc:
-            yield from feed.fail_taken(exc.message)
-        except Exception as exc:  # a bug or a library failure: the worker and the run go on
-            log.exception("synthesis failed on %s (batches %s)", device, sorted(feed.taken))
-            yield from feed.fail_taken(unexpected(exc))
+        except Exception as exc:
+            if not feed.taken:
+                raise EngineStopped(exc) from exc
+            if isinstance(exc, NarrateError):
+                error = exc.message
+            else:  # a bug or a library failure: the worker and the run go on
+                log.exception("synthesis failed on %s (batches %s)", device, sorted(feed.taken))
+                error = unexpected(exc)
+            yield from feed.fail_taken(error)
+
+
+class EngineStopped(Exception):
+    """The engine failed before it held any chunk: the worker reports it and ends."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+    def failure(self, device: str) -> WorkerFailed:
+        if isinstance(self.cause, NarrateError):
+            return WorkerFailed(device, f"synthesis failed: {self.cause.message}", self.cause.hint)
+        return WorkerFailed(device, f"synthesis failed: {unexpected(self.cause)}")
 
 
 def _failed_audio(chunk_id: str, error: str, attempt: int) -> ChunkAudio:

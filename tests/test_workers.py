@@ -136,6 +136,26 @@ def test_an_engine_that_cannot_start_for_an_unexpected_reason_is_reported(
     )
 
 
+class StreamlessEngine:
+    """An engine that fails before it takes any batch (here: it has no `stream`)."""
+
+    def synthesize(self, batch: Batch, **_: object) -> list:
+        raise AssertionError("never reached")
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.timeout(60)  # the worker used to spin on such an engine for ever
+def test_an_engine_that_fails_before_taking_a_batch_stops_its_worker_with_the_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_restored: None
+) -> None:
+    monkeypatch.setattr(narrate.synth, "load_engine", lambda *a, **kw: StreamlessEngine())
+    (failed,) = run_worker(tmp_path, [batch("Hello.")])
+    assert isinstance(failed, WorkerFailed) and failed.message.startswith("synthesis failed: ")
+    assert "stream" in failed.message
+
+
 def test_with_the_quality_check_the_worker_hands_takes_back_unchecked_and_uncached(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sigint_restored: None
 ) -> None:

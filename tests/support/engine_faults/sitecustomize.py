@@ -11,11 +11,12 @@ import numpy as np
 import narrate.synth
 from narrate.errors import ModelError
 from narrate.records import Batch, ChunkAudio
+from narrate.synth import Engine
 
 FAULT = os.environ.get("NARRATE_TEST_ENGINE_FAULT")
 
 
-class FailingEngine:
+class FailingEngine(Engine):
     def __init__(self, config: object) -> None:
         self.config = config
 
