@@ -44,7 +44,12 @@ def assert_trace(done: subprocess.CompletedProcess, workdir: Path) -> tuple[dict
     assert json.loads((workdir / "report.json").read_text())["totals"] == totals
     events = [json.loads(line) for line in done.stderr.decode().splitlines()]
     names = [e["event"] for e in events]
-    assert names.count("error") == 1 and names[-1] == "run_finished", names
+    assert names.count("error") == 1 and names.count("run_finished") == 1, names
+    after = events[names.index("run_finished") + 1 :]  # only the review page, written after it
+    assert all(
+        e["event"] == "review_written" or e["message"].startswith("review page not written")
+        for e in after
+    ), after
     assert names.index("run_started") < names.index("error") < names.index("run_stopped")
     error = events[names.index("error")]
     assert totals["error"] == error["message"] and "hint:" not in error["message"]
