@@ -215,8 +215,10 @@ def test_sigterm_keeps_the_takes_waiting_for_their_check_for_the_next_run(
         while sum(e["chunks"] for e in logged(log) if e["event"] == "batch_done") < books // 2:
             assert time.monotonic() < deadline and process.poll() is None, log.read_text()
             time.sleep(0.05)
+        sent = time.monotonic()
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == EXIT_INTERRUPTED
+        assert time.monotonic() - sent < 15  # the checks' grace is the books' grace
     finally:
         if process.poll() is None:
             process.kill()
