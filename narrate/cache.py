@@ -24,6 +24,10 @@ from narrate.errors import AudioError, first_line
 from narrate.records import ChunkAudio
 from narrate.storage import Storage
 
+# takes a stopped run could not check before it exited: the next run with the check hears
+# them before it synthesizes their chunks again (see narrate.gate)
+UNCHECKED = "unchecked/"
+
 MapFunction = Callable[[Callable[[str], object], Iterable[str]], Iterator[object]]
 
 
@@ -65,26 +69,56 @@ class ChunkCache:
     def put(self, chunk: ChunkAudio, *, quality_score: float | None = None, takes: int = 1) -> None:
         """Store a chunk; `quality_score` and `takes` (how many takes the quality check heard
         up to this one) are kept with it for the books rendered from it later."""
-        buffer = io.BytesIO()
-        sf.write(
-            buffer, np.clip(chunk.audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16"
-        )
-        metadata = {
-            "frames": str(chunk.frames),
-            "stopReason": chunk.stop_reason,
-            "seed": str(chunk.seed),
-            "attempts": str(chunk.attempts),
-        }
+        metadata = _metadata(chunk)
         if quality_score is not None:  # a resumed run's book scores read it back
             metadata["qualityScore"] = f"{quality_score:.4f}"
             metadata["qualityTakes"] = str(takes)
         self.storage.put(
             self.name(chunk.chunk_id),
-            buffer.getvalue(),
+            _flac(chunk.audio),
             content_type="audio/flac",
             metadata=metadata,
             overwrite=False,
         )
+
+    def put_unchecked(self, take: ChunkAudio) -> None:
+        """Keep a take its quality check never heard, apart from the cache: it is no chunk's
+        audio until a run checks it (`take_unchecked`). A later take replaces it."""
+        name = UNCHECKED + self.name(take.chunk_id)
+        audio, metadata = _flac(take.audio), _metadata(take)
+        self.storage.put(name, audio, content_type="audio/flac", metadata=metadata)
+
+    def unchecked(self) -> set[str]:
+        """The chunk ids with a take kept unchecked (one listing: a stop leaves few)."""
+        return {
+            name.rsplit("/", 1)[-1].removesuffix(".flac") for name in self.storage.list(UNCHECKED)
+        }
+
+    def take_unchecked(self, chunk_id: str) -> ChunkAudio | None:
+        """The take kept unchecked for `chunk_id`, as the engine returned it; None if it is gone
+        or unreadable (the chunk is then synthesized again)."""
+        name = UNCHECKED + self.name(chunk_id)
+        stored, data = self.storage.stat(name), self.storage.get(name)
+        if stored is None or data is None:
+            return None
+        try:
+            audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+            metadata = stored.metadata
+            take = ChunkAudio(
+                chunk_id,
+                audio,
+                int(metadata["frames"]),
+                metadata["stopReason"],  # type: ignore[arg-type]
+                int(metadata["seed"]),
+                int(metadata["attempts"]),
+            )
+        except (RuntimeError, KeyError, ValueError):  # damaged: synthesize it again
+            self.drop_unchecked(chunk_id)
+            return None
+        return take if rate == SAMPLE_RATE and audio.ndim == 1 else None
+
+    def drop_unchecked(self, chunk_id: str) -> None:
+        self.storage.delete(UNCHECKED + self.name(chunk_id))
 
     def quality(self, chunk_id: str) -> tuple[float | None, int]:
         """The quality check's score stored with a cached chunk and the takes it needed;
@@ -115,3 +149,19 @@ class ChunkCache:
             f"cached chunk {chunk_id} {problem}: removed from the cache",
             hint="the next run synthesizes it again",
         )
+
+
+def _flac(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+    return buffer.getvalue()
+
+
+def _metadata(chunk: ChunkAudio) -> dict[str, str]:
+    """How the engine made the take: its next take starts from the attempt after these."""
+    return {
+        "frames": str(chunk.frames),
+        "stopReason": chunk.stop_reason,
+        "seed": str(chunk.seed),
+        "attempts": str(chunk.attempts),
+    }

@@ -277,6 +277,7 @@ def say(
     """Speak TEXT into a WAV file; prints its duration and the real-time factor."""
     from pathlib import Path
 
+    from narrate.doctor import engine_preflight
     from narrate.synth import Turn
     from narrate.synth.say import say as speak
     from narrate.synth.say import write_wav
@@ -288,6 +289,7 @@ def say(
         context=[Turn.parse(turn) for turn in context],
         voices_dir=Path(voices_dir),
         compile=compile_model,
+        preflight=engine_preflight,
         **options,
     )
     write_wav(Path(output), spoken.audio)

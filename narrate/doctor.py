@@ -14,6 +14,7 @@ raising a NarrateError (message + hint), which is also how the adapters it calls
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -42,6 +43,7 @@ from narrate.synth.registry import DEFAULT_ENGINE, ENGINES, engine_spec
 Status = Literal["ok", "fail", "skip"]
 
 PROBE_TIMEOUT_S = 60.0  # longest any one check may take
+HUB_PROBE_TIMEOUT_S = 3.0  # one request to the Hub: the loaders' own retries take ~25 s
 _THREAD_PREFIX = "narrate-doctor-"
 PROBE_PAYLOAD = 0b1010_0101_1100_0011  # any 16-bit value
 PROBE_PREFIX = "narrate-doctor"  # "." is not allowed in database keys nor in our object names
@@ -196,14 +198,18 @@ def check_model(targets: Targets) -> str:
     else:
         _hub_config(targets.model)
         where, weights = f"{targets.model} (Hugging Face)", _hub_weights(targets.model)
+    from huggingface_hub import constants
     from transformers import AutoConfig, AutoProcessor
+
+    # cached, with the Hub unreachable: read the cache without minutes of retries first
+    local = constants.HF_HUB_OFFLINE or _hub_unreachable(constants.ENDPOINT) is not None
 
     hint = (
         "a model directory needs config.json and the processor files (tokenizer, "
         "preprocessor_config.json) as save_pretrained writes them"
     )
     try:
-        config = AutoConfig.from_pretrained(targets.model)
+        config = AutoConfig.from_pretrained(targets.model, local_files_only=local)
     except (OSError, ValueError) as exc:
         raise ModelError(f"--model {targets.model}: {first_line(exc)}", hint) from None
     if config.model_type != "csm":
@@ -212,7 +218,7 @@ def check_model(targets: Targets) -> str:
             "pass a transformers CSM checkpoint such as sesame/csm-1b",
         )
     try:
-        AutoProcessor.from_pretrained(targets.model)
+        AutoProcessor.from_pretrained(targets.model, local_files_only=local)
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"--model {targets.model}: no processor: {first_line(exc)}", hint
@@ -249,9 +255,38 @@ def _readable_weights(files: list[Path]) -> str:
     return f"weights readable ({len(files)} file(s), {tensors} tensors, {size:.2f} GiB)"
 
 
+@functools.cache
+def _hub_unreachable(endpoint: str) -> str | None:
+    """Why the Hub at `endpoint` cannot be reached (None: it answers, whatever the answer).
+    One request and one retry, a few seconds each: hf_hub_download retries a refused
+    connection or a failed DNS lookup for ~25 s before it says anything."""
+    import requests
+
+    for attempt in range(2):
+        try:
+            requests.head(endpoint, timeout=HUB_PROBE_TIMEOUT_S, allow_redirects=False)
+            return None
+        except requests.RequestException as exc:
+            reason = first_line(exc)
+            if attempt == 0:
+                time.sleep(1.0)
+    return reason
+
+
+def _not_cached(repo: str, what: str, reason: str) -> ModelError:
+    from huggingface_hub import constants
+
+    return ModelError(
+        f"{what} not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {reason}",
+        f"download it once where the Hub is reachable: `hf download {repo}` (with HF_TOKEN "
+        "for gated models) into the same HF_HOME, or pass --model DIR",
+    )
+
+
 def _hub_config(repo: str) -> None:
-    """Fetch config.json through the HF cache, turning access problems into precise hints."""
-    from huggingface_hub import constants, hf_hub_download
+    """Fetch config.json through the HF cache, turning access problems into precise hints:
+    the Hub unreachable, the model gated, and downloads off each say so."""
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
         GatedRepoError,
         HfHubHTTPError,
@@ -259,6 +294,13 @@ def _hub_config(repo: str) -> None:
         RepositoryNotFoundError,
     )
 
+    if not constants.HF_HUB_OFFLINE:
+        unreachable = _hub_unreachable(constants.ENDPOINT)
+        if unreachable is not None:
+            if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+                return  # cached: a run loads it from there
+            reason = f"the Hub ({constants.ENDPOINT}) is unreachable: {unreachable}"
+            raise _not_cached(repo, f"{repo} is", reason)
     try:
         hf_hub_download(repo, "config.json")
     except GatedRepoError:
@@ -278,11 +320,7 @@ def _hub_config(repo: str) -> None:
             if constants.HF_HUB_OFFLINE
             else "the Hub is unreachable"
         )
-        raise ModelError(
-            f"{repo} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and {offline}",
-            f"download it once where the Hub is reachable: `hf download {repo}` (with HF_TOKEN "
-            "for gated models) into the same HF_HOME, or pass --model DIR",
-        ) from None
+        raise _not_cached(repo, f"{repo} is", offline) from None
     except HfHubHTTPError as exc:
         raise ModelError(f"Hugging Face answered: {first_line(exc)}", "retry later") from None
 
@@ -358,8 +396,18 @@ def check_codec(targets: Targets) -> str:
     """The Mimi codec weights the CSM engine decodes with, found as the engine finds them."""
     if not engine_spec(targets.engine).csm_checkpoint:
         raise Skipped(f"--engine {targets.engine} uses no Mimi codec")
+    from huggingface_hub import constants, try_to_load_from_cache
+    from moshi.models import loaders
+
     from narrate.synth.mimi import weights_source
 
+    unreachable = None if constants.HF_HUB_OFFLINE else _hub_unreachable(constants.ENDPOINT)
+    cached = try_to_load_from_cache(loaders.DEFAULT_REPO, loaders.MIMI_NAME)
+    # a --model folder may hold the codec; else, without the Hub, only the cache can
+    if unreachable and not Path(targets.model).is_dir() and not isinstance(cached, str):
+        what = f"the Mimi codec weights ({loaders.DEFAULT_REPO}) are"
+        reason = f"the Hub ({constants.ENDPOINT}) is unreachable: {unreachable}"
+        raise _not_cached(loaders.DEFAULT_REPO, what, reason)
     path, _ = weights_source(targets.model)
     return f"Mimi {path}: {_readable_weights([path])}"
 
@@ -569,7 +617,17 @@ def preflight(options: RunOptions) -> list[NarrateError]:
     model and its codec for these options (the outputs are not probed: the run's first
     requests find them; the watermark is checked by loading it), every failure at once, each
     within PREFLIGHT_TIMEOUT_S. Nothing to check for the preview engine: it costs no time."""
-    targets = Targets.of(options.catalog, options.outputs, options.workers)
+    return _model_preflight(Targets.of(options.catalog, options.outputs, options.workers))
+
+
+def engine_preflight(engine: str, model: str) -> list[NarrateError]:
+    """`preflight` for `narrate say`: an unreachable Hub, a gated model and one not cached
+    while offline each get their own message, within PREFLIGHT_TIMEOUT_S, instead of the
+    loaders' minutes of retries and one message for all three."""
+    return _model_preflight(Targets(engine=engine, model=model))
+
+
+def _model_preflight(targets: Targets) -> list[NarrateError]:
     if targets.engine != "csm":
         return []
     wanted = {"model", "codec"}

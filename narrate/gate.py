@@ -6,6 +6,11 @@ passes is written to the cache there, in the same call. `ready` returns what the
 checks decided: a chunk to synthesize again from its next attempt (a new seed), or a settled
 chunk with its score. After the last take the best-scoring one is kept and cached (`strict`:
 the chunk fails instead, and its book with it).
+
+A stopping run lets the gate finish what it can in its grace, then `abandon` keeps every take
+not settled apart from the cache, unchecked (ChunkCache.put_unchecked); the next run with the
+check submits them here again (narrate.run) before it synthesizes their chunks: a stop loses no
+take the engines finished.
 """
 
 from __future__ import annotations
@@ -27,11 +32,17 @@ def _cache(uri: str) -> ChunkCache:  # one per checking process
     return ChunkCache(open_storage(uri))
 
 
-def check_and_keep(take: ChunkAudio, text: str, cache_uri: str, take_number: int) -> Verdict:
-    """Check a take (in a pool process); a take that passes goes into the cache right here."""
+def check_and_keep(
+    take: ChunkAudio, text: str, cache_uri: str, take_number: int, kept_unchecked: bool = False
+) -> Verdict:
+    """Check a take (in a pool process); a take that passes goes into the cache right here.
+    `kept_unchecked`: the take comes from a stopped run's unchecked ones, where it is
+    dropped once heard (cached first; a failing one lives on in the gate)."""
     verdict = check(take.audio, SAMPLE_RATE, text)
     if verdict.passed:
         _cache(cache_uri).put(take, quality_score=verdict.score, takes=take_number)
+    if kept_unchecked:
+        _cache(cache_uri).drop_unchecked(take.chunk_id)
     return verdict
 
 
@@ -78,13 +89,21 @@ class QualityGate:
             if chunk.chunk_id in self._chunks
         }
 
-    def submit(self, chunk: Chunk, take: ChunkAudio) -> None:
-        """Queue a synthesized take for its check; returns at once."""
+    def submit(self, chunk: Chunk, take: ChunkAudio, *, kept_unchecked: bool = False) -> None:
+        """Queue a synthesized take for its check; returns at once. `kept_unchecked`: the take
+        was kept unchecked by a stopped run (ChunkCache.take_unchecked)."""
         state = self._chunks.setdefault(take.chunk_id, _Chunk(chunk))
         state.next_attempt = max(state.next_attempt + 1, take.attempts)
         take_number = len(state.takes) + 1  # a chunk's takes are checked one after another
-        future = self.pool.call(check_and_keep, take, chunk.text, self.cache_uri, take_number)
+        future = self.pool.call(
+            check_and_keep, take, chunk.text, self.cache_uri, take_number, kept_unchecked
+        )
         self._checking[future] = take
+
+    @property
+    def checking(self) -> int:
+        """Takes submitted and not decided yet."""
+        return len(self._checking)
 
     def synthesis_failed(self, outcome: ChunkOutcome) -> Checked | None:
         """A retry's synthesis failed: settle on the best earlier take. None: no earlier take,
@@ -135,6 +154,32 @@ class QualityGate:
         faults = "" if verdict.passed else verdict.reason  # names words and spans, with times
         outcome = ChunkOutcome(take.chunk_id, error, spent, verdict.score, count, faults)
         return Checked(outcome, verdict)
+
+    def abandon(self) -> tuple[list[Checked], int]:
+        """The run stops: checks not started are called off, the ones running finish, and
+        every chunk not settled keeps one take unchecked (ChunkCache.put_unchecked): the take
+        nobody heard, else the best of those that failed (the next run hears it again, then
+        retries from its next seed). Returns what the last checks settled, and how many takes
+        were kept unchecked. The gate is closed after."""
+        unheard = {}
+        for future in [f for f in self._checking if f.cancel()]:
+            take = self._checking.pop(future)
+            unheard[take.chunk_id] = take
+        self.pool.close()  # waits for the checks already running (a second or two at most)
+        try:  # a failing take stays in _chunks
+            settled = [d for d in self.ready() if isinstance(d, Checked)]
+        except NarrateError:  # the checks broke: what nobody heard is still kept
+            settled = []
+        kept = 0
+        for chunk_id, state in self._chunks.items():
+            take = unheard.get(chunk_id)
+            if take is None and state.takes:
+                take = state.takes[best_take([v for _, v in state.takes])][0]
+            if take is not None:
+                _cache(self.cache_uri).put_unchecked(take)
+                kept += 1
+        self._chunks.clear()
+        return settled, kept
 
     def __len__(self) -> int:
         """Chunks the gate has not settled yet (checking, or waiting for a retry)."""

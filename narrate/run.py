@@ -13,11 +13,13 @@ post-processing.
 
 Resuming needs no state beyond the cache and the published outputs: chunks found in the cache
 are not synthesized again, and books whose file and record already carry their content hash are
-skipped. SIGTERM/SIGINT stop the workers at once, give books in post-processing a few
-seconds, put every book not finished back as its record was (`requested` for the books the
-request queue gave; a published book never stopped showing its audio), flush the status
-writer last and exit with EXIT_INTERRUPTED within 15 s; SIGKILL at any moment loses at most
-the batches in flight, and the leases of the records it leaves carry a deadline that expires.
+skipped. SIGTERM/SIGINT stop the workers at once, give books in post-processing and takes
+waiting for their quality check a few seconds (takes not heard by then are kept unchecked for
+the next run: narrate.gate), put every book not finished back as its record was (`requested`
+for the books the request queue gave; a published book never stopped showing its audio), flush
+the status writer last and exit with EXIT_INTERRUPTED within 15 s; SIGKILL at any moment loses
+at most the batches in flight, and the leases of the records it leaves carry a deadline that
+expires.
 An infrastructure error (InfrastructureError: credentials, permissions, a missing bucket or
 database, a service down after retries) stops the run the same way, with exit 3.
 """
@@ -48,12 +50,20 @@ from narrate.errors import (
     ModelError,
     NarrateError,
 )
-from narrate.gate import QualityGate, Retry
+from narrate.gate import Checked, QualityGate, Retry
 from narrate.ledger import BookJob, Ledger
 from narrate.options import RunOptions
 from narrate.plan import PlannedBook, plan_batches, plan_book_batches
 from narrate.publish import content_hash, open_outputs
-from narrate.records import Batch, ChunkOutcome, EncodedBook, RowError, unique_chunks
+from narrate.records import (
+    Batch,
+    Chunk,
+    ChunkAudio,
+    ChunkOutcome,
+    EncodedBook,
+    RowError,
+    unique_chunks,
+)
 from narrate.rendering import RenderPool
 from narrate.report import BookResult, EventLog, RunReport
 from narrate.settings import SETTINGS_KEY, model_name, narrator, settings_metadata
@@ -140,7 +150,9 @@ class Run:
         self.pool: WorkerPool | None = None  # started on the first batch: see _dispatch
         self.stopped_at: float | None = None  # monotonic time of the stop signal or error
         self.failure: NarrateError | None = None  # the error that stopped the run
-        self.gate: QualityGate | None = None  # started with the pool, unless --quality off
+        self.gate: QualityGate | None = None  # started when first needed, unless --quality off
+        self.unchecked: set[str] | None = None  # chunk ids with a take a stopped run kept
+        self.rechecking: set[str] = set()  # chunks whose kept take the gate is hearing
         # first: a signal while the models load stops the run like one later (exit 75)
         self.previous_handlers = self._install_signal_handlers()
         try:
@@ -294,6 +306,7 @@ class Run:
             known = self.ledger.awaited({c.chunk_id for b in todo for c in b.chunks})
             candidates = {c.chunk_id for b in todo for c in b.chunks} - known
             missing = self.outputs.cache.missing(candidates, lookups.map)
+            kept = self._kept_takes(missing, lookups.map)
         self.report.cache_hits += len(candidates) - len(missing)
         for book, done in zip(books, published, strict=True):
             if done or not won.get(book.book.book_id, True):
@@ -306,7 +319,7 @@ class Run:
         new_chunks = []  # per book, in window order: batches are sorted in groups of books
         for book in todo:
             job, chunks = self.ledger.add_book(book, hashes[book.book.book_id], missing | known)
-            new_chunks.append(chunks)
+            new_chunks.append(self._recheck(chunks, kept))
             # the lease: a stop puts the record back as it was, a crash lets the lease expire
             self.outputs.status.processing(job.book_id, priors[job.book_id])
             if not job.waiting:
@@ -340,22 +353,14 @@ class Run:
         if not self.queued or self.stop.is_set():
             return
         if self.pool is None:  # a run with nothing to synthesize loads no model
-            checked = self.options.quality != "off"
             settings = WorkerSettings(
                 self.options.catalog.engine,
                 self.options.catalog.voices_dir,
                 self.options.outputs.cache,
                 self.options.workers.compile,
                 self.options.workers.cpu_threads,
-                check_takes=checked,
+                check_takes=self._quality_gate() is not None,
             )
-            if checked:
-                self.gate = QualityGate(
-                    self.options.outputs.cache,
-                    takes=1 + self.options.quality_retries,
-                    strict=self.options.quality == "strict",
-                    workers=self.quality_workers,
-                )
             engine = self.options.catalog.engine
             model = engine.model if engine.engine == "csm" else "eSpeak NG"
             self.log.event("loading", what=f"{model} on {', '.join(self._devices())}")
@@ -375,6 +380,44 @@ class Run:
             attempts = self.gate.first_attempts(batch) if self.gate else {}
             self.pool.submit(self.batch_counter, batch, attempts)
             self.log.event("batch_started", batch=self.batch_counter, chunks=len(batch))
+
+    def _quality_gate(self) -> QualityGate | None:
+        """The gate (started on first use), or None with --quality off."""
+        if self.gate is None and self.options.quality != "off":
+            self.gate = QualityGate(
+                self.options.outputs.cache,
+                takes=1 + self.options.quality_retries,
+                strict=self.options.quality == "strict",
+                workers=self.quality_workers,
+            )
+        return self.gate
+
+    def _kept_takes(
+        self, missing: set[str], map_: Callable[..., Iterator[Any]]
+    ) -> dict[str, ChunkAudio]:
+        """The takes a stopped run kept unchecked for chunks of `missing` (read in parallel
+        by `map_`); none with --quality off, which would not hear them."""
+        if self.options.quality == "off":
+            return {}
+        if self.unchecked is None:  # listed once: only a stop adds to them
+            self.unchecked = self.outputs.cache.unchecked()
+        ids = sorted(missing & self.unchecked)
+        self.unchecked -= missing
+        takes = map_(self.outputs.cache.take_unchecked, ids)
+        return {i: take for i, take in zip(ids, takes, strict=True) if take is not None}
+
+    def _recheck(self, chunks: list[Chunk], kept: dict[str, ChunkAudio]) -> list[Chunk]:
+        """Hand the gate the kept takes of `chunks`; returns the chunks left to synthesize."""
+        left = []
+        for chunk in chunks:
+            take = kept.get(chunk.chunk_id)
+            gate = self._quality_gate() if take is not None else None
+            if take is None or gate is None:
+                left.append(chunk)
+                continue
+            gate.submit(chunk, take, kept_unchecked=True)
+            self.rechecking.add(chunk.chunk_id)
+        return left
 
     def _collect(self, timeout: float) -> None:
         if self.pool is None or not self.inflight:
@@ -409,6 +452,7 @@ class Run:
         retries = []
         for decided in self.gate.ready():
             if isinstance(decided, Retry):
+                self.rechecking.discard(decided.chunk.chunk_id)  # now synthesized again
                 retries.append(decided.chunk)
                 self.log.event(
                     "chunk_retried",
@@ -422,13 +466,44 @@ class Run:
             self.queued.extendleft(reversed(plan_batches(retries, self.options.catalog.plan)))
 
     def _settle(self, outcome: ChunkOutcome) -> None:
-        if outcome.error:
-            self.report.chunks_failed += 1
-        else:
-            self.report.chunks_synthesized += 1
+        self._count(outcome)
         for job in self.ledger.settle(outcome):
             self._finish(job)
         self.log.progress("chunks", 1, unit=" chunks")
+
+    def _count(self, outcome: ChunkOutcome) -> None:
+        if outcome.error:
+            self.report.chunks_failed += 1
+        elif outcome.chunk_id in self.rechecking:  # a stopped run's take, heard now
+            self.report.cache_hits += 1
+        else:
+            self.report.chunks_synthesized += 1
+        self.rechecking.discard(outcome.chunk_id)
+
+    def _hear_checks(self) -> None:
+        """While the run stops: takes that pass are cached (in the checking process), but no
+        new book starts post-processing; a failing take waits in the gate for `_close_gate`."""
+        if self.gate is not None:
+            for decided in self.gate.ready():
+                if isinstance(decided, Checked):
+                    self._count(decided.outcome)
+
+    def _close_gate(self) -> None:
+        """A finished run's gate is empty. A stopped run's gate hears the checks running and
+        keeps every chunk it has not settled as a take for the next run (unchecked)."""
+        assert self.gate is not None
+        if not len(self.gate):
+            self.gate.close()
+            return
+        try:
+            settled, kept = self.gate.abandon()
+        except NarrateError as exc:  # the cache is unusable: those takes are lost
+            self.gate.close()
+            self.log.event("warning", message=f"takes not checked were lost: {exc.message}")
+            return
+        for checked in settled:  # cached; their books render on the next run
+            self._count(checked.outcome)
+        self.log.event("takes_kept_unchecked", takes=kept)
 
     def _finish(self, job: BookJob) -> None:
         """All of the book's chunks are settled: fail it, or hand it to post-processing."""
@@ -558,21 +633,28 @@ class Run:
         stopped_at = self.stopped_at
         if self.pool is not None:
             self.pool.close(now=stopped_at is not None)
-        if self.gate is not None:
-            self.gate.close()
-        # books being assembled or uploaded are the work closest to done: a stopped run gives
-        # them `stop_grace_s`, then abandons them
+        # books being assembled or uploaded are the work closest to done, then takes waiting
+        # for their check: a stopped run gives them `stop_grace_s`, then abandons the books
+        # and keeps the takes not heard unchecked
         deadline = None if stopped_at is None else stopped_at + self.options.stop_grace_s
-        while self.posting:
+        while self.posting or (self.gate is not None and self.gate.checking):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 break
-            wait(self.posting, timeout=left, return_when=FIRST_COMPLETED)
+            if self.gate is not None and self.gate.checking:  # checks end between books
+                left = 0.1 if left is None else min(left, 0.1)
+            if self.posting:
+                wait(self.posting, timeout=left, return_when=FIRST_COMPLETED)
+            else:
+                time.sleep(left or 0.1)
             try:
+                self._hear_checks()
                 self._reap_posted()
             except NarrateError as exc:  # a book met an unusable store while the run stopped
                 self._stopped_by(exc)
                 break
+        if self.gate is not None:
+            self._close_gate()
         self.post_pool.shutdown()
         self.renderers.close()
         self.upload_pool.shutdown()

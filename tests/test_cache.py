@@ -92,3 +92,18 @@ def test_a_cached_chunk_at_another_rate_or_in_stereo_is_removed_not_spliced_into
         cache.get(chunk_id(1))
     assert "removed from the cache" in raised.value.message
     assert cache.missing({chunk_id(1)}) == {chunk_id(1)}  # the next run synthesizes it
+
+
+def test_a_take_kept_unchecked_is_no_cached_chunk_and_comes_back_as_the_engine_made_it(
+    cache: ChunkCache,
+) -> None:
+    take = ChunkAudio(chunk_id(5), tone(0.4), frames=5, stop_reason="cap", seed=11, attempts=3)
+    cache.put_unchecked(take)
+    assert cache.missing([chunk_id(5)]) == {chunk_id(5)}  # not the chunk's audio until heard
+    assert cache.unchecked() == {chunk_id(5)}
+    back = cache.take_unchecked(chunk_id(5))
+    assert back is not None
+    assert (back.frames, back.stop_reason, back.seed, back.attempts) == (5, "cap", 11, 3)
+    assert np.abs(back.audio - take.audio).max() < 1e-4
+    cache.drop_unchecked(chunk_id(5))
+    assert cache.unchecked() == set() and cache.take_unchecked(chunk_id(5)) is None

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +25,7 @@ import narrate.quality
 import narrate.synth
 from narrate.cli import cli
 from narrate.config import EngineConfig
+from narrate.errors import EXIT_INTERRUPTED
 from narrate.gate import Checked, QualityGate, Retry
 from narrate.records import Batch, Chunk
 
@@ -168,3 +173,67 @@ def test_the_gate_checks_in_other_processes_and_caches_only_what_passes(
         assert (cache / "aa").exists() and (cache / "bb").exists()  # the best take is kept
     finally:
         gate.close()
+
+
+def run_env(*hooks: str) -> dict[str, str]:
+    """The environment of a `narrate run` process whose spawned processes load `hooks`
+    (folders under tests/support holding a sitecustomize)."""
+    tests = Path(__file__).parent
+    path = [str(tests / "support" / hook) for hook in hooks] + [str(tests)]
+    if os.environ.get("PYTHONPATH"):
+        path.append(os.environ["PYTHONPATH"])
+    return os.environ | {"PYTHONPATH": os.pathsep.join(path)}
+
+
+def logged(log: Path) -> list[dict]:
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if "event" in line]  # not the totals on stdout
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_takes_waiting_for_their_check_for_the_next_run(
+    tmp_path: Path,
+) -> None:
+    books = 40  # one chunk each
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(
+        "".join(
+            json.dumps({"book_id": f"b{i:02d}", "text": f"Book {i} begins by the old mill."}) + "\n"
+            for i in range(books)
+        )
+    )
+    args = [sys.executable, "-m", "narrate.cli", "run", str(manifest)]
+    args += preview_args(tmp_path, "--batch-size=4", "--quality-workers=1")
+    log = tmp_path / "run.log"
+    # checks slower than the engine (as on a busy host): its takes queue up for the check
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            args, stdout=output, stderr=output, env=run_env("slow_checks_hook")
+        )
+    try:
+        deadline = time.monotonic() + 240
+        while sum(e["chunks"] for e in logged(log) if e["event"] == "batch_done") < books // 2:
+            assert time.monotonic() < deadline and process.poll() is None, log.read_text()
+            time.sleep(0.05)
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == EXIT_INTERRUPTED
+        assert time.monotonic() - sent < 15  # the checks' grace is the books' grace
+    finally:
+        if process.poll() is None:
+            process.kill()
+    events = logged(log)
+    planned = sum(e["chunks_to_synthesize"] for e in events if e["event"] == "window_planned")
+    finished = sum(e["chunks"] for e in events if e["event"] == "batch_done")
+    assert planned == books
+    (kept,) = [e["takes"] for e in events if e["event"] == "takes_kept_unchecked"]
+    assert kept > 0  # the stop came while takes were waiting for their check
+
+    rerun = subprocess.run(args, capture_output=True, text=True, env=run_env(), timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    totals = json.loads(rerun.stdout.strip().splitlines()[-1])
+    assert totals["ready"] + totals["skipped"] == books, totals  # skipped: published before
+    # every take the engine finished before the stop was kept: the rerun synthesizes at most
+    # the chunks that were in flight in the engine, or not started
+    assert totals["chunks_synthesized"] <= planned - finished, (totals, finished)
+    assert totals["cache_hits"] >= kept  # the kept takes, checked now

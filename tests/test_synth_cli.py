@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +77,44 @@ def test_say_with_a_missing_model_explains_what_to_do(tmp_path: Path) -> None:
         cli, ["say", "Hi.", "--model", str(tmp_path / "missing"), "--device", "cpu"]
     )
     assert result.exit_code == EXIT_INFRA
-    assert "HF_TOKEN" in result.output and "--model DIR" in result.output
+    assert "no such directory, and not a Hugging Face id" in result.output
+    assert "sesame/csm-1b" in result.output  # what to pass instead
+
+
+def say_in_a_new_process(tmp_path: Path, **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    """`narrate say` with the csm engine and a model id this machine never downloaded, in a
+    process of its own (the Hub's settings are read from the environment at import), with an
+    empty Hugging Face cache; returns the result and how long it took."""
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    environment |= {"HF_HOME": str(tmp_path / "hf"), **env}
+    command = [sys.executable, "-m", "narrate.cli", "say", "Hi.", "--model", "nobody/never-seen"]
+    started = time.monotonic()
+    result = subprocess.run(
+        [*command, "--device", "cpu", "-o", str(tmp_path / "x.wav")],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=120,
+    )
+    return result, time.monotonic() - started
+
+
+def test_say_with_the_hub_unreachable_says_so_within_15_s(tmp_path: Path) -> None:
+    # a closed port on this machine: refused at once, like a network that is down
+    result, seconds = say_in_a_new_process(tmp_path, HF_ENDPOINT="http://127.0.0.1:9")
+    assert result.returncode == EXIT_INFRA, result.stderr[-2000:]
+    assert seconds < 15
+    assert "the Hub (http://127.0.0.1:9) is unreachable" in result.stderr
+    assert "not in the Hugging Face cache" in result.stderr
+    assert "gated" not in result.stderr.split("hint:")[0]  # the cause is the network
+
+
+def test_say_offline_with_a_model_not_cached_says_not_cached(tmp_path: Path) -> None:
+    result, _ = say_in_a_new_process(tmp_path, HF_HUB_OFFLINE="1")
+    assert result.returncode == EXIT_INFRA, result.stderr[-2000:]
+    assert "nobody/never-seen is not in the Hugging Face cache" in result.stderr
+    assert "downloads are off (HF_HUB_OFFLINE=1)" in result.stderr
+    assert "unreachable" not in result.stderr and "gated" not in result.stderr.split("hint:")[0]
 
 
 def test_bad_context_turn_is_a_usage_error() -> None:

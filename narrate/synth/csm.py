@@ -149,9 +149,9 @@ class CsmEngine(Engine):
         except (OSError, ValueError) as exc:
             raise ModelError(
                 f"cannot load the CSM model {config.model!r}: {first_line(exc)}",
-                "sesame/csm-1b is gated: accept its terms on huggingface.co and set HF_TOKEN "
-                "(or `huggingface-cli login`), or pass --model DIR with a local copy "
-                "(huggingface-cli download sesame/csm-1b --local-dir DIR)",
+                "`narrate doctor` says whether the Hub is unreachable, the model gated (set "
+                "HF_TOKEN) or not cached; or pass --model DIR with a local copy "
+                "(hf download sesame/csm-1b --local-dir DIR)",
             ) from None
         del model.codec_model  # moshi's Mimi decodes; this copy would only take device memory
         model = model.to(torch_device).eval()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from narrate.config import (
     PlanConfig,
     PostConfig,
 )
-from narrate.errors import EngineError, UsageError
+from narrate.errors import EngineError, ModelError, NarrateError, UsageError
 from narrate.records import ChunkAudio
 from narrate.synth import Turn, load_engine
 from narrate.synth.voices import VoiceLibrary
@@ -68,7 +68,10 @@ def say(
     device: str = "auto",
     compile: bool = False,
     lexicon: Lexicon | None = None,
+    preflight: Callable[[str, str], list[NarrateError]] | None = None,
 ) -> Spoken:
+    """`preflight(engine, model)` (narrate.doctor.engine_preflight from the CLI): what loading
+    the engine needs, checked within seconds before the loaders retry for minutes."""
     from narrate.plan import plan_batches
     from narrate.text import chunk_book
 
@@ -87,6 +90,11 @@ def say(
     )
     if not chunks:
         raise UsageError("nothing to speak: the text is empty")
+    problems = preflight(engine.engine, engine.model) if preflight else []
+    if problems:  # every missing piece at once
+        message = "; ".join(p.message for p in problems)
+        hints = dict.fromkeys(p.hint for p in problems if p.hint)  # the same fix once
+        raise ModelError(message, " | ".join(hints) or None)
     started = time.monotonic()
     device = pick_device(device, engine.engine)
     synth = load_engine(engine, device=device, voices=library, compile=compile)
