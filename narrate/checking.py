@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from narrate.config import ChunkingConfig
+from narrate.config import ChunkingConfig, Lexicon
 from narrate.errors import UsageError
 from narrate.quality import Verdict, check_file
-from narrate.sources import book_chunks
+from narrate.sources import spoken_books
 from narrate.text import chunk_book
 
 AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".mp3", ".opus", ".ogg", ".m4a", ".aac"})
@@ -30,9 +30,9 @@ def audio_files(paths: tuple[str, ...] | list[str]) -> list[tuple[Path, bool]]:
     return found
 
 
-def text_chunks(text: str) -> list[str]:
+def text_chunks(text: str, chunking: ChunkingConfig) -> list[str]:
     """A text given on the command line, in the chunks a run would speak it in."""
-    chunks = chunk_book("check", text, config=ChunkingConfig(), engine_fingerprint="")
+    chunks = chunk_book("check", text, config=chunking, engine_fingerprint="")
     return [chunk.text for chunk in chunks] or [text]
 
 
@@ -42,20 +42,25 @@ def check_paths(
     text: str | None,
     manifest: str | None,
     book_ids: list[str],
+    lexicon: Lexicon | None = None,
+    text_root: str | None = None,
 ) -> Iterator[tuple[str, Verdict]]:
     """(file, verdict) for each file, in order; UsageError before any check when the files
-    and texts do not pair up."""
+    and texts do not pair up. Texts are heard as a run speaks them: `lexicon` applied, a
+    manifest's `text_uri` read inside `text_root` (narrate.sources.spoken_books)."""
     if (text is None) == (manifest is None):
         raise UsageError("give either --text, or --manifest (with --book to pick books)")
     if book_ids and manifest is None:
         raise UsageError("--book needs --manifest")
     files = audio_files(paths)
+    chunking = ChunkingConfig(lexicon=lexicon)
     if text is not None:
-        chunks = text_chunks(text)
+        chunks = text_chunks(text, chunking)
         pairs = [(path, chunks) for path, _ in files]
     else:
         assert manifest is not None
-        books = dict(book_chunks(manifest, book_ids or None))
+        spoken = spoken_books(manifest, book_ids or None, chunking=chunking, text_root=text_root)
+        books = {book.book_id: list(book.chunks) for book in spoken}
         if len(files) == 1 and files[0][1] and len(books) == 1:
             pairs = [(files[0][0], next(iter(books.values())))]
         else:

@@ -208,12 +208,10 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
 
     from narrate.plan import Planner, plan_rows, render_summary
     from narrate.report import EventLog, logging_to
-    from narrate.sources import TextFetcher, default_text_root, manifest_rows, voice_lookup
+    from narrate.sources import manifest_rows, manifest_texts, voice_lookup
 
     voices = voice_lookup(catalog.engine, catalog.voices_dir)
-    texts = TextFetcher(
-        default_text_root(manifest, catalog.text_root), catalog.chunking.max_text_chars
-    )
+    texts = manifest_texts(manifest, catalog.text_root, catalog.chunking.max_text_chars)
     planner = Planner(
         catalog.engine, catalog.chunking, catalog.plan, voices=voices, text_loader=texts
     )
@@ -326,11 +324,16 @@ def spoken(
     if (text is None) == (manifest is None) or (manifest is None) != (book_id is None):
         raise click.UsageError("give TEXT, or --manifest and --book")
     if manifest and book_id:
-        from narrate.sources import manifest_book_text
+        from narrate.config import ChunkingConfig
+        from narrate.sources import spoken_books
 
-        text = manifest_book_text(manifest, book_id, text_root)
-    assert text is not None
-    click.echo(spoken_text(text, lexicon))
+        chunking = ChunkingConfig(lexicon=lexicon)
+        book = next(spoken_books(manifest, [book_id], chunking=chunking, text_root=text_root))
+        text, said = book.written, book.spoken
+    else:
+        assert text is not None
+        said = spoken_text(text, lexicon)
+    click.echo(said)
     if explain:
         decisions = explain_spoken(text, lexicon)
         click.echo()
@@ -886,12 +889,16 @@ def detect(
 @click.option(
     "--book", "book_ids", multiple=True, help="only this book (repeatable) [default: every book]"
 )
+@text_root_option
+@lexicon_option
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object per file")
 def check(
     paths: tuple[str, ...],
     text: str | None,
     manifest: str | None,
     book_ids: tuple[str, ...],
+    text_root: str | None,
+    lexicon: Any,
     as_json: bool,
 ) -> None:
     """Listen to audio files (PATHS: files, or folders of them; any format narrate writes):
@@ -901,7 +908,14 @@ def check(
     files are checked chunk by chunk. Exit 0 when every file passes, 1 when not."""
     from narrate.checking import check_paths
 
-    verdicts = check_paths(paths, text=text, manifest=manifest, book_ids=list(book_ids))
+    verdicts = check_paths(
+        paths,
+        text=text,
+        manifest=manifest,
+        book_ids=list(book_ids),
+        lexicon=lexicon,
+        text_root=text_root,
+    )
     passed = True
     for path, verdict in verdicts:
         passed &= verdict.passed

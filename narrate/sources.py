@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from narrate.config import ChunkingConfig, EngineConfig
+from narrate.config import ChunkingConfig, EngineConfig, Lexicon
 from narrate.database import (
     CLOCK_KEY,
     LEASE_EXPIRES,
@@ -37,9 +37,10 @@ from narrate.plan import PlannedBook, VoiceLookup, chunk_books, no_voices, shard
 from narrate.plan import windows as book_windows
 from narrate.records import Book, RowError
 from narrate.selection import select_rows
+from narrate.spoken import SpokenTooLong
 from narrate.storage import open_uri
 from narrate.synth.voices import VoiceLibrary
-from narrate.text import chunk_book
+from narrate.text import chunk_book, spoken_text
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +75,59 @@ def default_text_root(manifest: str | None, text_root: str | None) -> str | None
     return text_root
 
 
-def book_text(manifest: str, book_id: str) -> str:
-    """What a book's published audio says: its chunks' normalized text, in order, read from
-    the manifest (inline or behind text_uri, with a run's default text root)."""
-    for _, chunks in book_chunks(manifest, [book_id]):
-        return " ".join(chunks)
-    raise AssertionError("unreachable: book_chunks raises for a missing book")
+def manifest_texts(manifest: str | None, text_root: str | None, max_text_chars: int) -> TextFetcher:
+    """What reads a manifest's narratives in every command: inline, or behind text_uri with
+    local files inside --text-root (default: the manifest's folder)."""
+    return TextFetcher(default_text_root(manifest, text_root), max_text_chars)
 
 
-def book_chunks(manifest: str, book_ids: list[str] | None) -> Iterator[tuple[str, list[str]]]:
-    """(book id, its chunks' text) of the named books (all: None), in manifest order;
-    UsageError naming a book that is not a valid row."""
-    chunking = ChunkingConfig()
-    fetch = TextFetcher(default_text_root(manifest, None), chunking.max_text_chars)
+@dataclass(frozen=True)
+class SpokenBook:
+    """One book of a manifest, as a run reads and speaks it."""
+
+    book_id: str
+    written: str  # its narrative: inline, or read behind text_uri
+    chunks: tuple[str, ...]  # `written` as spoken (the lexicon applied), in a run's chunks
+    lexicon: Lexicon | None
+
+    @property
+    def spoken(self) -> str:
+        """Its whole text as spoken, in paragraphs (what `narrate spoken` prints)."""
+        return spoken_text(self.written, self.lexicon)
+
+
+def spoken_books(
+    manifest: str,
+    book_ids: list[str] | None,
+    *,
+    chunking: ChunkingConfig,
+    text_root: str | None = None,
+) -> Iterator[SpokenBook]:
+    """The named books of a manifest (all valid ones: None), in manifest order, read and spoken
+    as a run does: the same TextFetcher (--text-root) and the same chunking (--lexicon), so
+    `narrate check` and `narrate spoken` hear what a run says. UsageError naming a named book
+    that is missing or rejected, or any book whose text cannot be read or is too long."""
+    fetch = manifest_texts(manifest, text_root, chunking.max_text_chars)
     missing = list(dict.fromkeys(book_ids)) if book_ids is not None else []
     for row in manifest_rows(manifest, max_text_chars=chunking.max_text_chars):
-        if isinstance(row, Book) and (book_ids is None or row.book_id in missing):
-            if book_ids is not None:
-                missing.remove(row.book_id)
-            chunks = chunk_book(row.book_id, fetch(row), config=chunking, engine_fingerprint="")
-            yield row.book_id, [chunk.text for chunk in chunks]
+        if book_ids is not None:
+            if row.book_id not in missing:
+                continue
+            missing.remove(row.book_id)
+            if isinstance(row, RowError):
+                raise UsageError(f"book {row.book_id!r} is rejected: {row}")
+        elif isinstance(row, RowError):
+            continue
+        try:
+            written = fetch(row)
+            chunks = chunk_book(row.book_id, written, config=chunking, engine_fingerprint="")
+        except (TextUriError, OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"book {row.book_id!r}: text_uri cannot be read ({exc})") from None
+        except SpokenTooLong as exc:
+            raise UsageError(f"book {row.book_id!r}: {exc}") from None
+        yield SpokenBook(row.book_id, written, tuple(c.text for c in chunks), chunking.lexicon)
     if missing:
-        raise UsageError(f"book {missing[0]!r} is not a valid row of {manifest}")
+        raise UsageError(f"book {missing[0]!r} is not in {manifest}")
 
 
 class TextUriError(UsageError):
@@ -154,25 +186,6 @@ class TextFetcher:
             raise
 
 
-def manifest_book_text(
-    manifest: str, book_id: str, text_root: str | None = None, *, max_text_chars: int = 200_000
-) -> str:
-    """The narrative of one book of a manifest (`narrate spoken --book`), read as a run reads
-    it (TextFetcher, local texts inside --text-root); UsageError when the book is missing, its
-    row invalid or its text unreadable."""
-    fetch = TextFetcher(default_text_root(manifest, text_root), max_text_chars)
-    for row in manifest_rows(manifest, max_text_chars=max_text_chars):
-        if row.book_id != book_id:
-            continue
-        if isinstance(row, RowError):
-            raise UsageError(f"book {book_id!r} is rejected: {row}")
-        try:
-            return fetch(row)
-        except (TextUriError, OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"book {book_id!r}: text_uri cannot be read ({exc})") from None
-    raise UsageError(f"book {book_id!r} is not in {manifest}")
-
-
 def planned_windows(options: RunOptions, db: Database) -> Iterator[list[PlannedBook | RowError]]:
     """This shard's rows in windows of books, chunked as every pod (and `narrate plan`) does."""
     rows = catalog_rows(
@@ -183,8 +196,9 @@ def planned_windows(options: RunOptions, db: Database) -> Iterator[list[PlannedB
         text_field=options.text_field,
     )
     voices = voice_lookup(options.catalog.engine, options.catalog.voices_dir)
-    text_root = default_text_root(options.manifest, options.catalog.text_root)
-    texts = TextFetcher(text_root, options.catalog.chunking.max_text_chars)
+    texts = manifest_texts(
+        options.manifest, options.catalog.text_root, options.catalog.chunking.max_text_chars
+    )
     selected = select_rows(rows, options.selection)
     for window in book_windows(
         shard_rows(selected, options.outputs.shard), options.catalog.plan.window_books

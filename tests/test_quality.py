@@ -294,3 +294,45 @@ def test_narrate_check_takes_a_folder_and_a_manifest_and_names_each_books_result
     assert missing.exit_code == 2 and "no audio file for book 'third'" in missing.output
     one = ["check", str(folder / "second.flac"), "--manifest", str(manifest), "--book", "third"]
     assert runner.invoke(cli, one).exit_code == 0  # one file, one book: paired by the user
+
+
+def test_narrate_check_of_a_manifest_book_hears_its_text_with_the_lexicon_applied(
+    tmp_path,
+) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"book_id": "mill", "text": "Nobody saw Quill turn."}) + "\n")
+    lexicon = tmp_path / "lexicon.tsv"
+    lexicon.write_text("Quill\tthe old mill by the river\n")
+    rate = speaker().rate
+    said = "Nobody saw the old mill by the river turn."
+    sf.write(tmp_path / "mill.wav", speaker().speak(said, VOICES[0]), rate)
+    check_book = ["check", str(tmp_path / "mill.wav"), "--manifest", str(manifest), "--json"]
+    runner = CliRunner()
+
+    heard = runner.invoke(cli, [*check_book, "--lexicon", str(lexicon)])
+    assert heard.exit_code == 0, heard.output
+    assert json.loads(heard.output)["words_expected"] == 9
+    written = runner.invoke(cli, check_book)
+    assert written.exit_code == 1, written.output
+    assert json.loads(written.output)["words_expected"] == 4
+
+
+def test_a_book_behind_text_uri_under_the_text_root_is_found_by_check_and_spoken(
+    tmp_path,
+) -> None:
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "chapter.txt").write_text(CHAPTER[2])
+    (tmp_path / "manifests").mkdir()
+    manifest = tmp_path / "manifests" / "m.jsonl"
+    manifest.write_text(json.dumps({"book_id": "mill", "text_uri": "chapter.txt"}) + "\n")
+    sf.write(tmp_path / "mill.wav", speaker().speak(CHAPTER[2], VOICES[0]), speaker().rate)
+    book = ["--manifest", str(manifest), "--book", "mill", "--text-root", str(tmp_path / "texts")]
+    runner = CliRunner()
+
+    checked = runner.invoke(cli, ["check", str(tmp_path / "mill.wav"), *book])
+    assert checked.exit_code == 0, checked.output
+    assert "pass: 15/15 words aligned" in checked.output
+    spoken = runner.invoke(cli, ["spoken", *book])
+    assert spoken.exit_code == 0 and spoken.output == CHAPTER[2] + "\n", spoken.output
+    outside = runner.invoke(cli, ["check", str(tmp_path / "mill.wav"), *book[:4]])
+    assert outside.exit_code == 2 and "text_uri cannot be read" in outside.output
