@@ -165,7 +165,7 @@ def silence_stop_saving(args: argparse.Namespace, model: Path, catalog: Path) ->
     chunks = [c for p in planned if isinstance(p, PlannedBook) for c in p.chunks]
     batches = plan_batches(chunks, PlanConfig(batch_size=16))
     engine = load_engine(config, device="cpu")
-    build_loop = engine._loop
+    build_loop = engine.loops.build
 
     def computed(stop_on_silence: bool) -> int:
         def loop(slots: int) -> FrameLoop:
@@ -173,7 +173,8 @@ def silence_stop_saving(args: argparse.Namespace, model: Path, catalog: Path) ->
             built.silence_limit = engine.guard.silence_frames if stop_on_silence else 1 << 30
             return built
 
-        engine._loop = loop
+        engine.loops.clear()  # loops are kept by slot count: build them again with this stop
+        engine.loops.build = loop
         tasks = deque(BatchTask(n, batch) for n, batch in enumerate(batches))
         feed = SimpleNamespace(next=lambda wait: tasks.popleft() if tasks else None)
         before = engine.slot_frames
