@@ -24,6 +24,7 @@ from narrate.config import (
 )
 from narrate.errors import EXIT_OK, EXIT_SOME_FAILED, NarrateError
 from narrate.options import CatalogOptions, DeviceOptions, OutputOptions, RunOptions
+from narrate.synth.registry import DEFAULT_ENGINE, ENGINES
 
 if TYPE_CHECKING:
     from narrate.config import Lexicon
@@ -94,6 +95,16 @@ top_k_option = click.option(
 )
 
 
+# the engines of narrate.synth.registry, for every command that loads or keys chunks by one
+engine_option = click.option(
+    "--engine",
+    type=click.Choice(list(ENGINES)),
+    default=DEFAULT_ENGINE,
+    show_default=True,
+    help="; ".join(f"{spec.name}: {spec.summary}" for spec in ENGINES.values()),
+)
+
+
 def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Options shared by every command that plans a catalog (plan, run, status, doctor): the
     command gets them as `catalog: CatalogOptions`."""
@@ -132,13 +143,7 @@ def catalog_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     options = [
         lexicon_option,
-        click.option(
-            "--engine",
-            type=click.Choice(["csm", "preview"]),
-            default="csm",
-            show_default=True,
-            help="csm: Sesame CSM-1B; preview: eSpeak NG, fast and CPU-only",
-        ),
+        engine_option,
         click.option(
             "--model",
             default="sesame/csm-1b",
@@ -245,7 +250,7 @@ def plan(manifest: str, catalog: CatalogOptions, as_json: bool, jobs: int | None
 @click.option(
     "--max-audio-length-ms", default=30_000, show_default=True, type=click.IntRange(2_000, 90_000)
 )
-@click.option("--engine", type=click.Choice(["csm", "preview"]), default="csm", show_default=True)
+@engine_option
 @click.option(
     "--model", default="sesame/csm-1b", show_default=True, help="Hugging Face id or local directory"
 )

@@ -69,6 +69,7 @@ from narrate.report import BookResult, EventLog, RunReport
 from narrate.settings import SETTINGS_KEY, model_name, narrator, settings_metadata
 from narrate.sources import planned_windows
 from narrate.storage import StoredObject
+from narrate.synth.registry import engine_spec
 from narrate.workers import (
     WorkerFailed,
     WorkerPool,
@@ -362,7 +363,7 @@ class Run:
                 check_takes=self._quality_gate() is not None,
             )
             engine = self.options.catalog.engine
-            model = engine.model if engine.engine == "csm" else "eSpeak NG"
+            model = engine_spec(engine.engine).model_name(engine)
             self.log.event("loading", what=f"{model} on {', '.join(self._devices())}")
             self.pool = WorkerPool(self._devices(), settings)
         # two batches' chunks in flight per worker: the one its frame loop runs and the next,
